@@ -1,0 +1,5 @@
+//! ha-sync engine: everything a sync does except the network.
+//!
+//! Synchronous and free of tokio: the agents drive it over any byte stream.
+
+pub mod runner;
