@@ -2,4 +2,7 @@
 //!
 //! Synchronous and free of tokio: the agents drive it over any byte stream.
 
+pub mod fsx;
+pub mod manifest;
+pub mod path;
 pub mod runner;

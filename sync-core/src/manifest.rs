@@ -1,0 +1,417 @@
+//! The manifest: what one side's tree holds, entry by entry, and its root hash.
+//!
+//! Entries are sorted by path bytes, so a directory always comes before what is inside it.
+//! The root hash is blake3 over the canonical (postcard) encoding of the whole manifest,
+//! restore list and excludes included: two manifests with the same root hash describe the
+//! same tree and the same restore, which is what lets a no-change sync end after one
+//! round trip.
+
+use crate::path::RelPath;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Most entries a manifest may have (bounds memory on a hostile peer's input).
+pub const MAX_ENTRIES: usize = 1 << 20;
+/// Longest symlink target accepted.
+pub const MAX_LINK_TARGET: usize = 4096;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    pub fn of(data: &[u8]) -> Hash {
+        Hash(*blake3::hash(data).as_bytes())
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(s: &str) -> Option<Hash> {
+        if s.len() != 64 || !s.is_ascii() {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Hash(out))
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", &self.to_hex()[..16])
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    File { size: u64, hash: Hash },
+    Dir,
+    Symlink { target: String },
+}
+
+impl Kind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::File { .. } => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink { .. } => "symlink",
+        }
+    }
+
+    fn same_type(&self, other: &Kind) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub path: RelPath,
+    pub kind: Kind,
+    /// Permission bits only (`0o7777`); the type lives in `kind`.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Nanoseconds since the epoch.
+    pub mtime_ns: i64,
+}
+
+impl Entry {
+    pub fn file_hash(&self) -> Option<Hash> {
+        match self.kind {
+            Kind::File { hash, .. } => Some(hash),
+            _ => None,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        match self.kind {
+            Kind::File { size, .. } => size,
+            _ => 0,
+        }
+    }
+
+    fn same_meta(&self, o: &Entry) -> bool {
+        self.mode == o.mode && self.uid == o.uid && self.gid == o.gid && self.mtime_ns == o.mtime_ns
+    }
+}
+
+/// One entry of the restore list as it travels: a single path, or a directory mirrored whole.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ListItem {
+    pub path: RelPath,
+    pub dir: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Manifest {
+    pub list: Vec<ListItem>,
+    /// exclude_list patterns as written in UCI; the backup needs them to leave excluded
+    /// live files alone when it mirrors a directory.
+    pub excludes: Vec<String>,
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    #[error("manifest has {0} entries, more than the limit of {MAX_ENTRIES}")]
+    TooManyEntries(usize),
+    #[error("manifest entries are not sorted and unique at {0}")]
+    NotSorted(RelPath),
+    #[error("manifest entry {path} lies below {parent}, which is a {kind}, not a directory")]
+    ParentNotDir { path: RelPath, parent: RelPath, kind: &'static str },
+    #[error("symlink {0} has an empty or oversized target")]
+    BadLinkTarget(RelPath),
+    #[error("manifest entry {0} is not below any restore list entry")]
+    NotListed(RelPath),
+    #[error("manifest encoding: {0}")]
+    Encoding(String),
+}
+
+impl Manifest {
+    pub fn root_hash(&self) -> Hash {
+        Hash::of(&self.encode())
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("manifest serializes to memory")
+    }
+
+    /// Decodes and validates; what a peer sends goes through here.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        let m: Manifest =
+            postcard::from_bytes(bytes).map_err(|e| ManifestError::Encoding(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Structural checks a hostile manifest could fail: order, bounds, and no entry below a
+    /// symlink or a file of the same manifest (writing there would follow the link).
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.entries.len() > MAX_ENTRIES || self.list.len() > MAX_ENTRIES {
+            return Err(ManifestError::TooManyEntries(self.entries.len().max(self.list.len())));
+        }
+        let mut kinds: BTreeMap<&RelPath, &Kind> = BTreeMap::new();
+        let mut prev: Option<&RelPath> = None;
+        for e in &self.entries {
+            if prev.is_some_and(|p| p >= &e.path) {
+                return Err(ManifestError::NotSorted(e.path.clone()));
+            }
+            prev = Some(&e.path);
+            if let Kind::Symlink { target } = &e.kind {
+                if target.is_empty() || target.len() > MAX_LINK_TARGET || target.contains('\0') {
+                    return Err(ManifestError::BadLinkTarget(e.path.clone()));
+                }
+            }
+            let mut anc = e.path.parent();
+            while let Some(a) = anc {
+                if let Some(k) = kinds.get(&a) {
+                    if !matches!(k, Kind::Dir) {
+                        return Err(ManifestError::ParentNotDir {
+                            path: e.path.clone(),
+                            parent: a,
+                            kind: k.name(),
+                        });
+                    }
+                    break; // the parent was checked the same way already
+                }
+                anc = a.parent();
+            }
+            if !self.list.iter().any(|l| e.path.starts_with(&l.path)) {
+                return Err(ManifestError::NotListed(e.path.clone()));
+            }
+            kinds.insert(&e.path, &e.kind);
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, path: &RelPath) -> Option<&Entry> {
+        self.entries.binary_search_by(|e| e.path.cmp(path)).ok().map(|i| &self.entries[i])
+    }
+
+    pub fn file_bytes(&self) -> u64 {
+        self.entries.iter().map(Entry::size).sum()
+    }
+
+    /// The incumbent's `tmp/restore_list`: one absolute path a line.
+    pub fn restore_list_file(&self) -> String {
+        self.list.iter().map(|l| l.path.to_abs() + "\n").collect()
+    }
+}
+
+/// What turning one tree into another takes, entry by entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Not on the receiver yet.
+    Create(Entry),
+    /// A file whose content differs (metadata comes with it).
+    Content { new: Entry, old: Entry },
+    /// Same content, other mode/owner/mtime.
+    Meta(Entry),
+    /// File became directory, symlink became file, ...
+    TypeChange(Entry),
+    Delete(Entry),
+}
+
+impl Op {
+    pub fn path(&self) -> &RelPath {
+        match self {
+            Op::Create(e) | Op::Meta(e) | Op::TypeChange(e) | Op::Delete(e) => &e.path,
+            Op::Content { new, .. } => &new.path,
+        }
+    }
+
+    /// The entry the receiver ends up with, if any.
+    pub fn target(&self) -> Option<&Entry> {
+        match self {
+            Op::Create(e) | Op::Meta(e) | Op::TypeChange(e) => Some(e),
+            Op::Content { new, .. } => Some(new),
+            Op::Delete(_) => None,
+        }
+    }
+
+    /// Whether the receiver needs file bytes for this op.
+    pub fn needs_content(&self) -> bool {
+        match self {
+            Op::Create(e) | Op::TypeChange(e) => matches!(e.kind, Kind::File { .. }),
+            Op::Content { .. } => true,
+            Op::Meta(_) | Op::Delete(_) => false,
+        }
+    }
+}
+
+/// The ops that turn `old` into `new`, in path order (deletes included; callers that remove
+/// things do so deepest first).
+pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    let (a, b) = (&old.entries, &new.entries);
+    while i < a.len() || j < b.len() {
+        let ord = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) => x.path.cmp(&y.path),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, _) => std::cmp::Ordering::Greater,
+        };
+        match ord {
+            std::cmp::Ordering::Less => {
+                ops.push(Op::Delete(a[i].clone()));
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                ops.push(Op::Create(b[j].clone()));
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                let (x, y) = (&a[i], &b[j]);
+                if !x.kind.same_type(&y.kind) {
+                    ops.push(Op::TypeChange(y.clone()));
+                } else if x.kind != y.kind {
+                    // Symlinks with another target are re-created: a "content" change.
+                    match y.kind {
+                        Kind::File { .. } => ops.push(Op::Content { new: y.clone(), old: x.clone() }),
+                        _ => ops.push(Op::TypeChange(y.clone())),
+                    }
+                } else if !x.same_meta(y) {
+                    ops.push(Op::Meta(y.clone()));
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    ops
+}
+
+/// A manifest expressed as the changes from a base both sides know (by root hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestDelta {
+    pub base: Hash,
+    /// New restore list and excludes, when they changed.
+    pub list: Option<(Vec<ListItem>, Vec<String>)>,
+    pub upserts: Vec<Entry>,
+    pub removes: Vec<RelPath>,
+}
+
+impl ManifestDelta {
+    pub fn between(base: &Manifest, new: &Manifest) -> ManifestDelta {
+        let mut upserts = Vec::new();
+        let mut removes = Vec::new();
+        for op in diff(base, new) {
+            match op {
+                Op::Delete(e) => removes.push(e.path),
+                op => upserts.extend(op.target().cloned()),
+            }
+        }
+        let list = (base.list != new.list || base.excludes != new.excludes)
+            .then(|| (new.list.clone(), new.excludes.clone()));
+        ManifestDelta { base: base.root_hash(), list, upserts, removes }
+    }
+
+    /// Applies to `base`; the caller checks the result's root hash against the sender's.
+    pub fn apply(&self, base: &Manifest) -> Result<Manifest, ManifestError> {
+        if self.upserts.len() > MAX_ENTRIES || self.removes.len() > MAX_ENTRIES {
+            return Err(ManifestError::TooManyEntries(self.upserts.len().max(self.removes.len())));
+        }
+        let mut map: BTreeMap<RelPath, Entry> =
+            base.entries.iter().map(|e| (e.path.clone(), e.clone())).collect();
+        for r in &self.removes {
+            map.remove(r);
+        }
+        for u in &self.upserts {
+            map.insert(u.path.clone(), u.clone());
+        }
+        let (list, excludes) = match &self.list {
+            Some((l, x)) => (l.clone(), x.clone()),
+            None => (base.list.clone(), base.excludes.clone()),
+        };
+        let m = Manifest { list, excludes, entries: map.into_values().collect() };
+        m.validate()?;
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(p: &str, content: &[u8]) -> Entry {
+        Entry {
+            path: RelPath::new(p).unwrap(),
+            kind: Kind::File { size: content.len() as u64, hash: Hash::of(content) },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 1,
+        }
+    }
+
+    fn dir(p: &str) -> Entry {
+        Entry { kind: Kind::Dir, mode: 0o755, ..file(p, b"") }
+    }
+
+    fn manifest(entries: Vec<Entry>) -> Manifest {
+        Manifest {
+            list: vec![ListItem { path: RelPath::new("etc").unwrap(), dir: true }],
+            excludes: vec![],
+            entries,
+        }
+    }
+
+    #[test]
+    fn diff_finds_each_kind_of_change() {
+        let old = manifest(vec![dir("etc"), file("etc/a", b"1"), file("etc/b", b"2"), file("etc/c", b"3"), file("etc/d", b"4")]);
+        let mut b = file("etc/b", b"2");
+        b.mode = 0o600;
+        let new = manifest(vec![dir("etc"), file("etc/a", b"1x"), b.clone(), dir("etc/c"), file("etc/e", b"5")]);
+        let ops = diff(&old, &new);
+        assert!(matches!(&ops[0], Op::Content { new, .. } if new.path.as_str() == "etc/a"));
+        assert_eq!(ops[1], Op::Meta(b));
+        assert!(matches!(&ops[2], Op::TypeChange(e) if e.path.as_str() == "etc/c"));
+        assert!(matches!(&ops[3], Op::Delete(e) if e.path.as_str() == "etc/d"));
+        assert!(matches!(&ops[4], Op::Create(e) if e.path.as_str() == "etc/e"));
+        assert_eq!(ops.len(), 5);
+        assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn delta_reproduces_the_new_manifest() {
+        let old = manifest(vec![dir("etc"), file("etc/a", b"1"), file("etc/d", b"4")]);
+        let new = manifest(vec![dir("etc"), file("etc/a", b"2"), file("etc/b", b"3")]);
+        let d = ManifestDelta::between(&old, &new);
+        assert_eq!(d.base, old.root_hash());
+        assert_eq!(d.apply(&old).unwrap().root_hash(), new.root_hash());
+    }
+
+    #[test]
+    fn validate_refuses_entries_below_a_symlink_or_unsorted() {
+        let mut link = file("etc/l", b"");
+        link.kind = Kind::Symlink { target: "/etc".into() };
+        let m = manifest(vec![dir("etc"), link, file("etc/l/passwd", b"x")]);
+        assert!(matches!(m.validate(), Err(ManifestError::ParentNotDir { .. })));
+        let m = manifest(vec![dir("etc"), file("etc/b", b""), file("etc/a", b"")]);
+        assert!(matches!(m.validate(), Err(ManifestError::NotSorted(_))));
+        let m = manifest(vec![file("var/x", b"")]);
+        assert!(matches!(m.validate(), Err(ManifestError::NotListed(_))));
+    }
+
+    #[test]
+    fn root_hash_changes_with_any_field() {
+        let a = manifest(vec![dir("etc"), file("etc/a", b"1")]);
+        let mut b = a.clone();
+        b.entries[1].mtime_ns += 1;
+        assert_ne!(a.root_hash(), b.root_hash());
+        let mut c = a.clone();
+        c.excludes.push("/etc/x".into());
+        assert_ne!(a.root_hash(), c.root_hash());
+        assert_eq!(Hash::from_hex(&a.root_hash().to_hex()), Some(a.root_hash()));
+    }
+}
