@@ -6,3 +6,5 @@ pub mod fsx;
 pub mod manifest;
 pub mod path;
 pub mod runner;
+pub mod delta;
+pub mod wire;
