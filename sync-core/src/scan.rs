@@ -1,0 +1,353 @@
+//! Scan: the restore list walked into a manifest, reading only what changed.
+//!
+//! Each listed path is `lstat`ed; listed directories are walked (walkdir, never following a
+//! symlink). A regular file is hashed with blake3 unless the stat cache holds the same
+//! (dev, inode, size, mtime, ctime) for it, in which case its cached hash is used and the
+//! file is not read at all. The cache lives under `var/run/ha-sync/` (RAM on a router): lost
+//! or corrupt, it is rebuilt, never an error. FIFOs, sockets and devices are skipped with a
+//! warning: they are not configuration.
+
+use crate::manifest::{Entry, Hash, Kind, ListItem, Manifest};
+use crate::path::RelPath;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {msg}")]
+    Bad { path: PathBuf, msg: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ScanError + '_ {
+    move |source| ScanError::Io { path: path.to_path_buf(), source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct CacheKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+/// Hashes of files by their last stat, so an unchanged file is never read again.
+#[derive(Debug, Default)]
+pub struct StatCache {
+    map: HashMap<String, (CacheKey, Hash)>,
+    dirty: bool,
+}
+
+const CACHE_MAGIC: &[u8; 8] = b"HSSCACH1";
+
+impl StatCache {
+    /// Loads `path`; anything missing or damaged gives an empty cache (with a note in the log).
+    pub fn load(path: &Path) -> StatCache {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return StatCache::default(),
+            Err(e) => {
+                tracing::warn!("stat cache {}: {e}; rebuilding", path.display());
+                return StatCache::default();
+            }
+        };
+        match Self::decode(&bytes) {
+            Some(map) => StatCache { map, dirty: false },
+            None => {
+                tracing::warn!("stat cache {} is corrupt; rebuilding", path.display());
+                StatCache { map: HashMap::new(), dirty: true }
+            }
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Option<HashMap<String, (CacheKey, Hash)>> {
+        let body = bytes.strip_prefix(CACHE_MAGIC.as_slice())?;
+        if body.len() < 32 {
+            return None;
+        }
+        let (data, sum) = body.split_at(body.len() - 32);
+        if blake3::hash(data).as_bytes() != sum {
+            return None;
+        }
+        let v: Vec<(String, CacheKey, Hash)> = postcard::from_bytes(data).ok()?;
+        Some(v.into_iter().map(|(p, k, h)| (p, (k, h))).collect())
+    }
+
+    /// Writes the cache if it changed (temp file + rename; no fsync: it is rebuildable).
+    pub fn save(&mut self, path: &Path) -> io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        let mut v: Vec<(&String, &CacheKey, &Hash)> = self.map.iter().map(|(p, (k, h))| (p, k, h)).collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        let data = postcard::to_allocvec(&v).map_err(io::Error::other)?;
+        let mut out = CACHE_MAGIC.to_vec();
+        out.extend_from_slice(&data);
+        out.extend_from_slice(blake3::hash(&data).as_bytes());
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        std::fs::write(&tmp, &out)?;
+        std::fs::rename(&tmp, path)?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanStats {
+    pub entries: u64,
+    pub files_hashed: u64,
+    pub bytes_hashed: u64,
+    pub cache_hits: u64,
+    pub skipped: u64,
+}
+
+/// Everything a scan needs besides the list.
+pub struct Scanner<'a> {
+    pub root: &'a Path,
+    /// Router path (`/etc/x`) -> excluded? Applied inside listed directories.
+    pub is_excluded: &'a dyn Fn(&str) -> bool,
+    pub cache: &'a mut StatCache,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Files changed this recently are not cached: a second write in the same (coarse, a few
+/// ms) kernel timestamp tick could otherwise hide behind an unchanged stat (git's "racy
+/// clean" problem). ctime counts too: it catches a write whose mtime was set back.
+const RACY_NS: i64 = 100_000_000;
+
+impl Scanner<'_> {
+    pub fn scan(&mut self, list: &[ListItem], excludes: &[String]) -> Result<(Manifest, ScanStats), ScanError> {
+        let mut stats = ScanStats::default();
+        let mut entries = Vec::new();
+        let started = now_ns();
+        let mut seen = std::collections::HashSet::new();
+        for item in list {
+            let full = self.root.join(item.path.as_str());
+            let md = match std::fs::symlink_metadata(&full) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&full)(e)),
+            };
+            if md.is_dir() {
+                let walker = walkdir::WalkDir::new(&full).follow_links(false).into_iter();
+                let root = self.root;
+                let excl = self.is_excluded;
+                let filtered = walker.filter_entry(|e| {
+                    e.depth() == 0 || !rel_of(root, e.path()).is_some_and(|r| excl(&format!("/{r}")))
+                });
+                for ent in filtered {
+                    let ent = ent.map_err(|e| {
+                        let p = e.path().map(Path::to_path_buf).unwrap_or_else(|| full.clone());
+                        ScanError::Io { path: p, source: e.into() }
+                    })?;
+                    let md = ent.metadata().map_err(|e| ScanError::Io { path: ent.path().to_path_buf(), source: e.into() })?;
+                    if let Some(e) = self.entry(ent.path(), &md, started, &mut stats)? {
+                        if seen.insert(e.path.clone()) {
+                            entries.push(e);
+                        }
+                    }
+                }
+            } else if let Some(e) = self.entry(&full, &md, started, &mut stats)? {
+                if seen.insert(e.path.clone()) {
+                    entries.push(e);
+                }
+            }
+        }
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        stats.entries = entries.len() as u64;
+        let m = Manifest { list: list.to_vec(), excludes: excludes.to_vec(), entries };
+        Ok((m, stats))
+    }
+
+    fn entry(&mut self, full: &Path, md: &std::fs::Metadata, started: i64, stats: &mut ScanStats) -> Result<Option<Entry>, ScanError> {
+        let Some(rel) = rel_of(self.root, full) else {
+            tracing::warn!("{}: name is not UTF-8, skipped", full.display());
+            stats.skipped += 1;
+            return Ok(None);
+        };
+        let path = RelPath::new(rel).map_err(|e| ScanError::Bad { path: full.to_path_buf(), msg: e.to_string() })?;
+        let ft = md.file_type();
+        let kind = if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_symlink() {
+            let t = std::fs::read_link(full).map_err(io_err(full))?;
+            let Some(target) = t.to_str() else {
+                tracing::warn!("{}: symlink target is not UTF-8, skipped", full.display());
+                stats.skipped += 1;
+                return Ok(None);
+            };
+            Kind::Symlink { target: target.to_string() }
+        } else if ft.is_file() {
+            let key = CacheKey {
+                dev: md.dev(),
+                ino: md.ino(),
+                size: md.size(),
+                mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+                ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+            };
+            let hash = match self.cache.map.get(path.as_str()) {
+                Some((k, h)) if *k == key => {
+                    stats.cache_hits += 1;
+                    *h
+                }
+                _ => {
+                    let h = hash_file(full)?;
+                    stats.files_hashed += 1;
+                    stats.bytes_hashed += md.size();
+                    if key.mtime_ns.max(key.ctime_ns) < started - RACY_NS {
+                        self.cache.map.insert(path.as_str().to_string(), (key, h));
+                        self.cache.dirty = true;
+                    }
+                    h
+                }
+            };
+            Kind::File { size: md.size(), hash }
+        } else {
+            let what = if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "a device"
+            };
+            tracing::warn!("{}: is {what}, skipped", full.display());
+            stats.skipped += 1;
+            return Ok(None);
+        };
+        Ok(Some(Entry {
+            path,
+            kind,
+            mode: md.mode() & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        }))
+    }
+}
+
+fn rel_of(root: &Path, full: &Path) -> Option<String> {
+    let r = full.strip_prefix(root).ok()?;
+    r.to_str().map(|s| s.trim_start_matches('/').to_string())
+}
+
+/// blake3 of a file, never through a symlink.
+pub fn hash_file(path: &Path) -> Result<Hash, ScanError> {
+    let f = File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io_err(path))?;
+    let mut h = blake3::Hasher::new();
+    h.update_reader(f).map_err(io_err(path))?;
+    Ok(Hash(*h.finalize().as_bytes()))
+}
+
+/// Reads a file the manifest lists, never through a symlink, at most `limit` bytes.
+pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, ScanError> {
+    use std::io::Read;
+    let f = File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io_err(path))?;
+    let mut buf = Vec::new();
+    f.take(limit + 1).read_to_end(&mut buf).map_err(io_err(path))?;
+    if buf.len() as u64 > limit {
+        return Err(ScanError::Bad { path: path.to_path_buf(), msg: format!("larger than {limit} bytes") });
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn item(p: &str, dir: bool) -> ListItem {
+        ListItem { path: RelPath::new(p).unwrap(), dir }
+    }
+
+    fn old(path: &Path) {
+        let t = filetime::FileTime::from_unix_time(1_600_000_000, 5);
+        filetime::set_symlink_file_times(path, t, t).unwrap();
+    }
+
+    #[test]
+    fn scans_files_dirs_symlinks_and_skips_fifos_and_excludes() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("etc/ha/sub")).unwrap();
+        std::fs::write(r.join("etc/ha/a"), b"aaa").unwrap();
+        std::fs::set_permissions(r.join("etc/ha/a"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(r.join("etc/ha/skip.tmp"), b"x").unwrap();
+        std::fs::write(r.join("etc/ha/sub/b c"), b"bbb").unwrap();
+        std::os::unix::fs::symlink("../x", r.join("etc/ha/link")).unwrap();
+        let fifo = std::ffi::CString::new(r.join("etc/ha/fifo").to_str().unwrap()).unwrap();
+        // SAFETY: valid C string.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::fs::write(r.join("etc/single"), b"s").unwrap();
+        let mut cache = StatCache::default();
+        let excl = |p: &str| p.ends_with(".tmp");
+        let mut s = Scanner { root: r, is_excluded: &excl, cache: &mut cache };
+        let (m, stats) = s.scan(&[item("etc/ha", true), item("etc/single", false), item("etc/missing", false)], &[]).unwrap();
+        let paths: Vec<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["etc/ha", "etc/ha/a", "etc/ha/link", "etc/ha/sub", "etc/ha/sub/b c", "etc/single"]);
+        assert_eq!(m.get(&RelPath::new("etc/ha/a").unwrap()).unwrap().mode, 0o600);
+        assert_eq!(m.get(&RelPath::new("etc/ha/link").unwrap()).unwrap().kind, Kind::Symlink { target: "../x".into() });
+        assert_eq!(m.get(&RelPath::new("etc/single").unwrap()).unwrap().file_hash(), Some(Hash::of(b"s")));
+        assert_eq!(stats.skipped, 1);
+        m.validate().unwrap();
+    }
+
+    #[test]
+    fn warm_cache_reads_nothing_and_sees_changes() {
+        let t = tempfile::tempdir().unwrap();
+        let r = t.path();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        for i in 0..5 {
+            std::fs::write(r.join(format!("etc/f{i}")), vec![i as u8; 1000]).unwrap();
+            old(&r.join(format!("etc/f{i}")));
+        }
+        // Out of the racy window, so the first scan may cache them.
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let cache_path = r.join("var/run/ha-sync/statcache");
+        let no = |_: &str| false;
+        let list = [item("etc", true)];
+        let mut cache = StatCache::load(&cache_path);
+        let (m1, s1) = Scanner { root: r, is_excluded: &no, cache: &mut cache }.scan(&list, &[]).unwrap();
+        assert_eq!((s1.files_hashed, s1.bytes_hashed), (5, 5000));
+        cache.save(&cache_path).unwrap();
+
+        let mut cache = StatCache::load(&cache_path);
+        let (m2, s2) = Scanner { root: r, is_excluded: &no, cache: &mut cache }.scan(&list, &[]).unwrap();
+        assert_eq!((s2.files_hashed, s2.bytes_hashed, s2.cache_hits), (0, 0, 5));
+        assert_eq!(m1.root_hash(), m2.root_hash());
+
+        std::fs::write(r.join("etc/f2"), b"changed").unwrap();
+        let (m3, s3) = Scanner { root: r, is_excluded: &no, cache: &mut cache }.scan(&list, &[]).unwrap();
+        assert_eq!(s3.files_hashed, 1);
+        assert_eq!(m3.get(&RelPath::new("etc/f2").unwrap()).unwrap().file_hash(), Some(Hash::of(b"changed")));
+    }
+
+    #[test]
+    fn corrupt_cache_is_rebuilt_not_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("statcache");
+        std::fs::write(&p, b"HSSCACH1 garbage that is not a cache at all, and long enough to split").unwrap();
+        assert!(StatCache::load(&p).is_empty());
+        assert!(StatCache::load(&t.path().join("missing")).is_empty());
+    }
+}
