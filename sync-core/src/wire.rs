@@ -102,8 +102,9 @@ pub struct FileHeader {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WantKind {
     Whole,
-    /// fast_rsync signature of the backup's copy.
-    Rsync { signature: Vec<u8> },
+    /// fast_rsync signature of the backup's copy, whose blake3 is `basis` (the primary may
+    /// answer with a zstd patch instead when it still holds that version).
+    Rsync { signature: Vec<u8>, basis: Hash },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,264 @@
+//! Apply into the staging tree, and the commit point.
+//!
+//! The staging tree (`<root>/usr/share/keepalived/rsync/` by default) mirrors router paths:
+//! `/etc/config/firewall` is staged at `<staging>/etc/config/firewall`. ha-sync's own state
+//! sits in `<staging>/.ha-sync/` (a name `RelPath` refuses from a peer):
+//! - `manifest`: the committed manifest. It and `tmp/restore_list` are written last, each
+//!   atomically: together they are the commit point.
+//! - `dirty`: exists from the first change of a sync until its commit. While it exists the
+//!   committed manifest is not trusted: the tree may hold a mix of old and new files (each
+//!   whole: every file is written by temp file + fsync + rename), so the next sync rescans
+//!   staging and converges from what is really there.
+//!
+//! Every write goes through `fsx::Dir`, which never follows a symlink: a hostile manifest
+//! that stages `etc -> /` and then `etc/passwd` fails at the second step.
+
+use crate::fsx::{self, Dir, FileType, Meta};
+use crate::manifest::{Entry, Hash, Kind, ListItem, Manifest, Op};
+use crate::path::{RelPath, RESERVED_TOP};
+use crate::scan::{ScanError, Scanner, StatCache};
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Default staging tree, relative to the backup's root.
+pub const DEFAULT_STAGING: &str = "usr/share/keepalived/rsync";
+/// The incumbent's restore list inside staging.
+pub const RESTORE_LIST: &str = "tmp/restore_list";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error("staging {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("staging scan: {0}")]
+    Scan(#[from] ScanError),
+    #[error("{path}: {msg}")]
+    Refused { path: String, msg: String },
+}
+
+fn at(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ApplyError {
+    let path = path.into();
+    move |source| ApplyError::Io { path, source }
+}
+
+pub fn meta_of(e: &Entry) -> Meta {
+    Meta { mode: e.mode, uid: e.uid, gid: e.gid, mtime_ns: e.mtime_ns }
+}
+
+pub struct Staging {
+    dir: Dir,
+    state: Dir,
+    path: PathBuf,
+    committed: Option<Manifest>,
+    dirty: bool,
+}
+
+impl Staging {
+    /// Opens (creating) the staging tree at `path`.
+    pub fn open(path: &Path) -> Result<Staging, ApplyError> {
+        let dir = Dir::open(path, true).map_err(at(path))?;
+        match dir.lstat(RESERVED_TOP).map_err(at(path.join(RESERVED_TOP)))? {
+            Some(st) if st.kind == FileType::Dir => {}
+            Some(_) => {
+                return Err(ApplyError::Refused {
+                    path: path.join(RESERVED_TOP).display().to_string(),
+                    msg: "exists and is not a directory".into(),
+                })
+            }
+            None => dir.mkdir(RESERVED_TOP, 0o700).map_err(at(path.join(RESERVED_TOP)))?,
+        }
+        let state = dir.open_dir(RESERVED_TOP).map_err(at(path.join(RESERVED_TOP)))?;
+        let dirty = state.lstat("dirty").map_err(at(path.join(".ha-sync/dirty")))?.is_some();
+        let committed = match state.read_file("manifest", crate::wire::MAX_MANIFEST) {
+            Ok(b) => match Manifest::decode(&b) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!("{}/.ha-sync/manifest: {e}; staging will be rescanned", path.display());
+                    None
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(at(path.join(".ha-sync/manifest"))(e)),
+        };
+        Ok(Staging { dir, state, path: path.to_path_buf(), committed, dirty })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn committed(&self) -> Option<&Manifest> {
+        self.committed.as_ref()
+    }
+
+    /// The committed root, when the tree is known to hold exactly that.
+    pub fn root(&self) -> Option<Hash> {
+        if self.dirty {
+            None
+        } else {
+            self.committed.as_ref().map(Manifest::root_hash)
+        }
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// What staging really holds under `list` (and under the committed list): the
+    /// committed manifest when clean, a rescan when a sync was interrupted.
+    pub fn current(&self, list: &[ListItem]) -> Result<Manifest, ApplyError> {
+        if let (false, Some(m)) = (self.dirty, &self.committed) {
+            return Ok(m.clone());
+        }
+        let mut all: Vec<ListItem> = list.to_vec();
+        if let Some(m) = &self.committed {
+            all.extend(m.list.iter().cloned());
+        }
+        all.sort();
+        all.dedup_by(|a, b| a.path == b.path);
+        // Drop items below another item: the walk of the parent covers them.
+        let items: Vec<ListItem> = all
+            .iter()
+            .filter(|i| !all.iter().any(|o| o.path != i.path && i.path.starts_with(&o.path)))
+            .cloned()
+            .collect();
+        let none = |_: &str| false;
+        let mut cache = StatCache::default();
+        let (m, _) = Scanner { root: &self.path, is_excluded: &none, cache: &mut cache }.scan(&items, &[])?;
+        Ok(m)
+    }
+
+    /// Marks the tree as changing; from here until `commit` a crash means "rescan".
+    pub fn begin(&mut self) -> Result<(), ApplyError> {
+        if !self.dirty {
+            self.state.write_file_atomic("dirty", b"", None).map_err(at(self.path.join(".ha-sync/dirty")))?;
+            self.state.sync().map_err(at(self.path.join(".ha-sync")))?;
+            self.dirty = true;
+        }
+        Ok(())
+    }
+
+    fn parent(&self, p: &RelPath, create: bool) -> Result<Dir, ApplyError> {
+        self.dir.parent_of(p, create).map_err(|e| ApplyError::Refused {
+            path: p.to_abs(),
+            msg: format!("cannot reach its directory in staging without following a symlink or non-directory: {e}"),
+        })
+    }
+
+    /// Everything but file content: deletions (deepest first), type changes, directories,
+    /// symlinks, metadata of unchanged files. Returns the directories whose metadata must
+    /// be set once their content is final (`finish_dirs`).
+    pub fn apply_structure(&mut self, ops: &[Op]) -> Result<(), ApplyError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        self.begin()?;
+        for op in ops.iter().rev() {
+            if let Op::Delete(e) | Op::TypeChange(e) = op {
+                match self.dir.parent_of(&e.path, false) {
+                    Ok(d) => d.remove_all(e.path.file_name()).map_err(at(self.path.join(e.path.as_str())))?,
+                    Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT)) => {}
+                    Err(err) => return Err(at(self.path.join(e.path.as_str()))(err)),
+                }
+            }
+        }
+        for op in ops {
+            let Some(e) = op.target() else { continue };
+            let full = self.path.join(e.path.as_str());
+            match (&e.kind, op) {
+                (Kind::Dir, Op::Create(_) | Op::TypeChange(_)) => {
+                    let d = self.parent(&e.path, true)?;
+                    match d.lstat(e.path.file_name()).map_err(at(&full))? {
+                        Some(st) if st.kind == FileType::Dir => {}
+                        Some(_) => {
+                            d.remove_all(e.path.file_name()).map_err(at(&full))?;
+                            d.mkdir(e.path.file_name(), 0o700).map_err(at(&full))?;
+                        }
+                        None => d.mkdir(e.path.file_name(), 0o700).map_err(at(&full))?,
+                    }
+                }
+                (Kind::Symlink { target }, Op::Create(_) | Op::TypeChange(_)) => {
+                    let d = self.parent(&e.path, true)?;
+                    if d.lstat(e.path.file_name()).map_err(at(&full))?.is_some_and(|s| s.kind == FileType::Dir) {
+                        d.remove_all(e.path.file_name()).map_err(at(&full))?;
+                    }
+                    d.symlink_atomic(target, e.path.file_name(), Some(meta_of(e))).map_err(at(&full))?;
+                }
+                (Kind::File { .. }, Op::Meta(_)) => {
+                    self.parent(&e.path, false)?.set_meta(e.path.file_name(), meta_of(e), false).map_err(at(&full))?
+                }
+                (Kind::Symlink { .. }, Op::Meta(_)) => {
+                    self.parent(&e.path, false)?.set_meta(e.path.file_name(), meta_of(e), true).map_err(at(&full))?
+                }
+                _ => {} // files' content comes later; directories' metadata at the end
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the metadata of every directory of `m` that this sync touched (directly or by
+    /// changing something inside it), deepest first, so their mtimes end as the primary's.
+    pub fn finish_dirs(&self, m: &Manifest, touched: &BTreeSet<RelPath>) -> Result<(), ApplyError> {
+        let mut dirs: BTreeSet<&RelPath> = BTreeSet::new();
+        for p in touched {
+            let mut cur = Some(p.clone());
+            while let Some(c) = cur {
+                if let Some(e) = m.get(&c) {
+                    if matches!(e.kind, Kind::Dir) {
+                        dirs.insert(&e.path);
+                    }
+                }
+                cur = c.parent();
+            }
+        }
+        for p in dirs.iter().rev() {
+            let e = m.get(p).expect("dir taken from the manifest");
+            let d = self.dir.open_rel_dir(&e.path).map_err(at(self.path.join(p.as_str())))?;
+            d.set_own_meta(meta_of(e)).map_err(at(self.path.join(p.as_str())))?;
+        }
+        Ok(())
+    }
+
+    /// Writes one file's content atomically with the entry's metadata.
+    pub fn write_file(&mut self, e: &Entry, data: &[u8]) -> Result<(), ApplyError> {
+        self.begin()?;
+        let d = self.parent(&e.path, true)?;
+        let full = self.path.join(e.path.as_str());
+        if d.lstat(e.path.file_name()).map_err(at(&full))?.is_some_and(|s| s.kind == FileType::Dir) {
+            d.remove_all(e.path.file_name()).map_err(at(&full))?;
+        }
+        d.write_file_atomic(e.path.file_name(), data, Some(meta_of(e))).map_err(at(&full))
+    }
+
+    /// The staged copy of a file, as basis for a delta; `None` if it is not a regular file.
+    pub fn read(&self, p: &RelPath, limit: u64) -> Option<Vec<u8>> {
+        let d = self.dir.parent_of(p, false).ok()?;
+        d.read_file(p.file_name(), limit).ok()
+    }
+
+    /// The commit point: restore list, then manifest, then the dirty mark goes.
+    pub fn commit(&mut self, m: &Manifest) -> Result<Hash, ApplyError> {
+        let rl = RelPath::new(RESTORE_LIST).expect("constant path is valid");
+        let d = self.parent(&rl, true)?;
+        d.write_file_atomic(rl.file_name(), m.restore_list_file().as_bytes(), Some(Meta { mode: 0o644, uid: 0, gid: 0, mtime_ns: now_ns() }))
+            .map_err(at(self.path.join(RESTORE_LIST)))?;
+        d.sync().map_err(at(self.path.join("tmp")))?;
+        self.state.write_file_atomic("manifest", &m.encode(), None).map_err(at(self.path.join(".ha-sync/manifest")))?;
+        if self.dirty {
+            self.state.unlink("dirty").map_err(at(self.path.join(".ha-sync/dirty")))?;
+        }
+        self.state.sync().map_err(at(self.path.join(".ha-sync")))?;
+        self.dirty = false;
+        self.committed = Some(m.clone());
+        Ok(m.root_hash())
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
+
+/// Whether this process can make staging's owners match the primary's.
+pub fn preserves_owners() -> bool {
+    fsx::can_chown()
+}

@@ -1,0 +1,507 @@
+//! One sync, both ends: the primary (`Primary::run`) and the backup (`Backup::run`), each
+//! over any byte stream. In-process they talk over a socket pair (`sync-local`); the agents
+//! put them on an SSH channel. See `wire` for the conversation.
+
+use crate::apply::{ApplyError, Staging};
+use crate::delta::{self, codec, Encoding, WHOLE_MAX};
+use crate::manifest::{Entry, Hash, Kind, Manifest, ManifestDelta, Op};
+use crate::path::RelPath;
+use crate::scan::{self, ScanError};
+use crate::wire::{
+    unexpected, Commit, Conn, FileHeader, Hello, ManifestForm, Msg, RestoreReport, Traffic, Want, WantKind,
+    Welcome, WireError, MAGIC, MAX_MANIFEST, PROTOCOL_VERSION,
+};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    #[error("{path}: {msg}")]
+    Data { path: String, msg: String },
+    #[error("manifest from the peer: {0}")]
+    Manifest(String),
+    #[error("state {path}: {source}")]
+    State { path: PathBuf, source: io::Error },
+}
+
+/// What the primary saw of one sync.
+#[derive(Debug, Default, Clone)]
+pub struct SyncReport {
+    pub root: Hash,
+    /// Roots were equal: one round trip, nothing sent.
+    pub up_to_date: bool,
+    pub form: Option<ManifestForm>,
+    pub files_sent: u64,
+    /// File payload bytes (compressed) sent.
+    pub payload_bytes: u64,
+    pub traffic: Traffic,
+    pub commit: Option<Commit>,
+    pub restore: Option<RestoreReport>,
+    pub elapsed: Duration,
+}
+
+/// The primary's state between syncs, under `var/run/ha-sync/` (RAM on a router: lost at a
+/// reboot, which costs one full manifest, nothing else).
+pub struct PrimaryState {
+    dir: PathBuf,
+}
+
+/// Total size of the basis store (zstd copies of what the backup holds, for patches).
+pub const BASIS_BUDGET: u64 = 64 << 20;
+
+impl PrimaryState {
+    pub fn new(dir: &Path) -> PrimaryState {
+        PrimaryState { dir: dir.to_path_buf() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn acked_path(&self) -> PathBuf {
+        self.dir.join("acked")
+    }
+
+    fn basis_path(&self, h: &Hash) -> PathBuf {
+        self.dir.join("basis").join(h.to_hex())
+    }
+
+    /// The manifest the backup last committed, as this primary sent it.
+    pub fn acked(&self) -> Option<Manifest> {
+        let b = std::fs::read(self.acked_path()).ok()?;
+        Manifest::decode(&b).ok()
+    }
+
+    fn write(&self, path: &Path, data: &[u8]) -> Result<(), SyncError> {
+        let err = |source| SyncError::State { path: path.to_path_buf(), source };
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(err)?;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, data).map_err(err)?;
+        std::fs::rename(&tmp, path).map_err(err)
+    }
+
+    fn set_acked(&self, m: Option<&Manifest>) -> Result<(), SyncError> {
+        match m {
+            Some(m) => self.write(&self.acked_path(), &m.encode()),
+            None => match std::fs::remove_file(self.acked_path()) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    Err(SyncError::State { path: self.acked_path(), source: e })
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// A file version the backup holds, if kept: zstd on disk, checked on the way out.
+    fn basis(&self, h: &Hash, size: u64) -> Option<Vec<u8>> {
+        let z = std::fs::read(self.basis_path(h)).ok()?;
+        let data = delta::decompress(&z, size).ok()?;
+        (Hash::of(&data) == *h).then_some(data)
+    }
+
+    fn keep_basis(&self, h: &Hash, compressed: &[u8]) {
+        let p = self.basis_path(h);
+        if !p.exists() {
+            // Best effort: a missing basis only costs a bigger transfer later.
+            let _ = self.write(&p, compressed);
+        }
+    }
+
+    /// Drops basis copies the backup no longer holds, then the largest over the budget.
+    fn prune_basis(&self, keep: &Manifest) {
+        let wanted: HashSet<String> = keep.entries.iter().filter_map(|e| e.file_hash()).map(|h| h.to_hex()).collect();
+        let Ok(rd) = std::fs::read_dir(self.dir.join("basis")) else { return };
+        let mut kept = Vec::new();
+        for ent in rd.flatten() {
+            let name = ent.file_name().to_string_lossy().into_owned();
+            if wanted.contains(&name) {
+                kept.push((ent.metadata().map(|m| m.len()).unwrap_or(0), ent.path()));
+            } else {
+                let _ = std::fs::remove_file(ent.path());
+            }
+        }
+        let mut total: u64 = kept.iter().map(|k| k.0).sum();
+        kept.sort();
+        while total > BASIS_BUDGET {
+            let Some((len, p)) = kept.pop() else { break };
+            let _ = std::fs::remove_file(p);
+            total -= len;
+        }
+    }
+}
+
+/// Whether a file is worth a basis copy (small files go whole anyway).
+fn wants_basis(size: u64) -> bool {
+    size > WHOLE_MAX && size <= BASIS_BUDGET / 4
+}
+
+pub struct Primary<'a> {
+    /// Where the manifest's paths live (the router's `/`).
+    pub root: &'a Path,
+    pub manifest: &'a Manifest,
+    pub state: &'a PrimaryState,
+    pub node: &'a str,
+    /// Called as files go out: (files sent, payload bytes sent).
+    pub progress: &'a mut dyn FnMut(u64, u64),
+}
+
+impl Primary<'_> {
+    pub fn run<S: Read + Write>(&mut self, stream: S) -> Result<SyncReport, SyncError> {
+        let start = Instant::now();
+        let mut conn = Conn::new(stream);
+        let root = self.manifest.root_hash();
+        let acked = self.state.acked();
+        let mut rep = SyncReport { root, ..SyncReport::default() };
+        conn.send(&Msg::Hello(Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            root,
+            acked: acked.as_ref().map(Manifest::root_hash),
+            node: self.node.to_string(),
+        }))?;
+        conn.flush()?;
+        let welcome = match conn.recv()? {
+            Msg::Welcome(w) => w,
+            other => return Err(unexpected("Welcome", &other).into()),
+        };
+        if welcome.staging_root == Some(root) {
+            conn.send(&Msg::Bye)?;
+            conn.flush()?;
+            if acked.as_ref().map(Manifest::root_hash) != Some(root) {
+                self.state.set_acked(Some(self.manifest))?;
+            }
+            rep.up_to_date = true;
+            rep.traffic = conn.traffic;
+            rep.elapsed = start.elapsed();
+            return Ok(rep);
+        }
+        // The backup holds exactly what we last saw it commit: send only the changes, and
+        // push the changed files right away (no round trip for wants).
+        let base = acked.filter(|a| welcome.staging_root == Some(a.root_hash()));
+        let body = match &base {
+            Some(b) => {
+                rep.form = Some(ManifestForm::Delta);
+                postcard::to_allocvec(&ManifestDelta::between(b, self.manifest))
+            }
+            None => {
+                rep.form = Some(ManifestForm::Full);
+                Ok(self.manifest.encode())
+            }
+        }
+        .map_err(|e| SyncError::Manifest(e.to_string()))?;
+        let z = delta::compress(&body);
+        conn.send(&Msg::Manifest { form: rep.form.expect("set above"), len: z.len() as u64 })?;
+        conn.send_chunks(&z)?;
+        if let Some(b) = &base {
+            for op in crate::manifest::diff(b, self.manifest) {
+                if !op.needs_content() {
+                    continue;
+                }
+                let new = op.target().expect("content ops have a target");
+                let old = match &op {
+                    Op::Content { old, .. } => Some(old),
+                    _ => None,
+                };
+                let basis = old.and_then(|o| Some((o.file_hash()?, self.state.basis(&o.file_hash()?, o.size())?)));
+                if basis.is_some() || new.size() <= WHOLE_MAX {
+                    self.send_file(&mut conn, new, basis.as_ref().map(|(h, d)| (*h, d.as_slice())), None, &mut rep)?;
+                }
+            }
+        }
+        conn.send(&Msg::EndOfPush)?;
+        conn.flush()?;
+        loop {
+            let mut wants = Vec::new();
+            loop {
+                match conn.recv()? {
+                    Msg::Want(w) => wants.push(w),
+                    Msg::EndOfWants => break,
+                    other => return Err(unexpected("Want or EndOfWants", &other).into()),
+                }
+            }
+            if wants.is_empty() {
+                break;
+            }
+            for w in wants {
+                let Some(e) = self.manifest.get(&w.path).filter(|e| matches!(e.kind, Kind::File { .. })) else {
+                    return Err(SyncError::Data { path: w.path.to_abs(), msg: "backup asked for a file that is not in the manifest".into() });
+                };
+                match &w.kind {
+                    WantKind::Whole => self.send_file(&mut conn, e, None, None, &mut rep)?,
+                    WantKind::Rsync { signature, basis } => {
+                        let kept = self.state.basis(basis, u64::MAX >> 1).map(|d| (*basis, d));
+                        match kept {
+                            Some((h, d)) => self.send_file(&mut conn, e, Some((h, &d)), None, &mut rep)?,
+                            None => self.send_file(&mut conn, e, None, Some(signature), &mut rep)?,
+                        }
+                    }
+                }
+            }
+            conn.send(&Msg::EndOfData)?;
+            conn.flush()?;
+        }
+        let commit = match conn.recv()? {
+            Msg::Committed(c) => c,
+            other => return Err(unexpected("Committed", &other).into()),
+        };
+        // Only a commit of exactly our manifest lets the next sync send changes from it.
+        if commit.root == root {
+            self.state.set_acked(Some(self.manifest))?;
+            self.state.prune_basis(self.manifest);
+        } else {
+            self.state.set_acked(None)?;
+        }
+        rep.commit = Some(commit);
+        match conn.recv()? {
+            Msg::Restored(r) => rep.restore = Some(r),
+            other => return Err(unexpected("Restored", &other).into()),
+        }
+        rep.traffic = conn.traffic;
+        rep.elapsed = start.elapsed();
+        Ok(rep)
+    }
+
+    /// Reads, encodes and queues one file. `patch_from` is a version the backup holds;
+    /// `signature` its rsync signature. A file that changed since the scan goes with the
+    /// hash of what was read: the backup records that instead, and the next sync (the
+    /// change woke a trigger anyway) converges.
+    fn send_file<S: Read + Write>(
+        &mut self,
+        conn: &mut Conn<S>,
+        e: &Entry,
+        patch_from: Option<(Hash, &[u8])>,
+        signature: Option<&Vec<u8>>,
+        rep: &mut SyncReport,
+    ) -> Result<(), SyncError> {
+        let full = self.root.join(e.path.as_str());
+        let data = scan::read_file(&full, delta::MAX_FILE_SIZE)?;
+        let hash = Hash::of(&data);
+        let (encoding, payload) = match (patch_from, signature) {
+            (Some((base, basis)), _) => (Encoding::Patch { base }, codec(Encoding::Patch { base }).encode(&data, Some(basis))),
+            (None, Some(sig)) => (Encoding::Rsync, codec(Encoding::Rsync).encode(&data, Some(sig))),
+            (None, None) => (Encoding::Whole, codec(Encoding::Whole).encode(&data, None)),
+        };
+        let (encoding, payload) = match payload {
+            Ok(p) => (encoding, p),
+            // A signature we cannot use: send it whole.
+            Err(_) => (Encoding::Whole, codec(Encoding::Whole).encode(&data, None).map_err(|err| SyncError::Data { path: e.path.to_abs(), msg: err.to_string() })?),
+        };
+        if wants_basis(data.len() as u64) {
+            if encoding == Encoding::Whole {
+                self.state.keep_basis(&hash, &payload);
+            } else {
+                self.state.keep_basis(&hash, &delta::compress(&data));
+            }
+        }
+        conn.send(&Msg::File(FileHeader { path: e.path.clone(), hash, size: data.len() as u64, encoding, payload_len: payload.len() as u64 }))?;
+        conn.send_chunks(&payload)?;
+        rep.files_sent += 1;
+        rep.payload_bytes += payload.len() as u64;
+        (self.progress)(rep.files_sent, rep.payload_bytes);
+        Ok(())
+    }
+}
+
+/// What the backup saw of one sync.
+#[derive(Debug, Default, Clone)]
+pub struct BackupReport {
+    pub peer: String,
+    pub up_to_date: bool,
+    pub commit: Option<Commit>,
+    pub restore: Option<RestoreReport>,
+    pub traffic: Traffic,
+}
+
+/// Runs after each commit: staging -> live. Returns what it did, for the primary.
+pub type RestoreFn<'a> = dyn FnMut(&Manifest, &Commit) -> RestoreReport + 'a;
+
+pub struct Backup<'a> {
+    pub staging: &'a mut Staging,
+    pub node: &'a str,
+    pub restore: &'a mut RestoreFn<'a>,
+}
+
+/// Refetch rounds before a file that never verifies fails the sync.
+const MAX_REFETCH_ROUNDS: usize = 2;
+
+impl Backup<'_> {
+    pub fn run<S: Read + Write>(&mut self, stream: S) -> Result<BackupReport, SyncError> {
+        let mut conn = Conn::new(stream);
+        let res = self.converse(&mut conn);
+        if let Err(e) = &res {
+            // Tell the primary why, if the connection still works; the error stands anyway.
+            if !matches!(e, SyncError::Wire(WireError::Io(_) | WireError::Closed(_) | WireError::Remote(_))) {
+                let _ = conn.send(&Msg::Error(e.to_string()));
+                let _ = conn.flush();
+            }
+        }
+        res.map(|mut r| {
+            r.traffic = conn.traffic;
+            r
+        })
+    }
+
+    fn converse<S: Read + Write>(&mut self, conn: &mut Conn<S>) -> Result<BackupReport, SyncError> {
+        let hello = match conn.recv()? {
+            Msg::Hello(h) => h,
+            other => return Err(unexpected("Hello", &other).into()),
+        };
+        let mut rep = BackupReport { peer: hello.node.clone(), ..BackupReport::default() };
+        let staging_root = self.staging.root();
+        conn.send(&Msg::Welcome(Welcome { magic: MAGIC, version: PROTOCOL_VERSION, staging_root, node: self.node.to_string() }))?;
+        conn.flush()?;
+        let (form, len) = match conn.recv()? {
+            Msg::Bye => {
+                rep.up_to_date = true;
+                return Ok(rep);
+            }
+            Msg::Manifest { form, len } => (form, len),
+            other => return Err(unexpected("Manifest or Bye", &other).into()),
+        };
+        let z = conn.recv_chunks(len, MAX_MANIFEST, "manifest")?;
+        let body = zstd::bulk::decompress(&z, MAX_MANIFEST as usize).map_err(|e| SyncError::Manifest(format!("decompress: {e}")))?;
+        let new = match form {
+            ManifestForm::Full => Manifest::decode(&body).map_err(|e| SyncError::Manifest(e.to_string()))?,
+            ManifestForm::Delta => {
+                let d: ManifestDelta = postcard::from_bytes(&body).map_err(|e| SyncError::Manifest(e.to_string()))?;
+                let base = self.staging.committed().filter(|_| staging_root == Some(d.base)).ok_or_else(|| {
+                    SyncError::Manifest("a delta against a manifest this backup does not hold".into())
+                })?;
+                d.apply(base).map_err(|e| SyncError::Manifest(e.to_string()))?
+            }
+        };
+        if new.root_hash() != hello.root {
+            return Err(SyncError::Manifest("does not match the root hash announced in Hello".into()));
+        }
+        let current = self.staging.current(&new.list)?;
+        let ops = crate::manifest::diff(&current, &new);
+        self.staging.apply_structure(&ops)?;
+        let mut touched: BTreeSet<RelPath> = ops.iter().map(|o| o.path().clone()).collect();
+        // Files that still need content, with the staged copy's entry (delta basis).
+        let mut needed: BTreeMap<RelPath, Option<Entry>> = ops
+            .iter()
+            .filter(|o| o.needs_content())
+            .map(|o| match o {
+                Op::Content { new, old } => (new.path.clone(), Some(old.clone())),
+                o => (o.path().clone(), None),
+            })
+            .collect();
+        let mut committed = new.clone();
+        let mut refetch: Vec<RelPath> = Vec::new();
+        // Pushed files, then rounds of wants until everything verified.
+        self.receive_files(conn, &new, &mut committed, &mut needed, &mut refetch, Msg::EndOfPush)?;
+        let mut round = 0;
+        loop {
+            let mut wants = Vec::new();
+            for (p, old) in &needed {
+                let kind = match old.as_ref().filter(|o| o.size() > WHOLE_MAX && !refetch.contains(p)) {
+                    Some(o) => match self.staging.read(p, delta::MAX_FILE_SIZE) {
+                        Some(b) if Some(Hash::of(&b)) == o.file_hash() => {
+                            WantKind::Rsync { signature: delta::signature(&b), basis: Hash::of(&b) }
+                        }
+                        _ => WantKind::Whole,
+                    },
+                    None => WantKind::Whole,
+                };
+                wants.push(Want { path: p.clone(), kind });
+            }
+            for w in &wants {
+                conn.send(&Msg::Want(w.clone()))?;
+            }
+            conn.send(&Msg::EndOfWants)?;
+            if wants.is_empty() {
+                break;
+            }
+            if round == MAX_REFETCH_ROUNDS {
+                let p = needed.keys().next().expect("wants not empty").to_abs();
+                return Err(SyncError::Data { path: p, msg: "content never matched its hash; giving up".into() });
+            }
+            round += 1;
+            conn.flush()?;
+            refetch.clear();
+            self.receive_files(conn, &new, &mut committed, &mut needed, &mut refetch, Msg::EndOfData)?;
+        }
+        touched.extend(committed.entries.iter().filter(|e| needed.contains_key(&e.path)).map(|e| e.path.clone()));
+        self.staging.finish_dirs(&committed, &touched)?;
+        let changed: Vec<String> = touched.iter().map(RelPath::to_abs).collect();
+        let deleted = ops.iter().filter(|o| matches!(o, Op::Delete(_))).count() as u64;
+        let files_written = ops.iter().filter(|o| o.needs_content()).count() as u64;
+        let root = if ops.is_empty() && self.staging.root() == Some(committed.root_hash()) {
+            committed.root_hash()
+        } else {
+            self.staging.commit(&committed)?
+        };
+        let commit = Commit { root, changed, files_written, deleted };
+        conn.send(&Msg::Committed(commit.clone()))?;
+        conn.flush()?;
+        let restore = (self.restore)(&committed, &commit);
+        conn.send(&Msg::Restored(restore.clone()))?;
+        conn.flush()?;
+        rep.commit = Some(commit);
+        rep.restore = Some(restore);
+        Ok(rep)
+    }
+
+    /// Reads `File`s until `end`. A file that does not rebuild to its hash goes to `refetch`
+    /// (and stays in `needed`); one that does is written and leaves `needed`.
+    fn receive_files<S: Read + Write>(
+        &mut self,
+        conn: &mut Conn<S>,
+        new: &Manifest,
+        committed: &mut Manifest,
+        needed: &mut BTreeMap<RelPath, Option<Entry>>,
+        refetch: &mut Vec<RelPath>,
+        end: Msg,
+    ) -> Result<(), SyncError> {
+        loop {
+            let h = match conn.recv()? {
+                Msg::File(h) => h,
+                m if m == end => return Ok(()),
+                other => return Err(unexpected(end.name(), &other).into()),
+            };
+            let payload = conn.recv_chunks(h.payload_len, 2 * delta::MAX_FILE_SIZE, "file payload")?;
+            let Some(entry) = new.get(&h.path).filter(|e| matches!(e.kind, Kind::File { .. })) else {
+                return Err(SyncError::Data { path: h.path.to_abs(), msg: "file sent that is not a file in the manifest".into() });
+            };
+            if !needed.contains_key(&h.path) {
+                return Err(SyncError::Data { path: h.path.to_abs(), msg: "file sent that was not needed".into() });
+            }
+            let basis = match h.encoding {
+                Encoding::Whole => None,
+                _ => self.staging.read(&h.path, delta::MAX_FILE_SIZE),
+            };
+            let data = match codec(h.encoding).decode(&payload, basis.as_deref(), h.size) {
+                Ok(d) if Hash::of(&d) == h.hash => d,
+                Ok(_) | Err(_) if h.encoding != Encoding::Whole => {
+                    refetch.push(h.path.clone());
+                    continue;
+                }
+                Ok(_) => {
+                    refetch.push(h.path.clone());
+                    continue;
+                }
+                Err(e) => return Err(SyncError::Data { path: h.path.to_abs(), msg: e.to_string() }),
+            };
+            let mut e = entry.clone();
+            e.kind = Kind::File { size: h.size, hash: h.hash };
+            self.staging.write_file(&e, &data)?;
+            if e != *entry {
+                // The primary's file changed under its scan: record what we really hold.
+                if let Ok(i) = committed.entries.binary_search_by(|x| x.path.cmp(&e.path)) {
+                    committed.entries[i] = e;
+                }
+            }
+            needed.remove(&h.path);
+        }
+    }
+}
