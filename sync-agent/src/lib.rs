@@ -1,1 +1,5 @@
 //! sync-agent
+
+pub mod agent;
+pub mod config;
+pub mod transport;

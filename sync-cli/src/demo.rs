@@ -4,8 +4,8 @@
 use anyhow::{Context, Result};
 use std::path::Path;
 use std::time::Instant;
-use sync_core::{local, sample};
 use sync_core::runner::SystemRunner;
+use sync_core::{local, sample};
 
 pub fn run(scale: u64, dir: Option<&Path>) -> Result<()> {
     let tmp;
@@ -21,7 +21,11 @@ pub fn run(scale: u64, dir: Option<&Path>) -> Result<()> {
     sample::write_router_config(&a, "fw-primary")?;
     sample::write_router_config(&b, "fw-backup")?;
     sample::generate(&a, scale).context("generating the sample tree")?;
-    println!("sample tree generated in {} ({:.0} ms)", a.display(), t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "sample tree generated in {} ({:.0} ms)",
+        a.display(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
     let step = |name: &str| -> Result<()> {
         let t = Instant::now();
         let s = local::sync_local(&a, &b, &SystemRunner, &mut local::staging_only)?;

@@ -8,9 +8,14 @@ use sync_core::local;
 use sync_core::runner::SystemRunner;
 
 mod demo;
+mod net;
 
 #[derive(Parser)]
-#[command(name = "ha-sync", version, about = "File sync and restore for two-node HA firewalls")]
+#[command(
+    name = "ha-sync",
+    version,
+    about = "File sync and restore for two-node HA firewalls"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Command,
@@ -32,6 +37,18 @@ enum Command {
         #[arg(long = "to", value_name = "ROOT_B")]
         to: PathBuf,
     },
+    /// Write an ed25519 key pair FILE and FILE.pub (OpenSSH format).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the backup agent: an SSH server offering only the ha-sync subsystem.
+    Serve(net::ServeArgs),
+    /// Sync now: restore list, scan, and send what changed to the backup.
+    Now(net::NowArgs),
+    /// Fetch the backup's host key and pin it in the known-hosts file (verify the printed
+    /// fingerprint out of band first).
+    Pin(net::PinArgs),
     /// Demonstrate ha-sync on a generated firewall-like tree between two temporary roots.
     Demo {
         /// Multiply the sample tree's file counts.
@@ -45,11 +62,17 @@ enum Command {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("HA_SYNC_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HA_SYNC_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Cli::parse()) {
-        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+        if e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        }) {
             std::process::exit(0);
         }
         eprintln!("ha-sync: {e:#}");
@@ -62,11 +85,20 @@ fn run(cli: Cli) -> Result<()> {
         Command::List { root, json } => list(&root, json),
         Command::SyncLocal { from, to } => sync_local(&from, &to),
         Command::Demo { scale, dir } => demo::run(scale, dir.as_deref()),
+        Command::Keygen { out } => {
+            sync_agent::transport::generate_keypair(&out)?;
+            println!("wrote {} and {}.pub", out.display(), out.display());
+            Ok(())
+        }
+        Command::Serve(a) => net::serve(a),
+        Command::Now(a) => net::now(a),
+        Command::Pin(a) => net::pin(a),
     }
 }
 
 fn list(root: &Path, json: bool) -> Result<()> {
-    let list = sync_core::restore_list::compute(root, &SystemRunner).context("computing the restore list")?;
+    let list = sync_core::restore_list::compute(root, &SystemRunner)
+        .context("computing the restore list")?;
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if json {

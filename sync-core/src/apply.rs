@@ -42,7 +42,12 @@ fn at(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> ApplyError {
 }
 
 pub fn meta_of(e: &Entry) -> Meta {
-    Meta { mode: e.mode, uid: e.uid, gid: e.gid, mtime_ns: e.mtime_ns }
+    Meta {
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        mtime_ns: e.mtime_ns,
+    }
 }
 
 pub struct Staging {
@@ -57,7 +62,10 @@ impl Staging {
     /// Opens (creating) the staging tree at `path`.
     pub fn open(path: &Path) -> Result<Staging, ApplyError> {
         let dir = Dir::open(path, true).map_err(at(path))?;
-        match dir.lstat(RESERVED_TOP).map_err(at(path.join(RESERVED_TOP)))? {
+        match dir
+            .lstat(RESERVED_TOP)
+            .map_err(at(path.join(RESERVED_TOP)))?
+        {
             Some(st) if st.kind == FileType::Dir => {}
             Some(_) => {
                 return Err(ApplyError::Refused {
@@ -65,22 +73,38 @@ impl Staging {
                     msg: "exists and is not a directory".into(),
                 })
             }
-            None => dir.mkdir(RESERVED_TOP, 0o700).map_err(at(path.join(RESERVED_TOP)))?,
+            None => dir
+                .mkdir(RESERVED_TOP, 0o700)
+                .map_err(at(path.join(RESERVED_TOP)))?,
         }
-        let state = dir.open_dir(RESERVED_TOP).map_err(at(path.join(RESERVED_TOP)))?;
-        let dirty = state.lstat("dirty").map_err(at(path.join(".ha-sync/dirty")))?.is_some();
+        let state = dir
+            .open_dir(RESERVED_TOP)
+            .map_err(at(path.join(RESERVED_TOP)))?;
+        let dirty = state
+            .lstat("dirty")
+            .map_err(at(path.join(".ha-sync/dirty")))?
+            .is_some();
         let committed = match state.read_file("manifest", crate::wire::MAX_MANIFEST) {
             Ok(b) => match Manifest::decode(&b) {
                 Ok(m) => Some(m),
                 Err(e) => {
-                    tracing::warn!("{}/.ha-sync/manifest: {e}; staging will be rescanned", path.display());
+                    tracing::warn!(
+                        "{}/.ha-sync/manifest: {e}; staging will be rescanned",
+                        path.display()
+                    );
                     None
                 }
             },
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(at(path.join(".ha-sync/manifest"))(e)),
         };
-        Ok(Staging { dir, state, path: path.to_path_buf(), committed, dirty })
+        Ok(Staging {
+            dir,
+            state,
+            path: path.to_path_buf(),
+            committed,
+            dirty,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -119,19 +143,29 @@ impl Staging {
         // Drop items below another item: the walk of the parent covers them.
         let items: Vec<ListItem> = all
             .iter()
-            .filter(|i| !all.iter().any(|o| o.path != i.path && i.path.starts_with(&o.path)))
+            .filter(|i| {
+                !all.iter()
+                    .any(|o| o.path != i.path && i.path.starts_with(&o.path))
+            })
             .cloned()
             .collect();
         let none = |_: &str| false;
         let mut cache = StatCache::default();
-        let (m, _) = Scanner { root: &self.path, is_excluded: &none, cache: &mut cache }.scan(&items, &[])?;
+        let (m, _) = Scanner {
+            root: &self.path,
+            is_excluded: &none,
+            cache: &mut cache,
+        }
+        .scan(&items, &[])?;
         Ok(m)
     }
 
     /// Marks the tree as changing; from here until `commit` a crash means "rescan".
     pub fn begin(&mut self) -> Result<(), ApplyError> {
         if !self.dirty {
-            self.state.write_file_atomic("dirty", b"", None).map_err(at(self.path.join(".ha-sync/dirty")))?;
+            self.state
+                .write_file_atomic("dirty", b"", None)
+                .map_err(at(self.path.join(".ha-sync/dirty")))?;
             self.state.sync().map_err(at(self.path.join(".ha-sync")))?;
             self.dirty = true;
         }
@@ -156,7 +190,9 @@ impl Staging {
         for op in ops.iter().rev() {
             if let Op::Delete(e) | Op::TypeChange(e) = op {
                 match self.dir.parent_of(&e.path, false) {
-                    Ok(d) => d.remove_all(e.path.file_name()).map_err(at(self.path.join(e.path.as_str())))?,
+                    Ok(d) => d
+                        .remove_all(e.path.file_name())
+                        .map_err(at(self.path.join(e.path.as_str())))?,
                     Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT)) => {}
                     Err(err) => return Err(at(self.path.join(e.path.as_str()))(err)),
                 }
@@ -179,17 +215,23 @@ impl Staging {
                 }
                 (Kind::Symlink { target }, Op::Create(_) | Op::TypeChange(_)) => {
                     let d = self.parent(&e.path, true)?;
-                    if d.lstat(e.path.file_name()).map_err(at(&full))?.is_some_and(|s| s.kind == FileType::Dir) {
+                    if d.lstat(e.path.file_name())
+                        .map_err(at(&full))?
+                        .is_some_and(|s| s.kind == FileType::Dir)
+                    {
                         d.remove_all(e.path.file_name()).map_err(at(&full))?;
                     }
-                    d.symlink_atomic(target, e.path.file_name(), Some(meta_of(e))).map_err(at(&full))?;
+                    d.symlink_atomic(target, e.path.file_name(), Some(meta_of(e)))
+                        .map_err(at(&full))?;
                 }
-                (Kind::File { .. }, Op::Meta(_)) => {
-                    self.parent(&e.path, false)?.set_meta(e.path.file_name(), meta_of(e), false).map_err(at(&full))?
-                }
-                (Kind::Symlink { .. }, Op::Meta(_)) => {
-                    self.parent(&e.path, false)?.set_meta(e.path.file_name(), meta_of(e), true).map_err(at(&full))?
-                }
+                (Kind::File { .. }, Op::Meta(_)) => self
+                    .parent(&e.path, false)?
+                    .set_meta(e.path.file_name(), meta_of(e), false)
+                    .map_err(at(&full))?,
+                (Kind::Symlink { .. }, Op::Meta(_)) => self
+                    .parent(&e.path, false)?
+                    .set_meta(e.path.file_name(), meta_of(e), true)
+                    .map_err(at(&full))?,
                 _ => {} // files' content comes later; directories' metadata at the end
             }
         }
@@ -213,8 +255,12 @@ impl Staging {
         }
         for p in dirs.iter().rev() {
             let e = m.get(p).expect("dir taken from the manifest");
-            let d = self.dir.open_rel_dir(&e.path).map_err(at(self.path.join(p.as_str())))?;
-            d.set_own_meta(meta_of(e)).map_err(at(self.path.join(p.as_str())))?;
+            let d = self
+                .dir
+                .open_rel_dir(&e.path)
+                .map_err(at(self.path.join(p.as_str())))?;
+            d.set_own_meta(meta_of(e))
+                .map_err(at(self.path.join(p.as_str())))?;
         }
         Ok(())
     }
@@ -224,10 +270,14 @@ impl Staging {
         self.begin()?;
         let d = self.parent(&e.path, true)?;
         let full = self.path.join(e.path.as_str());
-        if d.lstat(e.path.file_name()).map_err(at(&full))?.is_some_and(|s| s.kind == FileType::Dir) {
+        if d.lstat(e.path.file_name())
+            .map_err(at(&full))?
+            .is_some_and(|s| s.kind == FileType::Dir)
+        {
             d.remove_all(e.path.file_name()).map_err(at(&full))?;
         }
-        d.write_file_atomic(e.path.file_name(), data, Some(meta_of(e))).map_err(at(&full))
+        d.write_file_atomic(e.path.file_name(), data, Some(meta_of(e)))
+            .map_err(at(&full))
     }
 
     /// The staged copy of a file, as basis for a delta; `None` if it is not a regular file.
@@ -240,12 +290,25 @@ impl Staging {
     pub fn commit(&mut self, m: &Manifest) -> Result<Hash, ApplyError> {
         let rl = RelPath::new(RESTORE_LIST).expect("constant path is valid");
         let d = self.parent(&rl, true)?;
-        d.write_file_atomic(rl.file_name(), m.restore_list_file().as_bytes(), Some(Meta { mode: 0o644, uid: 0, gid: 0, mtime_ns: now_ns() }))
-            .map_err(at(self.path.join(RESTORE_LIST)))?;
+        d.write_file_atomic(
+            rl.file_name(),
+            m.restore_list_file().as_bytes(),
+            Some(Meta {
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime_ns: now_ns(),
+            }),
+        )
+        .map_err(at(self.path.join(RESTORE_LIST)))?;
         d.sync().map_err(at(self.path.join("tmp")))?;
-        self.state.write_file_atomic("manifest", &m.encode(), None).map_err(at(self.path.join(".ha-sync/manifest")))?;
+        self.state
+            .write_file_atomic("manifest", &m.encode(), None)
+            .map_err(at(self.path.join(".ha-sync/manifest")))?;
         if self.dirty {
-            self.state.unlink("dirty").map_err(at(self.path.join(".ha-sync/dirty")))?;
+            self.state
+                .unlink("dirty")
+                .map_err(at(self.path.join(".ha-sync/dirty")))?;
         }
         self.state.sync().map_err(at(self.path.join(".ha-sync")))?;
         self.dirty = false;
@@ -255,7 +318,10 @@ impl Staging {
 }
 
 fn now_ns() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// Whether this process can make staging's owners match the primary's.

@@ -27,7 +27,9 @@ pub enum Encoding {
     Whole,
     Rsync,
     /// zstd with the receiver's version (blake3 `base`) as reference prefix.
-    Patch { base: Hash },
+    Patch {
+        base: Hash,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +56,12 @@ pub trait Codec {
     /// basis the sender holds, depending on the method.
     fn encode(&self, new: &[u8], hint: Option<&[u8]>) -> Result<Vec<u8>, DeltaError>;
     /// Receiver: the file back, at most `size` bytes.
-    fn decode(&self, payload: &[u8], basis: Option<&[u8]>, size: u64) -> Result<Vec<u8>, DeltaError>;
+    fn decode(
+        &self,
+        payload: &[u8],
+        basis: Option<&[u8]>,
+        size: u64,
+    ) -> Result<Vec<u8>, DeltaError>;
 }
 
 pub fn codec(e: Encoding) -> &'static dyn Codec {
@@ -94,11 +101,16 @@ pub fn decompress(payload: &[u8], size: u64) -> Result<Vec<u8>, DeltaError> {
         return Err(DeltaError::TooLarge(size));
     }
     let mut dctx = zstd_safe::DCtx::create();
-    dctx.set_parameter(DParameter::WindowLogMax(window_log(size as usize).max(27))).map_err(zerr)?;
+    dctx.set_parameter(DParameter::WindowLogMax(window_log(size as usize).max(27)))
+        .map_err(zerr)?;
     decompress_with(&mut dctx, payload, size)
 }
 
-fn decompress_with(dctx: &mut zstd_safe::DCtx<'_>, payload: &[u8], size: u64) -> Result<Vec<u8>, DeltaError> {
+fn decompress_with(
+    dctx: &mut zstd_safe::DCtx<'_>,
+    payload: &[u8],
+    size: u64,
+) -> Result<Vec<u8>, DeltaError> {
     // Capacity one past the size: a frame that fills it is longer than announced.
     let mut out: Vec<u8> = Vec::with_capacity(size as usize + 1);
     dctx.decompress(&mut out, payload).map_err(|c| {
@@ -121,7 +133,12 @@ impl Codec for WholeCodec {
         Ok(compress(new))
     }
 
-    fn decode(&self, payload: &[u8], _basis: Option<&[u8]>, size: u64) -> Result<Vec<u8>, DeltaError> {
+    fn decode(
+        &self,
+        payload: &[u8],
+        _basis: Option<&[u8]>,
+        size: u64,
+    ) -> Result<Vec<u8>, DeltaError> {
         decompress(payload, size)
     }
 }
@@ -152,20 +169,29 @@ fn parse_signature(sig: &[u8]) -> Result<fast_rsync::Signature, DeltaError> {
     let block = u32::from_be_bytes([sig[4], sig[5], sig[6], sig[7]]);
     let hash = u32::from_be_bytes([sig[8], sig[9], sig[10], sig[11]]);
     if !(64..=1 << 20).contains(&block) || !(4..=16).contains(&hash) {
-        return Err(DeltaError::BadSignature(format!("block size {block}, hash size {hash}")));
+        return Err(DeltaError::BadSignature(format!(
+            "block size {block}, hash size {hash}"
+        )));
     }
-    fast_rsync::Signature::deserialize(sig.to_vec()).map_err(|e| DeltaError::BadSignature(e.to_string()))
+    fast_rsync::Signature::deserialize(sig.to_vec())
+        .map_err(|e| DeltaError::BadSignature(e.to_string()))
 }
 
 impl Codec for RsyncCodec {
     fn encode(&self, new: &[u8], hint: Option<&[u8]>) -> Result<Vec<u8>, DeltaError> {
         let sig = parse_signature(hint.ok_or(DeltaError::NoBasis("an rsync delta"))?)?;
         let mut delta = Vec::new();
-        fast_rsync::diff(&sig.index(), new, &mut delta).map_err(|e| DeltaError::Rsync(e.to_string()))?;
+        fast_rsync::diff(&sig.index(), new, &mut delta)
+            .map_err(|e| DeltaError::Rsync(e.to_string()))?;
         Ok(compress(&delta))
     }
 
-    fn decode(&self, payload: &[u8], basis: Option<&[u8]>, size: u64) -> Result<Vec<u8>, DeltaError> {
+    fn decode(
+        &self,
+        payload: &[u8],
+        basis: Option<&[u8]>,
+        size: u64,
+    ) -> Result<Vec<u8>, DeltaError> {
         let basis = basis.ok_or(DeltaError::NoBasis("an rsync delta"))?;
         // A delta is at most a little over the file it rebuilds.
         let delta = zstd::bulk::decompress(payload, (size as usize).saturating_mul(2) + 4096)
@@ -187,10 +213,13 @@ impl Codec for PatchCodec {
         let basis = hint.ok_or(DeltaError::NoBasis("a zstd patch"))?;
         let mut cctx = zstd_safe::CCtx::create();
         let wlog = window_log(basis.len() + new.len());
-        cctx.set_parameter(CParameter::CompressionLevel(level_for(new.len()))).map_err(zerr)?;
-        cctx.set_parameter(CParameter::WindowLog(wlog)).map_err(zerr)?;
+        cctx.set_parameter(CParameter::CompressionLevel(level_for(new.len())))
+            .map_err(zerr)?;
+        cctx.set_parameter(CParameter::WindowLog(wlog))
+            .map_err(zerr)?;
         if new.len() > 1 << 20 {
-            cctx.set_parameter(CParameter::EnableLongDistanceMatching(true)).map_err(zerr)?;
+            cctx.set_parameter(CParameter::EnableLongDistanceMatching(true))
+                .map_err(zerr)?;
         }
         cctx.ref_prefix(basis).map_err(zerr)?;
         let mut out = Vec::with_capacity(zstd_safe::compress_bound(new.len()));
@@ -198,14 +227,20 @@ impl Codec for PatchCodec {
         Ok(out)
     }
 
-    fn decode(&self, payload: &[u8], basis: Option<&[u8]>, size: u64) -> Result<Vec<u8>, DeltaError> {
+    fn decode(
+        &self,
+        payload: &[u8],
+        basis: Option<&[u8]>,
+        size: u64,
+    ) -> Result<Vec<u8>, DeltaError> {
         let basis = basis.ok_or(DeltaError::NoBasis("a zstd patch"))?;
         if size > MAX_FILE_SIZE {
             return Err(DeltaError::TooLarge(size));
         }
         let mut dctx = zstd_safe::DCtx::create();
         let wlog = window_log(basis.len() + size as usize).max(27);
-        dctx.set_parameter(DParameter::WindowLogMax(wlog)).map_err(zerr)?;
+        dctx.set_parameter(DParameter::WindowLogMax(wlog))
+            .map_err(zerr)?;
         dctx.ref_prefix(basis).map_err(zerr)?;
         decompress_with(&mut dctx, payload, size)
     }
@@ -222,7 +257,9 @@ pub fn fuzz_decode(data: &[u8]) {
     let enc = match head[0] % 3 {
         0 => Encoding::Whole,
         1 => Encoding::Rsync,
-        _ => Encoding::Patch { base: Hash::default() },
+        _ => Encoding::Patch {
+            base: Hash::default(),
+        },
     };
     let _ = codec(enc).decode(payload, Some(basis), 1 << 16);
     // A peer's signature too: must be refused cleanly, never panic.
@@ -237,8 +274,19 @@ mod tests {
         let mut x = seed;
         let mut out = Vec::new();
         for _ in 0..lines {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            out.extend_from_slice(format!("{}.{}.{}.{}/32\n", x >> 56, (x >> 48) & 255, (x >> 40) & 255, (x >> 32) & 255).as_bytes());
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            out.extend_from_slice(
+                format!(
+                    "{}.{}.{}.{}/32\n",
+                    x >> 56,
+                    (x >> 48) & 255,
+                    (x >> 40) & 255,
+                    (x >> 32) & 255
+                )
+                .as_bytes(),
+            );
         }
         out
     }
@@ -260,10 +308,17 @@ mod tests {
         for (enc, hint) in [
             (Encoding::Whole, None),
             (Encoding::Rsync, Some(sig.as_slice())),
-            (Encoding::Patch { base: Hash::of(&base) }, Some(base.as_slice())),
+            (
+                Encoding::Patch {
+                    base: Hash::of(&base),
+                },
+                Some(base.as_slice()),
+            ),
         ] {
             let payload = codec(enc).encode(&new, hint).unwrap();
-            let back = codec(enc).decode(&payload, Some(&base), new.len() as u64).unwrap();
+            let back = codec(enc)
+                .decode(&payload, Some(&base), new.len() as u64)
+                .unwrap();
             assert_eq!(back, new, "{enc:?}");
         }
     }
@@ -274,25 +329,46 @@ mod tests {
         let mut new = base.clone();
         new.extend_from_slice(&text(3, 100));
         let whole = codec(Encoding::Whole).encode(&new, None).unwrap();
-        let patch = codec(Encoding::Patch { base: Hash::of(&base) }).encode(&new, Some(&base)).unwrap();
-        assert!(patch.len() * 20 < whole.len(), "patch {} whole {}", patch.len(), whole.len());
+        let patch = codec(Encoding::Patch {
+            base: Hash::of(&base),
+        })
+        .encode(&new, Some(&base))
+        .unwrap();
+        assert!(
+            patch.len() * 20 < whole.len(),
+            "patch {} whole {}",
+            patch.len(),
+            whole.len()
+        );
     }
 
     #[test]
     fn decoding_refuses_more_than_announced() {
         let data = vec![7u8; 10_000];
         let payload = compress(&data);
-        assert!(matches!(decompress(&payload, 9_999), Err(DeltaError::TooLarge(9_999))));
-        assert!(matches!(decompress(&payload, 10_001), Err(DeltaError::TooLarge(_))));
+        assert!(matches!(
+            decompress(&payload, 9_999),
+            Err(DeltaError::TooLarge(9_999))
+        ));
+        assert!(matches!(
+            decompress(&payload, 10_001),
+            Err(DeltaError::TooLarge(_))
+        ));
         assert!(decompress(b"garbage", 10).is_err());
-        assert!(matches!(decompress(&payload, MAX_FILE_SIZE + 1), Err(DeltaError::TooLarge(_))));
+        assert!(matches!(
+            decompress(&payload, MAX_FILE_SIZE + 1),
+            Err(DeltaError::TooLarge(_))
+        ));
     }
 
     #[test]
     fn hostile_signatures_are_refused_not_panicked_on() {
         let mut sig = signature(b"hello world");
         sig[4..8].copy_from_slice(&0u32.to_be_bytes()); // block size 0 panics fast_rsync
-        assert!(matches!(RsyncCodec.encode(b"x", Some(&sig)), Err(DeltaError::BadSignature(_))));
+        assert!(matches!(
+            RsyncCodec.encode(b"x", Some(&sig)),
+            Err(DeltaError::BadSignature(_))
+        ));
         assert!(RsyncCodec.encode(b"x", Some(b"short")).is_err());
         assert!(RsyncCodec.encode(b"x", None).is_err());
     }

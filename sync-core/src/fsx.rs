@@ -113,10 +113,16 @@ impl Dir {
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
         // SAFETY: c is a valid C string; the fd is owned right after.
         let fd = check(unsafe {
-            libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
         })?;
         // SAFETY: fd was just returned by open and is ours.
-        Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) }, path: path.to_path_buf() })
+        Ok(Dir {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -139,7 +145,10 @@ impl Dir {
             )
         })?;
         // SAFETY: fd is fresh and ours.
-        Ok(Dir { fd: unsafe { OwnedFd::from_raw_fd(fd) }, path: self.path.join(name) })
+        Ok(Dir {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            path: self.path.join(name),
+        })
     }
 
     /// Walks to the directory holding `path`'s last component, creating missing directories
@@ -172,7 +181,12 @@ impl Dir {
         let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
         // SAFETY: valid fd, C string and out pointer.
         let r = unsafe {
-            libc::fstatat(self.raw(), c.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+            libc::fstatat(
+                self.raw(),
+                c.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
         };
         if r < 0 {
             let e = io::Error::last_os_error();
@@ -190,7 +204,11 @@ impl Dir {
         let c = cstr(name)?;
         // SAFETY: valid fd and C string.
         let fd = check(unsafe {
-            libc::openat(self.raw(), c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            libc::openat(
+                self.raw(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
         })?;
         // SAFETY: fresh fd.
         Ok(unsafe { File::from_raw_fd(fd) })
@@ -201,7 +219,10 @@ impl Dir {
         let mut buf = Vec::new();
         f.take(limit + 1).read_to_end(&mut buf)?;
         if buf.len() as u64 > limit {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "file larger than limit"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "file larger than limit",
+            ));
         }
         Ok(buf)
     }
@@ -350,7 +371,11 @@ impl Dir {
         let c = cstr(name)?;
         // SAFETY: valid fd and C string. O_PATH can't fchmod, so plain O_RDONLY.
         let fd = check(unsafe {
-            libc::openat(self.raw(), c.as_ptr(), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            libc::openat(
+                self.raw(),
+                c.as_ptr(),
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
         })?;
         // SAFETY: fresh fd.
         Ok(unsafe { File::from_raw_fd(fd) })
@@ -360,9 +385,8 @@ impl Dir {
         let c = cstr(name)?;
         let mut buf = vec![0u8; 4097];
         // SAFETY: valid fd, C string and buffer of the given length.
-        let n = unsafe {
-            libc::readlinkat(self.raw(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-        };
+        let n =
+            unsafe { libc::readlinkat(self.raw(), c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -425,7 +449,10 @@ fn timespec(mtime_ns: i64) -> [libc::timespec; 2] {
         tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
     };
     // atime: leave alone.
-    let omit = libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT };
+    let omit = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: libc::UTIME_OMIT,
+    };
     [omit, t]
 }
 
@@ -449,7 +476,10 @@ mod tests {
         let d = Dir::open(&tree, false).unwrap();
         let p = RelPath::new("etc/passwd").unwrap();
         let err = d.parent_of(&p, true).unwrap_err();
-        assert!(matches!(err.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::ELOOP)), "{err}");
+        assert!(
+            matches!(err.raw_os_error(), Some(libc::ENOTDIR) | Some(libc::ELOOP)),
+            "{err}"
+        );
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     }
 
@@ -462,12 +492,20 @@ mod tests {
         std::fs::create_dir(&tree).unwrap();
         std::os::unix::fs::symlink(&victim, tree.join("f")).unwrap();
         let d = Dir::open(&tree, false).unwrap();
-        let meta = Meta { mode: 0o640, uid: 0, gid: 0, mtime_ns: 1_500_000_000_123_456_789 };
+        let meta = Meta {
+            mode: 0o640,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 1_500_000_000_123_456_789,
+        };
         d.write_file_atomic("f", b"new", Some(meta)).unwrap();
         assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
         assert_eq!(std::fs::read(tree.join("f")).unwrap(), b"new");
         let st = d.lstat("f").unwrap().unwrap();
-        assert_eq!((st.kind, st.mode, st.mtime_ns), (FileType::File, 0o640, meta.mtime_ns));
+        assert_eq!(
+            (st.kind, st.mode, st.mtime_ns),
+            (FileType::File, 0o640, meta.mtime_ns)
+        );
         assert!(d.list().unwrap().iter().all(|n| !is_temp_name(n)));
     }
 

@@ -2,16 +2,16 @@
 //!
 //! Synchronous and free of tokio: the agents drive it over any byte stream.
 
+pub mod apply;
+pub mod delta;
 pub mod fsx;
+pub mod local;
 pub mod manifest;
 pub mod path;
-pub mod runner;
-pub mod delta;
-pub mod wire;
-pub mod scan;
-pub mod apply;
-pub mod uci;
 pub mod restore_list;
-pub mod session;
-pub mod local;
+pub mod runner;
 pub mod sample;
+pub mod scan;
+pub mod session;
+pub mod uci;
+pub mod wire;

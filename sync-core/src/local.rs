@@ -38,33 +38,54 @@ pub fn list_items(list: &RestoreList) -> Result<Vec<ListItem>, PrepareError> {
     list.entries
         .iter()
         .map(|e| {
-            let path = RelPath::from_abs(&e.path).map_err(|err| PrepareError::Path { path: e.path.clone(), msg: err.to_string() })?;
-            Ok(ListItem { path, dir: e.kind == EntryKind::Dir })
+            let path = RelPath::from_abs(&e.path).map_err(|err| PrepareError::Path {
+                path: e.path.clone(),
+                msg: err.to_string(),
+            })?;
+            Ok(ListItem {
+                path,
+                dir: e.kind == EntryKind::Dir,
+            })
         })
         .collect()
 }
 
 /// Computes the restore list under `root` and scans it, with the stat cache of `state_dir`.
-pub fn prepare(root: &Path, state_dir: &Path, runner: &dyn Runner) -> Result<Prepared, PrepareError> {
+pub fn prepare(
+    root: &Path,
+    state_dir: &Path,
+    runner: &dyn Runner,
+) -> Result<Prepared, PrepareError> {
     let list = restore_list::compute(root, runner)?;
     let items = list_items(&list)?;
     let cache_path = state_dir.join("statcache");
     let mut cache = StatCache::load(&cache_path);
     let excl = |p: &str| list.excludes.is_excluded(p);
-    let (manifest, stats) = Scanner { root, is_excluded: &excl, cache: &mut cache }
-        .scan(&items, list.excludes.patterns())
-        .map_err(SyncError::from)?;
+    let (manifest, stats) = Scanner {
+        root,
+        is_excluded: &excl,
+        cache: &mut cache,
+    }
+    .scan(&items, list.excludes.patterns())
+    .map_err(SyncError::from)?;
     if let Err(e) = cache.save(&cache_path) {
         tracing::warn!("stat cache {}: {e}", cache_path.display());
     }
-    Ok(Prepared { list, manifest, stats })
+    Ok(Prepared {
+        list,
+        manifest,
+        stats,
+    })
 }
 
 /// This node's name: `system.@system[0].hostname` under `root`, else `fallback`.
 pub fn node_name(root: &Path, fallback: &str) -> String {
     Package::load_or_empty(&root.join("etc/config/system"))
         .ok()
-        .and_then(|p| p.sections_of_kind("system").find_map(|s| s.get("hostname").map(str::to_string)))
+        .and_then(|p| {
+            p.sections_of_kind("system")
+                .find_map(|s| s.get("hostname").map(str::to_string))
+        })
         .unwrap_or_else(|| fallback.to_string())
 }
 
@@ -100,28 +121,52 @@ pub fn sync_local(
     let prepared = prepare(from, &state_dir, runner)?;
     let state = PrimaryState::new(&state_dir);
     let mut staging = Staging::open(&staging_dir(to)).map_err(SyncError::from)?;
-    let (a, b) = std::os::unix::net::UnixStream::pair().map_err(|e| SyncError::State { path: "socketpair".into(), source: e })?;
+    let (a, b) = std::os::unix::net::UnixStream::pair().map_err(|e| SyncError::State {
+        path: "socketpair".into(),
+        source: e,
+    })?;
     let pnode = node_name(from, "primary");
     let bnode = node_name(to, "backup");
     let (primary, backup) = std::thread::scope(|s| {
         let backup = s.spawn(|| {
-            let r = Backup { staging: &mut staging, node: &bnode, restore }.run(&b);
+            let r = Backup {
+                staging: &mut staging,
+                node: &bnode,
+                restore,
+            }
+            .run(&b);
             drop(b);
             r
         });
         let mut progress = |_: u64, _: u64| {};
-        let p = Primary { root: from, manifest: &prepared.manifest, state: &state, node: &pnode, progress: &mut progress }.run(&a);
+        let p = Primary {
+            root: from,
+            manifest: &prepared.manifest,
+            state: &state,
+            node: &pnode,
+            progress: &mut progress,
+        }
+        .run(&a);
         // Unblock the backup if the primary stopped early.
         let _ = a.shutdown(std::net::Shutdown::Both);
         (p, backup.join().expect("backup thread panicked"))
     });
     let primary = primary?;
     let backup = backup?;
-    Ok(LocalSync { prepared, primary, backup })
+    Ok(LocalSync {
+        prepared,
+        primary,
+        backup,
+    })
 }
 
 /// The restore step of a staging-only sync.
 pub fn staging_only(m: &Manifest, c: &crate::wire::Commit) -> RestoreReport {
     let _ = m;
-    RestoreReport { root: c.root, applied: false, refused: Some("staging only: no restore configured".into()), ..RestoreReport::default() }
+    RestoreReport {
+        root: c.root,
+        applied: false,
+        refused: Some("staging only: no restore configured".into()),
+        ..RestoreReport::default()
+    }
 }

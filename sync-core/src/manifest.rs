@@ -128,7 +128,11 @@ pub enum ManifestError {
     #[error("manifest entries are not sorted and unique at {0}")]
     NotSorted(RelPath),
     #[error("manifest entry {path} lies below {parent}, which is a {kind}, not a directory")]
-    ParentNotDir { path: RelPath, parent: RelPath, kind: &'static str },
+    ParentNotDir {
+        path: RelPath,
+        parent: RelPath,
+        kind: &'static str,
+    },
     #[error("symlink {0} has an empty or oversized target")]
     BadLinkTarget(RelPath),
     #[error("manifest entry {0} is not below any restore list entry")]
@@ -158,7 +162,9 @@ impl Manifest {
     /// symlink or a file of the same manifest (writing there would follow the link).
     pub fn validate(&self) -> Result<(), ManifestError> {
         if self.entries.len() > MAX_ENTRIES || self.list.len() > MAX_ENTRIES {
-            return Err(ManifestError::TooManyEntries(self.entries.len().max(self.list.len())));
+            return Err(ManifestError::TooManyEntries(
+                self.entries.len().max(self.list.len()),
+            ));
         }
         let mut kinds: BTreeMap<&RelPath, &Kind> = BTreeMap::new();
         let mut prev: Option<&RelPath> = None;
@@ -195,7 +201,10 @@ impl Manifest {
     }
 
     pub fn get(&self, path: &RelPath) -> Option<&Entry> {
-        self.entries.binary_search_by(|e| e.path.cmp(path)).ok().map(|i| &self.entries[i])
+        self.entries
+            .binary_search_by(|e| e.path.cmp(path))
+            .ok()
+            .map(|i| &self.entries[i])
     }
 
     pub fn file_bytes(&self) -> u64 {
@@ -214,7 +223,10 @@ pub enum Op {
     /// Not on the receiver yet.
     Create(Entry),
     /// A file whose content differs (metadata comes with it).
-    Content { new: Entry, old: Entry },
+    Content {
+        new: Entry,
+        old: Entry,
+    },
     /// Same content, other mode/owner/mtime.
     Meta(Entry),
     /// File became directory, symlink became file, ...
@@ -277,7 +289,10 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Op> {
                 } else if x.kind != y.kind {
                     // Symlinks with another target are re-created: a "content" change.
                     match y.kind {
-                        Kind::File { .. } => ops.push(Op::Content { new: y.clone(), old: x.clone() }),
+                        Kind::File { .. } => ops.push(Op::Content {
+                            new: y.clone(),
+                            old: x.clone(),
+                        }),
                         _ => ops.push(Op::TypeChange(y.clone())),
                     }
                 } else if !x.same_meta(y) {
@@ -313,16 +328,26 @@ impl ManifestDelta {
         }
         let list = (base.list != new.list || base.excludes != new.excludes)
             .then(|| (new.list.clone(), new.excludes.clone()));
-        ManifestDelta { base: base.root_hash(), list, upserts, removes }
+        ManifestDelta {
+            base: base.root_hash(),
+            list,
+            upserts,
+            removes,
+        }
     }
 
     /// Applies to `base`; the caller checks the result's root hash against the sender's.
     pub fn apply(&self, base: &Manifest) -> Result<Manifest, ManifestError> {
         if self.upserts.len() > MAX_ENTRIES || self.removes.len() > MAX_ENTRIES {
-            return Err(ManifestError::TooManyEntries(self.upserts.len().max(self.removes.len())));
+            return Err(ManifestError::TooManyEntries(
+                self.upserts.len().max(self.removes.len()),
+            ));
         }
-        let mut map: BTreeMap<RelPath, Entry> =
-            base.entries.iter().map(|e| (e.path.clone(), e.clone())).collect();
+        let mut map: BTreeMap<RelPath, Entry> = base
+            .entries
+            .iter()
+            .map(|e| (e.path.clone(), e.clone()))
+            .collect();
         for r in &self.removes {
             map.remove(r);
         }
@@ -333,7 +358,11 @@ impl ManifestDelta {
             Some((l, x)) => (l.clone(), x.clone()),
             None => (base.list.clone(), base.excludes.clone()),
         };
-        let m = Manifest { list, excludes, entries: map.into_values().collect() };
+        let m = Manifest {
+            list,
+            excludes,
+            entries: map.into_values().collect(),
+        };
         m.validate()?;
         Ok(m)
     }
@@ -346,7 +375,10 @@ mod tests {
     fn file(p: &str, content: &[u8]) -> Entry {
         Entry {
             path: RelPath::new(p).unwrap(),
-            kind: Kind::File { size: content.len() as u64, hash: Hash::of(content) },
+            kind: Kind::File {
+                size: content.len() as u64,
+                hash: Hash::of(content),
+            },
             mode: 0o644,
             uid: 0,
             gid: 0,
@@ -355,12 +387,19 @@ mod tests {
     }
 
     fn dir(p: &str) -> Entry {
-        Entry { kind: Kind::Dir, mode: 0o755, ..file(p, b"") }
+        Entry {
+            kind: Kind::Dir,
+            mode: 0o755,
+            ..file(p, b"")
+        }
     }
 
     fn manifest(entries: Vec<Entry>) -> Manifest {
         Manifest {
-            list: vec![ListItem { path: RelPath::new("etc").unwrap(), dir: true }],
+            list: vec![ListItem {
+                path: RelPath::new("etc").unwrap(),
+                dir: true,
+            }],
             excludes: vec![],
             entries,
         }
@@ -368,10 +407,22 @@ mod tests {
 
     #[test]
     fn diff_finds_each_kind_of_change() {
-        let old = manifest(vec![dir("etc"), file("etc/a", b"1"), file("etc/b", b"2"), file("etc/c", b"3"), file("etc/d", b"4")]);
+        let old = manifest(vec![
+            dir("etc"),
+            file("etc/a", b"1"),
+            file("etc/b", b"2"),
+            file("etc/c", b"3"),
+            file("etc/d", b"4"),
+        ]);
         let mut b = file("etc/b", b"2");
         b.mode = 0o600;
-        let new = manifest(vec![dir("etc"), file("etc/a", b"1x"), b.clone(), dir("etc/c"), file("etc/e", b"5")]);
+        let new = manifest(vec![
+            dir("etc"),
+            file("etc/a", b"1x"),
+            b.clone(),
+            dir("etc/c"),
+            file("etc/e", b"5"),
+        ]);
         let ops = diff(&old, &new);
         assert!(matches!(&ops[0], Op::Content { new, .. } if new.path.as_str() == "etc/a"));
         assert_eq!(ops[1], Op::Meta(b));
@@ -394,9 +445,14 @@ mod tests {
     #[test]
     fn validate_refuses_entries_below_a_symlink_or_unsorted() {
         let mut link = file("etc/l", b"");
-        link.kind = Kind::Symlink { target: "/etc".into() };
+        link.kind = Kind::Symlink {
+            target: "/etc".into(),
+        };
         let m = manifest(vec![dir("etc"), link, file("etc/l/passwd", b"x")]);
-        assert!(matches!(m.validate(), Err(ManifestError::ParentNotDir { .. })));
+        assert!(matches!(
+            m.validate(),
+            Err(ManifestError::ParentNotDir { .. })
+        ));
         let m = manifest(vec![dir("etc"), file("etc/b", b""), file("etc/a", b"")]);
         assert!(matches!(m.validate(), Err(ManifestError::NotSorted(_))));
         let m = manifest(vec![file("var/x", b"")]);

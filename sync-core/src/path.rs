@@ -134,7 +134,13 @@ mod tests {
 
     #[test]
     fn accepts_plain_relative_paths() {
-        for ok in ["etc", "etc/config/firewall", "etc/a b/c", "tmp/dhcp.leases", "etc/..x"] {
+        for ok in [
+            "etc",
+            "etc/config/firewall",
+            "etc/a b/c",
+            "tmp/dhcp.leases",
+            "etc/..x",
+        ] {
             assert_eq!(RelPath::new(ok).unwrap().as_str(), ok);
         }
     }
@@ -142,15 +148,36 @@ mod tests {
     #[test]
     fn refuses_paths_that_could_escape() {
         assert_eq!(RelPath::new("../x"), Err(PathError::DotDot("../x".into())));
-        assert_eq!(RelPath::new("a/../../b"), Err(PathError::DotDot("a/../../b".into())));
-        assert_eq!(RelPath::new("/etc/x"), Err(PathError::Absolute("/etc/x".into())));
+        assert_eq!(
+            RelPath::new("a/../../b"),
+            Err(PathError::DotDot("a/../../b".into()))
+        );
+        assert_eq!(
+            RelPath::new("/etc/x"),
+            Err(PathError::Absolute("/etc/x".into()))
+        );
         assert_eq!(RelPath::new("a\0b"), Err(PathError::Nul("a\0b".into())));
-        assert!(matches!(RelPath::new("a//b"), Err(PathError::EmptyComponent(_))));
-        assert!(matches!(RelPath::new("a/./b"), Err(PathError::EmptyComponent(_))));
-        assert!(matches!(RelPath::new("a/"), Err(PathError::EmptyComponent(_))));
+        assert!(matches!(
+            RelPath::new("a//b"),
+            Err(PathError::EmptyComponent(_))
+        ));
+        assert!(matches!(
+            RelPath::new("a/./b"),
+            Err(PathError::EmptyComponent(_))
+        ));
+        assert!(matches!(
+            RelPath::new("a/"),
+            Err(PathError::EmptyComponent(_))
+        ));
         assert!(matches!(RelPath::new(""), Err(PathError::Empty)));
-        assert!(matches!(RelPath::new(".ha-sync/manifest"), Err(PathError::Reserved(_))));
-        assert!(matches!(RelPath::new("x".repeat(5000)), Err(PathError::TooLong(5000))));
+        assert!(matches!(
+            RelPath::new(".ha-sync/manifest"),
+            Err(PathError::Reserved(_))
+        ));
+        assert!(matches!(
+            RelPath::new("x".repeat(5000)),
+            Err(PathError::TooLong(5000))
+        ));
     }
 
     #[test]

@@ -20,7 +20,10 @@ pub struct Cmd {
 
 impl Cmd {
     pub fn new(program: impl Into<String>) -> Cmd {
-        Cmd { program: program.into(), ..Cmd::default() }
+        Cmd {
+            program: program.into(),
+            ..Cmd::default()
+        }
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Cmd {
@@ -72,7 +75,11 @@ impl CmdOutput {
     }
 
     pub fn ok(stdout: impl Into<Vec<u8>>) -> CmdOutput {
-        CmdOutput { code: Some(0), stdout: stdout.into(), stderr: Vec::new() }
+        CmdOutput {
+            code: Some(0),
+            stdout: stdout.into(),
+            stderr: Vec::new(),
+        }
     }
 }
 
@@ -100,7 +107,11 @@ impl Runner for SystemRunner {
             c.env(k, v);
         }
         let out = c.output()?;
-        Ok(CmdOutput { code: out.status.code(), stdout: out.stdout, stderr: out.stderr })
+        Ok(CmdOutput {
+            code: out.status.code(),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
     }
 
     fn exists(&self, program: &str) -> bool {
@@ -128,12 +139,18 @@ impl RecordingRunner {
 
     /// Answers `output` to any command whose program or line starts with `prefix`.
     pub fn answer(&self, prefix: impl Into<String>, output: CmdOutput) {
-        self.answers.lock().expect("runner lock").push((prefix.into(), output));
+        self.answers
+            .lock()
+            .expect("runner lock")
+            .push((prefix.into(), output));
     }
 
     /// Makes `exists(program)` true.
     pub fn provide(&self, program: impl Into<String>) {
-        self.present.lock().expect("runner lock").push(program.into());
+        self.present
+            .lock()
+            .expect("runner lock")
+            .push(program.into());
     }
 
     pub fn calls(&self) -> Vec<Cmd> {
@@ -155,18 +172,23 @@ impl Runner for RecordingRunner {
         self.calls.lock().expect("runner lock").push(cmd.clone());
         let line = cmd.line();
         let answers = self.answers.lock().expect("runner lock");
-        let hit = answers
-            .iter()
-            .rev()
-            .find(|(p, _)| cmd.program == *p || line.starts_with(p.as_str()) || {
+        let hit = answers.iter().rev().find(|(p, _)| {
+            cmd.program == *p || line.starts_with(p.as_str()) || {
                 let plain = format!("{} {}", cmd.program, cmd.args.join(" "));
                 plain.starts_with(p.as_str())
-            });
-        Ok(hit.map(|(_, o)| o.clone()).unwrap_or_else(|| CmdOutput::ok(Vec::new())))
+            }
+        });
+        Ok(hit
+            .map(|(_, o)| o.clone())
+            .unwrap_or_else(|| CmdOutput::ok(Vec::new())))
     }
 
     fn exists(&self, program: &str) -> bool {
-        self.present.lock().expect("runner lock").iter().any(|p| p == program)
+        self.present
+            .lock()
+            .expect("runner lock")
+            .iter()
+            .any(|p| p == program)
     }
 }
 
@@ -180,14 +202,21 @@ mod tests {
         r.answer("sysupgrade -l", CmdOutput::ok("/etc/config/network\n"));
         let out = r.run(&Cmd::new("sysupgrade").arg("-l")).unwrap();
         assert_eq!(out.stdout, b"/etc/config/network\n");
-        let out = r.run(&Cmd::new("/etc/init.d/firewall").arg("reload")).unwrap();
+        let out = r
+            .run(&Cmd::new("/etc/init.d/firewall").arg("reload"))
+            .unwrap();
         assert!(out.success() && out.stdout.is_empty());
-        assert_eq!(r.lines(), vec!["sysupgrade -l", "/etc/init.d/firewall reload"]);
+        assert_eq!(
+            r.lines(),
+            vec!["sysupgrade -l", "/etc/init.d/firewall reload"]
+        );
     }
 
     #[test]
     fn system_runner_reports_exit_code() {
-        let out = SystemRunner.run(&Cmd::new("sh").args(["-c", "echo hi; exit 3"])).unwrap();
+        let out = SystemRunner
+            .run(&Cmd::new("sh").args(["-c", "echo hi; exit 3"]))
+            .unwrap();
         assert_eq!(out.code, Some(3));
         assert_eq!(out.stdout, b"hi\n");
         assert!(SystemRunner.exists("sh"));

@@ -67,7 +67,13 @@ fn uci_rules(rng: &mut Rng, n: u64) -> Vec<u8> {
 fn ip_list(rng: &mut Rng, n: u64) -> Vec<u8> {
     let mut s = String::with_capacity(n as usize * 18);
     for _ in 0..n {
-        s.push_str(&format!("{}.{}.{}.{}/32\n", rng.range(1, 223), rng.range(0, 255), rng.range(0, 255), rng.range(0, 255)));
+        s.push_str(&format!(
+            "{}.{}.{}.{}/32\n",
+            rng.range(1, 223),
+            rng.range(0, 255),
+            rng.range(0, 255),
+            rng.range(0, 255)
+        ));
     }
     s.into_bytes()
 }
@@ -88,7 +94,12 @@ fn base64ish(rng: &mut Rng, n: usize) -> Vec<u8> {
 /// The router's configuration that makes the tree the restore list: `/etc` mirrored whole
 /// (sync_list), a few files through sysupgrade.conf, the incumbent's default exclusions.
 pub fn write_router_config(root: &Path, hostname: &str) -> io::Result<()> {
-    write(root, "etc/sysupgrade.conf", b"# kept across upgrades\n/etc/shadow\n", 0o644)?;
+    write(
+        root,
+        "etc/sysupgrade.conf",
+        b"# kept across upgrades\n/etc/shadow\n",
+        0o644,
+    )?;
     write(
         root,
         "etc/config/keepalived",
@@ -101,8 +112,18 @@ config peer 'ha_peer'\n\toption address '127.0.0.1'\n\toption ssh_port '65022'\n
 \tlist exclude_list '/etc/config/system'\n",
         0o644,
     )?;
-    write(root, "etc/config/system", format!("config system\n\toption hostname '{hostname}'\n").as_bytes(), 0o644)?;
-    write(root, "etc/config/network", b"config interface 'lan'\n\toption device 'br-lan'\n\toption proto 'static'\n", 0o644)
+    write(
+        root,
+        "etc/config/system",
+        format!("config system\n\toption hostname '{hostname}'\n").as_bytes(),
+        0o644,
+    )?;
+    write(
+        root,
+        "etc/config/network",
+        b"config interface 'lan'\n\toption device 'br-lan'\n\toption proto 'static'\n",
+        0o644,
+    )
 }
 
 /// Creates the sample tree under `root/etc`; `scale` multiplies the file counts.
@@ -110,7 +131,12 @@ pub fn generate(root: &Path, scale: u64) -> io::Result<()> {
     let mut rng = Rng::new(42);
     for i in 0..60 {
         let n = rng.range(5, 150);
-        write(root, &format!("etc/config/cfg{i}"), &uci_rules(&mut rng, n), 0o644)?;
+        write(
+            root,
+            &format!("etc/config/cfg{i}"),
+            &uci_rules(&mut rng, n),
+            0o644,
+        )?;
     }
     for i in 0..300 * scale {
         let n = rng.range(900, 4000) as usize;
@@ -120,23 +146,50 @@ pub fn generate(root: &Path, scale: u64) -> io::Result<()> {
         write(root, &format!("etc/ssl/certs/c{i}.pem"), &c, 0o644)?;
     }
     for i in 0..20 {
-        write(root, &format!("etc/ssl/private/k{i}.key"), &base64ish(&mut rng, 2300), 0o600)?;
+        write(
+            root,
+            &format!("etc/ssl/private/k{i}.key"),
+            &base64ish(&mut rng, 2300),
+            0o600,
+        )?;
     }
     for i in 0..1500 * scale {
         let depth = rng.range(1, 4);
-        let d: Vec<String> = (0..depth).map(|_| format!("d{}", rng.range(0, 6))).collect();
+        let d: Vec<String> = (0..depth)
+            .map(|_| format!("d{}", rng.range(0, 6)))
+            .collect();
         let n = rng.range(2, 120);
-        write(root, &format!("etc/misc/{}/f{i}.conf", d.join("/")), &text_lines(&mut rng, n), 0o644)?;
+        write(
+            root,
+            &format!("etc/misc/{}/f{i}.conf", d.join("/")),
+            &text_lines(&mut rng, n),
+            0o644,
+        )?;
     }
     for i in 0..5 {
         let n = rng.range(120_000, 450_000);
-        write(root, &format!("etc/banip/list{i}.v4"), &ip_list(&mut rng, n), 0o644)?;
+        write(
+            root,
+            &format!("etc/banip/list{i}.v4"),
+            &ip_list(&mut rng, n),
+            0o644,
+        )?;
     }
     for i in 0..3 {
-        write(root, &format!("etc/db/users{i}.db"), &rng.bytes(1 << 20), 0o640)?;
+        write(
+            root,
+            &format!("etc/db/users{i}.db"),
+            &rng.bytes(1 << 20),
+            0o640,
+        )?;
     }
     for i in 0..100 {
-        write(root, &format!("etc/openvpn/ccd/client{i}"), &text_lines(&mut rng, 5), 0o644)?;
+        write(
+            root,
+            &format!("etc/openvpn/ccd/client{i}"),
+            &text_lines(&mut rng, 5),
+            0o644,
+        )?;
     }
     std::fs::create_dir_all(root.join("etc/links"))?;
     for i in 0..10 {
@@ -172,7 +225,12 @@ pub fn mutate(root: &Path, kind: &str) -> io::Result<()> {
         "delete" => std::fs::remove_dir_all(root.join("etc/openvpn/ccd")),
         "add" => {
             for i in 0..50 {
-                write(root, &format!("etc/new/n{i}.conf"), &text_lines(&mut rng, 30), 0o644)?;
+                write(
+                    root,
+                    &format!("etc/new/n{i}.conf"),
+                    &text_lines(&mut rng, 30),
+                    0o644,
+                )?;
             }
             Ok(())
         }
@@ -180,6 +238,9 @@ pub fn mutate(root: &Path, kind: &str) -> io::Result<()> {
             let now = filetime::FileTime::now();
             filetime::set_file_mtime(root.join("etc/config/cfg5"), now)
         }
-        other => Err(io::Error::new(io::ErrorKind::InvalidInput, format!("unknown mutation {other:?}"))),
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("unknown mutation {other:?}"),
+        )),
     }
 }

@@ -26,7 +26,10 @@ pub enum ScanError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ScanError + '_ {
-    move |source| ScanError::Io { path: path.to_path_buf(), source }
+    move |source| ScanError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,7 +65,10 @@ impl StatCache {
             Some(map) => StatCache { map, dirty: false },
             None => {
                 tracing::warn!("stat cache {} is corrupt; rebuilding", path.display());
-                StatCache { map: HashMap::new(), dirty: true }
+                StatCache {
+                    map: HashMap::new(),
+                    dirty: true,
+                }
             }
         }
     }
@@ -85,7 +91,8 @@ impl StatCache {
         if !self.dirty {
             return Ok(());
         }
-        let mut v: Vec<(&String, &CacheKey, &Hash)> = self.map.iter().map(|(p, (k, h))| (p, k, h)).collect();
+        let mut v: Vec<(&String, &CacheKey, &Hash)> =
+            self.map.iter().map(|(p, (k, h))| (p, k, h)).collect();
         v.sort_by(|a, b| a.0.cmp(b.0));
         let data = postcard::to_allocvec(&v).map_err(io::Error::other)?;
         let mut out = CACHE_MAGIC.to_vec();
@@ -128,7 +135,10 @@ pub struct Scanner<'a> {
 }
 
 fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
 }
 
 /// Files changed this recently are not cached: a second write in the same (coarse, a few
@@ -137,7 +147,11 @@ fn now_ns() -> i64 {
 const RACY_NS: i64 = 100_000_000;
 
 impl Scanner<'_> {
-    pub fn scan(&mut self, list: &[ListItem], excludes: &[String]) -> Result<(Manifest, ScanStats), ScanError> {
+    pub fn scan(
+        &mut self,
+        list: &[ListItem],
+        excludes: &[String],
+    ) -> Result<(Manifest, ScanStats), ScanError> {
         let mut stats = ScanStats::default();
         let mut entries = Vec::new();
         let started = now_ns();
@@ -154,14 +168,24 @@ impl Scanner<'_> {
                 let root = self.root;
                 let excl = self.is_excluded;
                 let filtered = walker.filter_entry(|e| {
-                    e.depth() == 0 || !rel_of(root, e.path()).is_some_and(|r| excl(&format!("/{r}")))
+                    e.depth() == 0
+                        || !rel_of(root, e.path()).is_some_and(|r| excl(&format!("/{r}")))
                 });
                 for ent in filtered {
                     let ent = ent.map_err(|e| {
-                        let p = e.path().map(Path::to_path_buf).unwrap_or_else(|| full.clone());
-                        ScanError::Io { path: p, source: e.into() }
+                        let p = e
+                            .path()
+                            .map(Path::to_path_buf)
+                            .unwrap_or_else(|| full.clone());
+                        ScanError::Io {
+                            path: p,
+                            source: e.into(),
+                        }
                     })?;
-                    let md = ent.metadata().map_err(|e| ScanError::Io { path: ent.path().to_path_buf(), source: e.into() })?;
+                    let md = ent.metadata().map_err(|e| ScanError::Io {
+                        path: ent.path().to_path_buf(),
+                        source: e.into(),
+                    })?;
                     if let Some(e) = self.entry(ent.path(), &md, started, &mut stats)? {
                         if seen.insert(e.path.clone()) {
                             entries.push(e);
@@ -176,17 +200,30 @@ impl Scanner<'_> {
         }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         stats.entries = entries.len() as u64;
-        let m = Manifest { list: list.to_vec(), excludes: excludes.to_vec(), entries };
+        let m = Manifest {
+            list: list.to_vec(),
+            excludes: excludes.to_vec(),
+            entries,
+        };
         Ok((m, stats))
     }
 
-    fn entry(&mut self, full: &Path, md: &std::fs::Metadata, started: i64, stats: &mut ScanStats) -> Result<Option<Entry>, ScanError> {
+    fn entry(
+        &mut self,
+        full: &Path,
+        md: &std::fs::Metadata,
+        started: i64,
+        stats: &mut ScanStats,
+    ) -> Result<Option<Entry>, ScanError> {
         let Some(rel) = rel_of(self.root, full) else {
             tracing::warn!("{}: name is not UTF-8, skipped", full.display());
             stats.skipped += 1;
             return Ok(None);
         };
-        let path = RelPath::new(rel).map_err(|e| ScanError::Bad { path: full.to_path_buf(), msg: e.to_string() })?;
+        let path = RelPath::new(rel).map_err(|e| ScanError::Bad {
+            path: full.to_path_buf(),
+            msg: e.to_string(),
+        })?;
         let ft = md.file_type();
         let kind = if ft.is_dir() {
             Kind::Dir
@@ -197,7 +234,9 @@ impl Scanner<'_> {
                 stats.skipped += 1;
                 return Ok(None);
             };
-            Kind::Symlink { target: target.to_string() }
+            Kind::Symlink {
+                target: target.to_string(),
+            }
         } else if ft.is_file() {
             let key = CacheKey {
                 dev: md.dev(),
@@ -222,7 +261,10 @@ impl Scanner<'_> {
                     h
                 }
             };
-            Kind::File { size: md.size(), hash }
+            Kind::File {
+                size: md.size(),
+                hash,
+            }
         } else {
             let what = if ft.is_fifo() {
                 "a FIFO"
@@ -253,7 +295,11 @@ fn rel_of(root: &Path, full: &Path) -> Option<String> {
 
 /// blake3 of a file, never through a symlink.
 pub fn hash_file(path: &Path) -> Result<Hash, ScanError> {
-    let f = File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io_err(path))?;
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err(path))?;
     let mut h = blake3::Hasher::new();
     h.update_reader(f).map_err(io_err(path))?;
     Ok(Hash(*h.finalize().as_bytes()))
@@ -262,11 +308,20 @@ pub fn hash_file(path: &Path) -> Result<Hash, ScanError> {
 /// Reads a file the manifest lists, never through a symlink, at most `limit` bytes.
 pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, ScanError> {
     use std::io::Read;
-    let f = File::options().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io_err(path))?;
+    let f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err(path))?;
     let mut buf = Vec::new();
-    f.take(limit + 1).read_to_end(&mut buf).map_err(io_err(path))?;
+    f.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(io_err(path))?;
     if buf.len() as u64 > limit {
-        return Err(ScanError::Bad { path: path.to_path_buf(), msg: format!("larger than {limit} bytes") });
+        return Err(ScanError::Bad {
+            path: path.to_path_buf(),
+            msg: format!("larger than {limit} bytes"),
+        });
     }
     Ok(buf)
 }
@@ -277,7 +332,10 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn item(p: &str, dir: bool) -> ListItem {
-        ListItem { path: RelPath::new(p).unwrap(), dir }
+        ListItem {
+            path: RelPath::new(p).unwrap(),
+            dir,
+        }
     }
 
     fn old(path: &Path) {
@@ -291,7 +349,8 @@ mod tests {
         let r = t.path();
         std::fs::create_dir_all(r.join("etc/ha/sub")).unwrap();
         std::fs::write(r.join("etc/ha/a"), b"aaa").unwrap();
-        std::fs::set_permissions(r.join("etc/ha/a"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(r.join("etc/ha/a"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
         std::fs::write(r.join("etc/ha/skip.tmp"), b"x").unwrap();
         std::fs::write(r.join("etc/ha/sub/b c"), b"bbb").unwrap();
         std::os::unix::fs::symlink("../x", r.join("etc/ha/link")).unwrap();
@@ -301,13 +360,49 @@ mod tests {
         std::fs::write(r.join("etc/single"), b"s").unwrap();
         let mut cache = StatCache::default();
         let excl = |p: &str| p.ends_with(".tmp");
-        let mut s = Scanner { root: r, is_excluded: &excl, cache: &mut cache };
-        let (m, stats) = s.scan(&[item("etc/ha", true), item("etc/single", false), item("etc/missing", false)], &[]).unwrap();
+        let mut s = Scanner {
+            root: r,
+            is_excluded: &excl,
+            cache: &mut cache,
+        };
+        let (m, stats) = s
+            .scan(
+                &[
+                    item("etc/ha", true),
+                    item("etc/single", false),
+                    item("etc/missing", false),
+                ],
+                &[],
+            )
+            .unwrap();
         let paths: Vec<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["etc/ha", "etc/ha/a", "etc/ha/link", "etc/ha/sub", "etc/ha/sub/b c", "etc/single"]);
-        assert_eq!(m.get(&RelPath::new("etc/ha/a").unwrap()).unwrap().mode, 0o600);
-        assert_eq!(m.get(&RelPath::new("etc/ha/link").unwrap()).unwrap().kind, Kind::Symlink { target: "../x".into() });
-        assert_eq!(m.get(&RelPath::new("etc/single").unwrap()).unwrap().file_hash(), Some(Hash::of(b"s")));
+        assert_eq!(
+            paths,
+            [
+                "etc/ha",
+                "etc/ha/a",
+                "etc/ha/link",
+                "etc/ha/sub",
+                "etc/ha/sub/b c",
+                "etc/single"
+            ]
+        );
+        assert_eq!(
+            m.get(&RelPath::new("etc/ha/a").unwrap()).unwrap().mode,
+            0o600
+        );
+        assert_eq!(
+            m.get(&RelPath::new("etc/ha/link").unwrap()).unwrap().kind,
+            Kind::Symlink {
+                target: "../x".into()
+            }
+        );
+        assert_eq!(
+            m.get(&RelPath::new("etc/single").unwrap())
+                .unwrap()
+                .file_hash(),
+            Some(Hash::of(b"s"))
+        );
         assert_eq!(stats.skipped, 1);
         m.validate().unwrap();
     }
@@ -327,26 +422,53 @@ mod tests {
         let no = |_: &str| false;
         let list = [item("etc", true)];
         let mut cache = StatCache::load(&cache_path);
-        let (m1, s1) = Scanner { root: r, is_excluded: &no, cache: &mut cache }.scan(&list, &[]).unwrap();
+        let (m1, s1) = Scanner {
+            root: r,
+            is_excluded: &no,
+            cache: &mut cache,
+        }
+        .scan(&list, &[])
+        .unwrap();
         assert_eq!((s1.files_hashed, s1.bytes_hashed), (5, 5000));
         cache.save(&cache_path).unwrap();
 
         let mut cache = StatCache::load(&cache_path);
-        let (m2, s2) = Scanner { root: r, is_excluded: &no, cache: &mut cache }.scan(&list, &[]).unwrap();
+        let (m2, s2) = Scanner {
+            root: r,
+            is_excluded: &no,
+            cache: &mut cache,
+        }
+        .scan(&list, &[])
+        .unwrap();
         assert_eq!((s2.files_hashed, s2.bytes_hashed, s2.cache_hits), (0, 0, 5));
         assert_eq!(m1.root_hash(), m2.root_hash());
 
         std::fs::write(r.join("etc/f2"), b"changed").unwrap();
-        let (m3, s3) = Scanner { root: r, is_excluded: &no, cache: &mut cache }.scan(&list, &[]).unwrap();
+        let (m3, s3) = Scanner {
+            root: r,
+            is_excluded: &no,
+            cache: &mut cache,
+        }
+        .scan(&list, &[])
+        .unwrap();
         assert_eq!(s3.files_hashed, 1);
-        assert_eq!(m3.get(&RelPath::new("etc/f2").unwrap()).unwrap().file_hash(), Some(Hash::of(b"changed")));
+        assert_eq!(
+            m3.get(&RelPath::new("etc/f2").unwrap())
+                .unwrap()
+                .file_hash(),
+            Some(Hash::of(b"changed"))
+        );
     }
 
     #[test]
     fn corrupt_cache_is_rebuilt_not_an_error() {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("statcache");
-        std::fs::write(&p, b"HSSCACH1 garbage that is not a cache at all, and long enough to split").unwrap();
+        std::fs::write(
+            &p,
+            b"HSSCACH1 garbage that is not a cache at all, and long enough to split",
+        )
+        .unwrap();
         assert!(StatCache::load(&p).is_empty());
         assert!(StatCache::load(&t.path().join("missing")).is_empty());
     }

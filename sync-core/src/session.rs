@@ -8,8 +8,8 @@ use crate::manifest::{Entry, Hash, Kind, Manifest, ManifestDelta, Op};
 use crate::path::RelPath;
 use crate::scan::{self, ScanError};
 use crate::wire::{
-    unexpected, Commit, Conn, FileHeader, Hello, ManifestForm, Msg, RestoreReport, Traffic, Want, WantKind,
-    Welcome, WireError, MAGIC, MAX_MANIFEST, PROTOCOL_VERSION,
+    unexpected, Commit, Conn, FileHeader, Hello, ManifestForm, Msg, RestoreReport, Traffic, Want,
+    WantKind, Welcome, WireError, MAGIC, MAX_MANIFEST, PROTOCOL_VERSION,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{self, Read, Write};
@@ -59,7 +59,9 @@ pub const BASIS_BUDGET: u64 = 64 << 20;
 
 impl PrimaryState {
     pub fn new(dir: &Path) -> PrimaryState {
-        PrimaryState { dir: dir.to_path_buf() }
+        PrimaryState {
+            dir: dir.to_path_buf(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -81,7 +83,10 @@ impl PrimaryState {
     }
 
     fn write(&self, path: &Path, data: &[u8]) -> Result<(), SyncError> {
-        let err = |source| SyncError::State { path: path.to_path_buf(), source };
+        let err = |source| SyncError::State {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(d) = path.parent() {
             std::fs::create_dir_all(d).map_err(err)?;
         }
@@ -94,9 +99,10 @@ impl PrimaryState {
         match m {
             Some(m) => self.write(&self.acked_path(), &m.encode()),
             None => match std::fs::remove_file(self.acked_path()) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                    Err(SyncError::State { path: self.acked_path(), source: e })
-                }
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(SyncError::State {
+                    path: self.acked_path(),
+                    source: e,
+                }),
                 _ => Ok(()),
             },
         }
@@ -119,8 +125,15 @@ impl PrimaryState {
 
     /// Drops basis copies the backup no longer holds, then the largest over the budget.
     fn prune_basis(&self, keep: &Manifest) {
-        let wanted: HashSet<String> = keep.entries.iter().filter_map(|e| e.file_hash()).map(|h| h.to_hex()).collect();
-        let Ok(rd) = std::fs::read_dir(self.dir.join("basis")) else { return };
+        let wanted: HashSet<String> = keep
+            .entries
+            .iter()
+            .filter_map(|e| e.file_hash())
+            .map(|h| h.to_hex())
+            .collect();
+        let Ok(rd) = std::fs::read_dir(self.dir.join("basis")) else {
+            return;
+        };
         let mut kept = Vec::new();
         for ent in rd.flatten() {
             let name = ent.file_name().to_string_lossy().into_owned();
@@ -161,7 +174,10 @@ impl Primary<'_> {
         let mut conn = Conn::new(stream);
         let root = self.manifest.root_hash();
         let acked = self.state.acked();
-        let mut rep = SyncReport { root, ..SyncReport::default() };
+        let mut rep = SyncReport {
+            root,
+            ..SyncReport::default()
+        };
         conn.send(&Msg::Hello(Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
@@ -200,7 +216,10 @@ impl Primary<'_> {
         }
         .map_err(|e| SyncError::Manifest(e.to_string()))?;
         let z = delta::compress(&body);
-        conn.send(&Msg::Manifest { form: rep.form.expect("set above"), len: z.len() as u64 })?;
+        conn.send(&Msg::Manifest {
+            form: rep.form.expect("set above"),
+            len: z.len() as u64,
+        })?;
         conn.send_chunks(&z)?;
         if let Some(b) = &base {
             for op in crate::manifest::diff(b, self.manifest) {
@@ -212,9 +231,17 @@ impl Primary<'_> {
                     Op::Content { old, .. } => Some(old),
                     _ => None,
                 };
-                let basis = old.and_then(|o| Some((o.file_hash()?, self.state.basis(&o.file_hash()?, o.size())?)));
+                let basis = old.and_then(|o| {
+                    Some((o.file_hash()?, self.state.basis(&o.file_hash()?, o.size())?))
+                });
                 if basis.is_some() || new.size() <= WHOLE_MAX {
-                    self.send_file(&mut conn, new, basis.as_ref().map(|(h, d)| (*h, d.as_slice())), None, &mut rep)?;
+                    self.send_file(
+                        &mut conn,
+                        new,
+                        basis.as_ref().map(|(h, d)| (*h, d.as_slice())),
+                        None,
+                        &mut rep,
+                    )?;
                 }
             }
         }
@@ -233,16 +260,27 @@ impl Primary<'_> {
                 break;
             }
             for w in wants {
-                let Some(e) = self.manifest.get(&w.path).filter(|e| matches!(e.kind, Kind::File { .. })) else {
-                    return Err(SyncError::Data { path: w.path.to_abs(), msg: "backup asked for a file that is not in the manifest".into() });
+                let Some(e) = self
+                    .manifest
+                    .get(&w.path)
+                    .filter(|e| matches!(e.kind, Kind::File { .. }))
+                else {
+                    return Err(SyncError::Data {
+                        path: w.path.to_abs(),
+                        msg: "backup asked for a file that is not in the manifest".into(),
+                    });
                 };
                 match &w.kind {
                     WantKind::Whole => self.send_file(&mut conn, e, None, None, &mut rep)?,
                     WantKind::Rsync { signature, basis } => {
                         let kept = self.state.basis(basis, u64::MAX >> 1).map(|d| (*basis, d));
                         match kept {
-                            Some((h, d)) => self.send_file(&mut conn, e, Some((h, &d)), None, &mut rep)?,
-                            None => self.send_file(&mut conn, e, None, Some(signature), &mut rep)?,
+                            Some((h, d)) => {
+                                self.send_file(&mut conn, e, Some((h, &d)), None, &mut rep)?
+                            }
+                            None => {
+                                self.send_file(&mut conn, e, None, Some(signature), &mut rep)?
+                            }
                         }
                     }
                 }
@@ -287,14 +325,28 @@ impl Primary<'_> {
         let data = scan::read_file(&full, delta::MAX_FILE_SIZE)?;
         let hash = Hash::of(&data);
         let (encoding, payload) = match (patch_from, signature) {
-            (Some((base, basis)), _) => (Encoding::Patch { base }, codec(Encoding::Patch { base }).encode(&data, Some(basis))),
-            (None, Some(sig)) => (Encoding::Rsync, codec(Encoding::Rsync).encode(&data, Some(sig))),
+            (Some((base, basis)), _) => (
+                Encoding::Patch { base },
+                codec(Encoding::Patch { base }).encode(&data, Some(basis)),
+            ),
+            (None, Some(sig)) => (
+                Encoding::Rsync,
+                codec(Encoding::Rsync).encode(&data, Some(sig)),
+            ),
             (None, None) => (Encoding::Whole, codec(Encoding::Whole).encode(&data, None)),
         };
         let (encoding, payload) = match payload {
             Ok(p) => (encoding, p),
             // A signature we cannot use: send it whole.
-            Err(_) => (Encoding::Whole, codec(Encoding::Whole).encode(&data, None).map_err(|err| SyncError::Data { path: e.path.to_abs(), msg: err.to_string() })?),
+            Err(_) => (
+                Encoding::Whole,
+                codec(Encoding::Whole)
+                    .encode(&data, None)
+                    .map_err(|err| SyncError::Data {
+                        path: e.path.to_abs(),
+                        msg: err.to_string(),
+                    })?,
+            ),
         };
         if wants_basis(data.len() as u64) {
             if encoding == Encoding::Whole {
@@ -303,7 +355,13 @@ impl Primary<'_> {
                 self.state.keep_basis(&hash, &delta::compress(&data));
             }
         }
-        conn.send(&Msg::File(FileHeader { path: e.path.clone(), hash, size: data.len() as u64, encoding, payload_len: payload.len() as u64 }))?;
+        conn.send(&Msg::File(FileHeader {
+            path: e.path.clone(),
+            hash,
+            size: data.len() as u64,
+            encoding,
+            payload_len: payload.len() as u64,
+        }))?;
         conn.send_chunks(&payload)?;
         rep.files_sent += 1;
         rep.payload_bytes += payload.len() as u64;
@@ -340,7 +398,10 @@ impl Backup<'_> {
         let res = self.converse(&mut conn);
         if let Err(e) = &res {
             // Tell the primary why, if the connection still works; the error stands anyway.
-            if !matches!(e, SyncError::Wire(WireError::Io(_) | WireError::Closed(_) | WireError::Remote(_))) {
+            if !matches!(
+                e,
+                SyncError::Wire(WireError::Io(_) | WireError::Closed(_) | WireError::Remote(_))
+            ) {
                 let _ = conn.send(&Msg::Error(e.to_string()));
                 let _ = conn.flush();
             }
@@ -356,9 +417,17 @@ impl Backup<'_> {
             Msg::Hello(h) => h,
             other => return Err(unexpected("Hello", &other).into()),
         };
-        let mut rep = BackupReport { peer: hello.node.clone(), ..BackupReport::default() };
+        let mut rep = BackupReport {
+            peer: hello.node.clone(),
+            ..BackupReport::default()
+        };
         let staging_root = self.staging.root();
-        conn.send(&Msg::Welcome(Welcome { magic: MAGIC, version: PROTOCOL_VERSION, staging_root, node: self.node.to_string() }))?;
+        conn.send(&Msg::Welcome(Welcome {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            staging_root,
+            node: self.node.to_string(),
+        }))?;
         conn.flush()?;
         let (form, len) = match conn.recv()? {
             Msg::Bye => {
@@ -369,19 +438,32 @@ impl Backup<'_> {
             other => return Err(unexpected("Manifest or Bye", &other).into()),
         };
         let z = conn.recv_chunks(len, MAX_MANIFEST, "manifest")?;
-        let body = zstd::bulk::decompress(&z, MAX_MANIFEST as usize).map_err(|e| SyncError::Manifest(format!("decompress: {e}")))?;
+        let body = zstd::bulk::decompress(&z, MAX_MANIFEST as usize)
+            .map_err(|e| SyncError::Manifest(format!("decompress: {e}")))?;
         let new = match form {
-            ManifestForm::Full => Manifest::decode(&body).map_err(|e| SyncError::Manifest(e.to_string()))?,
+            ManifestForm::Full => {
+                Manifest::decode(&body).map_err(|e| SyncError::Manifest(e.to_string()))?
+            }
             ManifestForm::Delta => {
-                let d: ManifestDelta = postcard::from_bytes(&body).map_err(|e| SyncError::Manifest(e.to_string()))?;
-                let base = self.staging.committed().filter(|_| staging_root == Some(d.base)).ok_or_else(|| {
-                    SyncError::Manifest("a delta against a manifest this backup does not hold".into())
-                })?;
-                d.apply(base).map_err(|e| SyncError::Manifest(e.to_string()))?
+                let d: ManifestDelta =
+                    postcard::from_bytes(&body).map_err(|e| SyncError::Manifest(e.to_string()))?;
+                let base = self
+                    .staging
+                    .committed()
+                    .filter(|_| staging_root == Some(d.base))
+                    .ok_or_else(|| {
+                        SyncError::Manifest(
+                            "a delta against a manifest this backup does not hold".into(),
+                        )
+                    })?;
+                d.apply(base)
+                    .map_err(|e| SyncError::Manifest(e.to_string()))?
             }
         };
         if new.root_hash() != hello.root {
-            return Err(SyncError::Manifest("does not match the root hash announced in Hello".into()));
+            return Err(SyncError::Manifest(
+                "does not match the root hash announced in Hello".into(),
+            ));
         }
         let current = self.staging.current(&new.list)?;
         let ops = crate::manifest::diff(&current, &new);
@@ -399,21 +481,35 @@ impl Backup<'_> {
         let mut committed = new.clone();
         let mut refetch: Vec<RelPath> = Vec::new();
         // Pushed files, then rounds of wants until everything verified.
-        self.receive_files(conn, &new, &mut committed, &mut needed, &mut refetch, Msg::EndOfPush)?;
+        self.receive_files(
+            conn,
+            &new,
+            &mut committed,
+            &mut needed,
+            &mut refetch,
+            Msg::EndOfPush,
+        )?;
         let mut round = 0;
         loop {
             let mut wants = Vec::new();
             for (p, old) in &needed {
-                let kind = match old.as_ref().filter(|o| o.size() > WHOLE_MAX && !refetch.contains(p)) {
+                let kind = match old
+                    .as_ref()
+                    .filter(|o| o.size() > WHOLE_MAX && !refetch.contains(p))
+                {
                     Some(o) => match self.staging.read(p, delta::MAX_FILE_SIZE) {
-                        Some(b) if Some(Hash::of(&b)) == o.file_hash() => {
-                            WantKind::Rsync { signature: delta::signature(&b), basis: Hash::of(&b) }
-                        }
+                        Some(b) if Some(Hash::of(&b)) == o.file_hash() => WantKind::Rsync {
+                            signature: delta::signature(&b),
+                            basis: Hash::of(&b),
+                        },
                         _ => WantKind::Whole,
                     },
                     None => WantKind::Whole,
                 };
-                wants.push(Want { path: p.clone(), kind });
+                wants.push(Want {
+                    path: p.clone(),
+                    kind,
+                });
             }
             for w in &wants {
                 conn.send(&Msg::Want(w.clone()))?;
@@ -424,14 +520,30 @@ impl Backup<'_> {
             }
             if round == MAX_REFETCH_ROUNDS {
                 let p = needed.keys().next().expect("wants not empty").to_abs();
-                return Err(SyncError::Data { path: p, msg: "content never matched its hash; giving up".into() });
+                return Err(SyncError::Data {
+                    path: p,
+                    msg: "content never matched its hash; giving up".into(),
+                });
             }
             round += 1;
             conn.flush()?;
             refetch.clear();
-            self.receive_files(conn, &new, &mut committed, &mut needed, &mut refetch, Msg::EndOfData)?;
+            self.receive_files(
+                conn,
+                &new,
+                &mut committed,
+                &mut needed,
+                &mut refetch,
+                Msg::EndOfData,
+            )?;
         }
-        touched.extend(committed.entries.iter().filter(|e| needed.contains_key(&e.path)).map(|e| e.path.clone()));
+        touched.extend(
+            committed
+                .entries
+                .iter()
+                .filter(|e| needed.contains_key(&e.path))
+                .map(|e| e.path.clone()),
+        );
         self.staging.finish_dirs(&committed, &touched)?;
         let changed: Vec<String> = touched.iter().map(RelPath::to_abs).collect();
         let deleted = ops.iter().filter(|o| matches!(o, Op::Delete(_))).count() as u64;
@@ -441,7 +553,12 @@ impl Backup<'_> {
         } else {
             self.staging.commit(&committed)?
         };
-        let commit = Commit { root, changed, files_written, deleted };
+        let commit = Commit {
+            root,
+            changed,
+            files_written,
+            deleted,
+        };
         conn.send(&Msg::Committed(commit.clone()))?;
         conn.flush()?;
         let restore = (self.restore)(&committed, &commit);
@@ -469,12 +586,22 @@ impl Backup<'_> {
                 m if m == end => return Ok(()),
                 other => return Err(unexpected(end.name(), &other).into()),
             };
-            let payload = conn.recv_chunks(h.payload_len, 2 * delta::MAX_FILE_SIZE, "file payload")?;
-            let Some(entry) = new.get(&h.path).filter(|e| matches!(e.kind, Kind::File { .. })) else {
-                return Err(SyncError::Data { path: h.path.to_abs(), msg: "file sent that is not a file in the manifest".into() });
+            let payload =
+                conn.recv_chunks(h.payload_len, 2 * delta::MAX_FILE_SIZE, "file payload")?;
+            let Some(entry) = new
+                .get(&h.path)
+                .filter(|e| matches!(e.kind, Kind::File { .. }))
+            else {
+                return Err(SyncError::Data {
+                    path: h.path.to_abs(),
+                    msg: "file sent that is not a file in the manifest".into(),
+                });
             };
             if !needed.contains_key(&h.path) {
-                return Err(SyncError::Data { path: h.path.to_abs(), msg: "file sent that was not needed".into() });
+                return Err(SyncError::Data {
+                    path: h.path.to_abs(),
+                    msg: "file sent that was not needed".into(),
+                });
             }
             let basis = match h.encoding {
                 Encoding::Whole => None,
@@ -490,10 +617,18 @@ impl Backup<'_> {
                     refetch.push(h.path.clone());
                     continue;
                 }
-                Err(e) => return Err(SyncError::Data { path: h.path.to_abs(), msg: e.to_string() }),
+                Err(e) => {
+                    return Err(SyncError::Data {
+                        path: h.path.to_abs(),
+                        msg: e.to_string(),
+                    })
+                }
             };
             let mut e = entry.clone();
-            e.kind = Kind::File { size: h.size, hash: h.hash };
+            e.kind = Kind::File {
+                size: h.size,
+                hash: h.hash,
+            };
             self.staging.write_file(&e, &data)?;
             if e != *entry {
                 // The primary's file changed under its scan: record what we really hold.

@@ -54,7 +54,11 @@ pub enum WireError {
     #[error("protocol violation: expected {expected}, got {got}")]
     Unexpected { expected: &'static str, got: String },
     #[error("{what} of {len} bytes is over the limit of {limit}")]
-    TooLarge { what: &'static str, len: u64, limit: u64 },
+    TooLarge {
+        what: &'static str,
+        len: u64,
+        limit: u64,
+    },
     #[error("peer reported an error: {0}")]
     Remote(String),
 }
@@ -104,7 +108,10 @@ pub enum WantKind {
     Whole,
     /// fast_rsync signature of the backup's copy, whose blake3 is `basis` (the primary may
     /// answer with a zstd patch instead when it still holds that version).
-    Rsync { signature: Vec<u8>, basis: Hash },
+    Rsync {
+        signature: Vec<u8>,
+        basis: Hash,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -179,22 +186,41 @@ impl Msg {
         let (msg, rest): (Msg, &[u8]) =
             postcard::take_from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(WireError::Malformed(format!("{} trailing bytes", rest.len())));
+            return Err(WireError::Malformed(format!(
+                "{} trailing bytes",
+                rest.len()
+            )));
         }
         match &msg {
             Msg::Hello(h) => check_greeting(h.magic, h.version, &h.node)?,
             Msg::Welcome(w) => check_greeting(w.magic, w.version, &w.node)?,
             Msg::Error(s) if s.len() > MAX_TEXT => {
-                return Err(WireError::TooLarge { what: "error text", len: s.len() as u64, limit: MAX_TEXT as u64 })
+                return Err(WireError::TooLarge {
+                    what: "error text",
+                    len: s.len() as u64,
+                    limit: MAX_TEXT as u64,
+                })
             }
             Msg::File(f) if f.size > MAX_FILE_SIZE => {
-                return Err(WireError::TooLarge { what: "file", len: f.size, limit: MAX_FILE_SIZE })
+                return Err(WireError::TooLarge {
+                    what: "file",
+                    len: f.size,
+                    limit: MAX_FILE_SIZE,
+                })
             }
             Msg::File(f) if f.payload_len > 2 * MAX_FILE_SIZE => {
-                return Err(WireError::TooLarge { what: "file payload", len: f.payload_len, limit: 2 * MAX_FILE_SIZE })
+                return Err(WireError::TooLarge {
+                    what: "file payload",
+                    len: f.payload_len,
+                    limit: 2 * MAX_FILE_SIZE,
+                })
             }
             Msg::Manifest { len, .. } if *len > MAX_MANIFEST => {
-                return Err(WireError::TooLarge { what: "manifest", len: *len, limit: MAX_MANIFEST })
+                return Err(WireError::TooLarge {
+                    what: "manifest",
+                    len: *len,
+                    limit: MAX_MANIFEST,
+                })
             }
             _ => {}
         }
@@ -207,10 +233,17 @@ fn check_greeting(magic: [u8; 4], version: u32, node: &str) -> Result<(), WireEr
         return Err(WireError::BadMagic);
     }
     if version != PROTOCOL_VERSION {
-        return Err(WireError::Version { ours: PROTOCOL_VERSION, theirs: version });
+        return Err(WireError::Version {
+            ours: PROTOCOL_VERSION,
+            theirs: version,
+        });
     }
     if node.len() > MAX_TEXT {
-        return Err(WireError::TooLarge { what: "node name", len: node.len() as u64, limit: MAX_TEXT as u64 });
+        return Err(WireError::TooLarge {
+            what: "node name",
+            len: node.len() as u64,
+            limit: MAX_TEXT as u64,
+        });
     }
     Ok(())
 }
@@ -234,7 +267,12 @@ pub struct Conn<S: Read + Write> {
 
 impl<S: Read + Write> Conn<S> {
     pub fn new(stream: S) -> Conn<S> {
-        Conn { stream, out: Vec::with_capacity(64 << 10), traffic: Traffic::default(), flushed_since_read: false }
+        Conn {
+            stream,
+            out: Vec::with_capacity(64 << 10),
+            traffic: Traffic::default(),
+            flushed_since_read: false,
+        }
     }
 
     pub fn into_inner(self) -> S {
@@ -247,7 +285,8 @@ impl<S: Read + Write> Conn<S> {
         if body.len() > MAX_FRAME {
             return Err(WireError::FrameTooLarge(body.len() as u64));
         }
-        self.out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        self.out
+            .extend_from_slice(&(body.len() as u32).to_le_bytes());
         self.out.extend_from_slice(&body);
         if self.out.len() >= 256 << 10 {
             self.write_out()?;
@@ -302,7 +341,12 @@ impl<S: Read + Write> Conn<S> {
     }
 
     /// Reads `len` bytes of `Chunk` frames into one buffer.
-    pub fn recv_chunks(&mut self, len: u64, limit: u64, what: &'static str) -> Result<Vec<u8>, WireError> {
+    pub fn recv_chunks(
+        &mut self,
+        len: u64,
+        limit: u64,
+        what: &'static str,
+    ) -> Result<Vec<u8>, WireError> {
         if len > limit {
             return Err(WireError::TooLarge { what, len, limit });
         }
@@ -311,7 +355,9 @@ impl<S: Read + Write> Conn<S> {
             match self.recv()? {
                 Msg::Chunk(c) => {
                     if buf.len() as u64 + c.len() as u64 > len {
-                        return Err(WireError::Malformed(format!("{what}: chunks longer than announced {len} bytes")));
+                        return Err(WireError::Malformed(format!(
+                            "{what}: chunks longer than announced {len} bytes"
+                        )));
                     }
                     buf.extend_from_slice(&c);
                 }
@@ -322,7 +368,11 @@ impl<S: Read + Write> Conn<S> {
     }
 }
 
-fn read_exact_or_closed(r: &mut impl Read, buf: &mut [u8], when: &'static str) -> Result<(), WireError> {
+fn read_exact_or_closed(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    when: &'static str,
+) -> Result<(), WireError> {
     match r.read_exact(buf) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(WireError::Closed(when)),
@@ -331,7 +381,10 @@ fn read_exact_or_closed(r: &mut impl Read, buf: &mut [u8], when: &'static str) -
 }
 
 pub fn unexpected(expected: &'static str, got: &Msg) -> WireError {
-    WireError::Unexpected { expected, got: got.name().to_string() }
+    WireError::Unexpected {
+        expected,
+        got: got.name().to_string(),
+    }
 }
 
 /// Fuzz entry: decoding any frame stream never panics and never allocates past the limits.
@@ -380,7 +433,13 @@ mod tests {
     }
 
     fn hello() -> Msg {
-        Msg::Hello(Hello { magic: MAGIC, version: PROTOCOL_VERSION, root: Hash::of(b"x"), acked: None, node: "fw1".into() })
+        Msg::Hello(Hello {
+            magic: MAGIC,
+            version: PROTOCOL_VERSION,
+            root: Hash::of(b"x"),
+            acked: None,
+            node: "fw1".into(),
+        })
     }
 
     fn conn_with(bytes: Vec<u8>) -> Conn<Pipe> {
@@ -390,7 +449,15 @@ mod tests {
     #[test]
     fn messages_round_trip_through_frames() {
         let mut c = conn_with(Vec::new());
-        let msgs = vec![hello(), Msg::EndOfPush, Msg::Want(Want { path: RelPath::new("etc/x").unwrap(), kind: WantKind::Whole }), Msg::Bye];
+        let msgs = vec![
+            hello(),
+            Msg::EndOfPush,
+            Msg::Want(Want {
+                path: RelPath::new("etc/x").unwrap(),
+                kind: WantKind::Whole,
+            }),
+            Msg::Bye,
+        ];
         for m in &msgs {
             c.send(m).unwrap();
         }
@@ -401,7 +468,12 @@ mod tests {
         for m in &msgs {
             assert_eq!(&r.recv().unwrap(), m);
         }
-        assert_eq!(r.recv_chunks(CHUNK as u64 + 10, u64::MAX, "test").unwrap().len(), CHUNK + 10);
+        assert_eq!(
+            r.recv_chunks(CHUNK as u64 + 10, u64::MAX, "test")
+                .unwrap()
+                .len(),
+            CHUNK + 10
+        );
         assert!(matches!(r.recv(), Err(WireError::Closed(_))));
     }
 
@@ -409,21 +481,36 @@ mod tests {
     fn oversized_truncated_and_garbage_frames_are_clean_errors() {
         let mut big = ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec();
         big.extend_from_slice(&[0; 16]);
-        assert!(matches!(conn_with(big).recv(), Err(WireError::FrameTooLarge(_))));
+        assert!(matches!(
+            conn_with(big).recv(),
+            Err(WireError::FrameTooLarge(_))
+        ));
 
         let body = hello().encode();
         let mut trunc = (body.len() as u32).to_le_bytes().to_vec();
         trunc.extend_from_slice(&body[..body.len() - 3]);
-        assert!(matches!(conn_with(trunc).recv(), Err(WireError::Closed(" in the middle of a frame"))));
+        assert!(matches!(
+            conn_with(trunc).recv(),
+            Err(WireError::Closed(" in the middle of a frame"))
+        ));
 
         let mut garbage = 5u32.to_le_bytes().to_vec();
         garbage.extend_from_slice(&[0xff; 5]);
-        assert!(matches!(conn_with(garbage).recv(), Err(WireError::Malformed(_))));
+        assert!(matches!(
+            conn_with(garbage).recv(),
+            Err(WireError::Malformed(_))
+        ));
     }
 
     #[test]
     fn unknown_version_and_bad_magic_are_refused() {
-        let mut h = Hello { magic: MAGIC, version: 99, root: Hash::default(), acked: None, node: String::new() };
+        let mut h = Hello {
+            magic: MAGIC,
+            version: 99,
+            root: Hash::default(),
+            acked: None,
+            node: String::new(),
+        };
         let frame = |m: &Msg| {
             let b = m.encode();
             let mut v = (b.len() as u32).to_le_bytes().to_vec();
@@ -431,11 +518,20 @@ mod tests {
             v
         };
         let err = conn_with(frame(&Msg::Hello(h.clone()))).recv().unwrap_err();
-        assert!(matches!(err, WireError::Version { ours: 1, theirs: 99 }));
+        assert!(matches!(
+            err,
+            WireError::Version {
+                ours: 1,
+                theirs: 99
+            }
+        ));
         assert!(err.to_string().contains("upgrade both nodes"));
         h.version = PROTOCOL_VERSION;
         h.magic = *b"SSH-";
-        assert!(matches!(conn_with(frame(&Msg::Hello(h))).recv(), Err(WireError::BadMagic)));
+        assert!(matches!(
+            conn_with(frame(&Msg::Hello(h))).recv(),
+            Err(WireError::BadMagic)
+        ));
     }
 
     #[test]
@@ -443,11 +539,22 @@ mod tests {
         for bad in ["../x", "/etc/x", "a/../../b", "a\0b"] {
             // Build the frame by hand: a Want whose path is a plain string on the wire.
             #[derive(Serialize)]
-            enum FakeMsg { _H, _W, _M, _F, _C, _E, Want(String, u8) }
+            enum FakeMsg {
+                _H,
+                _W,
+                _M,
+                _F,
+                _C,
+                _E,
+                Want(String, u8),
+            }
             let body = postcard::to_allocvec(&FakeMsg::Want(bad.into(), 0)).unwrap();
             let mut v = (body.len() as u32).to_le_bytes().to_vec();
             v.extend_from_slice(&body);
-            assert!(matches!(conn_with(v).recv(), Err(WireError::Malformed(_))), "{bad}");
+            assert!(
+                matches!(conn_with(v).recv(), Err(WireError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -457,7 +564,13 @@ mod tests {
         c.send_chunks(&[1u8; 100]).unwrap();
         c.flush().unwrap();
         let mut r = conn_with(c.into_inner().0.into_inner());
-        assert!(matches!(r.recv_chunks(50, 1000, "file"), Err(WireError::Malformed(_))));
-        assert!(matches!(conn_with(vec![]).recv_chunks(5000, 1000, "file"), Err(WireError::TooLarge { .. })));
+        assert!(matches!(
+            r.recv_chunks(50, 1000, "file"),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            conn_with(vec![]).recv_chunks(5000, 1000, "file"),
+            Err(WireError::TooLarge { .. })
+        ));
     }
 }

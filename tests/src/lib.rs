@@ -24,18 +24,33 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, Node> {
     for e in walkdir::WalkDir::new(dir).follow_links(false) {
         let e = e.expect("walk");
         let md = e.path().symlink_metadata().expect("lstat");
-        let rel = e.path().strip_prefix(dir).expect("below").to_string_lossy().into_owned();
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .expect("below")
+            .to_string_lossy()
+            .into_owned();
         let (kind, content) = if md.is_dir() {
             ("dir", Vec::new())
         } else if md.file_type().is_symlink() {
-            ("symlink", std::fs::read_link(e.path()).expect("readlink").into_os_string().into_encoded_bytes())
+            (
+                "symlink",
+                std::fs::read_link(e.path())
+                    .expect("readlink")
+                    .into_os_string()
+                    .into_encoded_bytes(),
+            )
         } else {
             ("file", std::fs::read(e.path()).expect("read"))
         };
         let node = Node {
             kind,
             // Linux has no symlink modes; their owner and mtime still count.
-            mode: if kind == "symlink" { 0 } else { md.mode() & 0o7777 },
+            mode: if kind == "symlink" {
+                0
+            } else {
+                md.mode() & 0o7777
+            },
             uid: md.uid(),
             gid: md.gid(),
             mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
@@ -57,12 +72,22 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
     }
     let keys_a: Vec<&String> = sa.keys().collect();
     let keys_b: Vec<&String> = sb.keys().collect();
-    assert_eq!(keys_a, keys_b, "paths differ between {} and {}", a.display(), b.display());
+    assert_eq!(
+        keys_a,
+        keys_b,
+        "paths differ between {} and {}",
+        a.display(),
+        b.display()
+    );
     for (k, na) in &sa {
         let nb = &sb[k];
         assert_eq!(na.kind, nb.kind, "{k}: kind");
         assert!(na.content == nb.content, "{k}: content differs");
-        assert_eq!((na.mode, na.uid, na.gid), (nb.mode, nb.uid, nb.gid), "{k}: mode/owner");
+        assert_eq!(
+            (na.mode, na.uid, na.gid),
+            (nb.mode, nb.uid, nb.gid),
+            "{k}: mode/owner"
+        );
         assert_eq!(na.mtime_ns, nb.mtime_ns, "{k}: mtime");
     }
 }

@@ -12,13 +12,22 @@ use sync_core::wire::{Conn, FileHeader, Hello, ManifestForm, Msg, MAGIC, PROTOCO
 
 /// Runs a backup on `staging` against a scripted primary; returns the backup's result and
 /// what the primary side received.
-fn against_backup(staging: &Path, script: impl FnOnce(&mut Conn<&UnixStream>) + Send) -> Result<(), SyncError> {
+fn against_backup(
+    staging: &Path,
+    script: impl FnOnce(&mut Conn<&UnixStream>) + Send,
+) -> Result<(), SyncError> {
     let (a, b) = UnixStream::pair().unwrap();
     std::thread::scope(|s| {
         let h = s.spawn(move || {
             let mut st = Staging::open(staging).unwrap();
             let mut restore = sync_core::local::staging_only;
-            Backup { staging: &mut st, node: "backup", restore: &mut restore }.run(&b).map(drop)
+            Backup {
+                staging: &mut st,
+                node: "backup",
+                restore: &mut restore,
+            }
+            .run(&b)
+            .map(drop)
         });
         let mut c = Conn::new(&a);
         script(&mut c);
@@ -28,7 +37,13 @@ fn against_backup(staging: &Path, script: impl FnOnce(&mut Conn<&UnixStream>) + 
 }
 
 fn hello(root: Hash) -> Msg {
-    Msg::Hello(Hello { magic: MAGIC, version: PROTOCOL_VERSION, root, acked: None, node: "evil".into() })
+    Msg::Hello(Hello {
+        magic: MAGIC,
+        version: PROTOCOL_VERSION,
+        root,
+        acked: None,
+        node: "evil".into(),
+    })
 }
 
 fn send_manifest_bytes(c: &mut Conn<&UnixStream>, root: Hash, body: &[u8]) {
@@ -36,7 +51,11 @@ fn send_manifest_bytes(c: &mut Conn<&UnixStream>, root: Hash, body: &[u8]) {
     c.flush().unwrap();
     let _welcome = c.recv().unwrap();
     let z = zstd::bulk::compress(body, 3).unwrap();
-    c.send(&Msg::Manifest { form: ManifestForm::Full, len: z.len() as u64 }).unwrap();
+    c.send(&Msg::Manifest {
+        form: ManifestForm::Full,
+        len: z.len() as u64,
+    })
+    .unwrap();
     c.send_chunks(&z).unwrap();
     c.send(&Msg::EndOfPush).unwrap();
     let _ = c.flush();
@@ -69,8 +88,15 @@ struct RawManifest {
 }
 
 fn outside_is_untouched(outside: &Path) {
-    assert_eq!(std::fs::read_dir(outside).unwrap().count(), 1, "something was written outside staging");
-    assert_eq!(std::fs::read(outside.join("passwd")).unwrap(), b"root:x:0:0\n");
+    assert_eq!(
+        std::fs::read_dir(outside).unwrap().count(),
+        1,
+        "something was written outside staging"
+    );
+    assert_eq!(
+        std::fs::read(outside.join("passwd")).unwrap(),
+        b"root:x:0:0\n"
+    );
 }
 
 fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
@@ -84,38 +110,80 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
 
 #[test]
 fn manifests_with_escaping_paths_are_refused() {
-    for bad in ["../x", "/etc/x", "a/../../b", "etc/a\0b", "../outside/passwd"] {
+    for bad in [
+        "../x",
+        "/etc/x",
+        "a/../../b",
+        "etc/a\0b",
+        "../outside/passwd",
+    ] {
         let (_t, staging, outside) = setup();
         let m = RawManifest {
-            list: vec![RawItem { path: bad.into(), dir: false }],
+            list: vec![RawItem {
+                path: bad.into(),
+                dir: false,
+            }],
             excludes: vec![],
-            entries: vec![RawEntry { path: bad.into(), kind: RawKind::File { size: 1, hash: [0; 32] }, mode: 0o644, uid: 0, gid: 0, mtime_ns: 0 }],
+            entries: vec![RawEntry {
+                path: bad.into(),
+                kind: RawKind::File {
+                    size: 1,
+                    hash: [0; 32],
+                },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 0,
+            }],
         };
         let body = postcard::to_allocvec(&m).unwrap();
-        let err = against_backup(&staging, |c| send_manifest_bytes(c, Hash::of(&body), &body)).unwrap_err();
+        let err = against_backup(&staging, |c| send_manifest_bytes(c, Hash::of(&body), &body))
+            .unwrap_err();
         assert!(err.to_string().contains("manifest"), "{bad}: {err}");
         outside_is_untouched(&outside);
     }
 }
 
 fn entry(p: &str, kind: Kind) -> Entry {
-    Entry { path: RelPath::new(p).unwrap(), kind, mode: 0o644, uid: 0, gid: 0, mtime_ns: 1 }
+    Entry {
+        path: RelPath::new(p).unwrap(),
+        kind,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 1,
+    }
 }
 
 #[test]
 fn a_file_below_a_symlink_of_the_same_manifest_is_refused() {
     let (_t, staging, outside) = setup();
     let m = Manifest {
-        list: vec![ListItem { path: RelPath::new("etc").unwrap(), dir: true }],
+        list: vec![ListItem {
+            path: RelPath::new("etc").unwrap(),
+            dir: true,
+        }],
         excludes: vec![],
         entries: vec![
             entry("etc", Kind::Dir),
-            entry("etc/l", Kind::Symlink { target: outside.to_string_lossy().into_owned() }),
-            entry("etc/l/passwd", Kind::File { size: 4, hash: Hash::of(b"evil") }),
+            entry(
+                "etc/l",
+                Kind::Symlink {
+                    target: outside.to_string_lossy().into_owned(),
+                },
+            ),
+            entry(
+                "etc/l/passwd",
+                Kind::File {
+                    size: 4,
+                    hash: Hash::of(b"evil"),
+                },
+            ),
         ],
     };
     let body = m.encode();
-    let err = against_backup(&staging, |c| send_manifest_bytes(c, m.root_hash(), &body)).unwrap_err();
+    let err =
+        against_backup(&staging, |c| send_manifest_bytes(c, m.root_hash(), &body)).unwrap_err();
     assert!(err.to_string().contains("not a directory"), "{err}");
     outside_is_untouched(&outside);
 }
@@ -127,12 +195,21 @@ fn a_symlink_already_in_staging_is_never_written_through() {
     std::fs::create_dir_all(staging.join("etc")).unwrap();
     std::os::unix::fs::symlink(&outside, staging.join("etc/l")).unwrap();
     let m = Manifest {
-        list: vec![ListItem { path: RelPath::new("etc").unwrap(), dir: true }],
+        list: vec![ListItem {
+            path: RelPath::new("etc").unwrap(),
+            dir: true,
+        }],
         excludes: vec![],
         entries: vec![
             entry("etc", Kind::Dir),
             entry("etc/l", Kind::Dir),
-            entry("etc/l/passwd", Kind::File { size: 4, hash: Hash::of(b"evil") }),
+            entry(
+                "etc/l/passwd",
+                Kind::File {
+                    size: 4,
+                    hash: Hash::of(b"evil"),
+                },
+            ),
         ],
     };
     let body = m.encode();
@@ -145,7 +222,13 @@ fn a_symlink_already_in_staging_is_never_written_through() {
             }
         }
         let payload = zstd::bulk::compress(b"evil", 3).unwrap();
-        let h = FileHeader { path: RelPath::new("etc/l/passwd").unwrap(), hash: Hash::of(b"evil"), size: 4, encoding: sync_core::delta::Encoding::Whole, payload_len: payload.len() as u64 };
+        let h = FileHeader {
+            path: RelPath::new("etc/l/passwd").unwrap(),
+            hash: Hash::of(b"evil"),
+            size: 4,
+            encoding: sync_core::delta::Encoding::Whole,
+            payload_len: payload.len() as u64,
+        };
         c.send(&Msg::File(h)).unwrap();
         c.send_chunks(&payload).unwrap();
         c.send(&Msg::EndOfData).unwrap();
@@ -157,14 +240,20 @@ fn a_symlink_already_in_staging_is_never_written_through() {
     outside_is_untouched(&outside);
     // The symlink was replaced by a real directory inside staging.
     assert!(staging.join("etc/l").symlink_metadata().unwrap().is_dir());
-    assert_eq!(std::fs::read(staging.join("etc/l/passwd")).unwrap(), b"evil");
+    assert_eq!(
+        std::fs::read(staging.join("etc/l/passwd")).unwrap(),
+        b"evil"
+    );
 }
 
 #[test]
 fn a_file_not_in_the_manifest_is_refused() {
     let (_t, staging, outside) = setup();
     let m = Manifest {
-        list: vec![ListItem { path: RelPath::new("etc").unwrap(), dir: true }],
+        list: vec![ListItem {
+            path: RelPath::new("etc").unwrap(),
+            dir: true,
+        }],
         excludes: vec![],
         entries: vec![entry("etc", Kind::Dir)],
     };
@@ -174,10 +263,20 @@ fn a_file_not_in_the_manifest_is_refused() {
         c.flush().unwrap();
         let _ = c.recv();
         let z = zstd::bulk::compress(&body, 3).unwrap();
-        c.send(&Msg::Manifest { form: ManifestForm::Full, len: z.len() as u64 }).unwrap();
+        c.send(&Msg::Manifest {
+            form: ManifestForm::Full,
+            len: z.len() as u64,
+        })
+        .unwrap();
         c.send_chunks(&z).unwrap();
         let payload = zstd::bulk::compress(b"x", 3).unwrap();
-        let h = FileHeader { path: RelPath::new("etc/shadow").unwrap(), hash: Hash::of(b"x"), size: 1, encoding: sync_core::delta::Encoding::Whole, payload_len: payload.len() as u64 };
+        let h = FileHeader {
+            path: RelPath::new("etc/shadow").unwrap(),
+            hash: Hash::of(b"x"),
+            size: 1,
+            encoding: sync_core::delta::Encoding::Whole,
+            payload_len: payload.len() as u64,
+        };
         c.send(&Msg::File(h)).unwrap();
         c.send_chunks(&payload).unwrap();
         c.send(&Msg::EndOfPush).unwrap();
@@ -202,12 +301,27 @@ fn garbage_and_oversized_frames_end_the_session_cleanly() {
     (&a).write_all(&u32::MAX.to_le_bytes()).unwrap();
     let mut st = Staging::open(&staging).unwrap();
     let mut restore = sync_core::local::staging_only;
-    let err = Backup { staging: &mut st, node: "b", restore: &mut restore }.run(&b).unwrap_err();
+    let err = Backup {
+        staging: &mut st,
+        node: "b",
+        restore: &mut restore,
+    }
+    .run(&b)
+    .unwrap_err();
     assert!(err.to_string().contains("over the limit"), "{err}");
 
     let (a, b) = UnixStream::pair().unwrap();
     (&a).write_all(&8u32.to_le_bytes()).unwrap();
     (&a).write_all(b"SSH-2.0-").unwrap();
-    let err = Backup { staging: &mut st, node: "b", restore: &mut restore }.run(&b).unwrap_err();
-    assert!(err.to_string().contains("malformed") || err.to_string().contains("magic"), "{err}");
+    let err = Backup {
+        staging: &mut st,
+        node: "b",
+        restore: &mut restore,
+    }
+    .run(&b)
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("malformed") || err.to_string().contains("magic"),
+        "{err}"
+    );
 }

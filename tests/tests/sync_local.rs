@@ -11,12 +11,31 @@ use sync_core::runner::RecordingRunner;
 /// One thing to put in a tree.
 #[derive(Debug, Clone)]
 enum Item {
-    File { content: Vec<u8>, mode: u32, mtime: i64 },
-    Dir { mode: u32 },
-    Link { target: String },
+    File {
+        content: Vec<u8>,
+        mode: u32,
+        mtime: i64,
+    },
+    Dir {
+        mode: u32,
+    },
+    Link {
+        target: String,
+    },
 }
 
-const NAMES: &[&str] = &["a", "b", "c d", "sub", "sub/x", "sub/y", "sub/deep", "sub/deep/z", "e.conf", "f"];
+const NAMES: &[&str] = &[
+    "a",
+    "b",
+    "c d",
+    "sub",
+    "sub/x",
+    "sub/y",
+    "sub/deep",
+    "sub/deep/z",
+    "e.conf",
+    "f",
+];
 
 fn item() -> impl Strategy<Value = Item> {
     prop_oneof![
@@ -51,7 +70,11 @@ fn build(dir: &Path, items: &[(usize, Item)]) {
             }
         }
         match it {
-            Item::File { content, mode, mtime } => {
+            Item::File {
+                content,
+                mode,
+                mtime,
+            } => {
                 std::fs::write(&p, content).unwrap();
                 std::fs::set_permissions(&p, std::fs::Permissions::from_mode(*mode)).unwrap();
                 let t = filetime::FileTime::from_unix_time(*mtime, 123);
@@ -112,7 +135,9 @@ fn changes_after_a_commit_travel_as_a_manifest_delta_with_pushed_files() {
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     router_root(&a, &["/etc/ha"], &[], &[]);
     std::fs::create_dir_all(a.join("etc/ha")).unwrap();
-    let big: Vec<u8> = (0..200_000u32).flat_map(|i| format!("10.{}.{}.{}/32\n", i % 200, i % 251, i % 13).into_bytes()).collect();
+    let big: Vec<u8> = (0..200_000u32)
+        .flat_map(|i| format!("10.{}.{}.{}/32\n", i % 200, i % 251, i % 13).into_bytes())
+        .collect();
     std::fs::write(a.join("etc/ha/list"), &big).unwrap();
     std::fs::write(a.join("etc/ha/small"), b"option x '1'\n").unwrap();
     let s1 = sync(&a, &b);
@@ -128,7 +153,11 @@ fn changes_after_a_commit_travel_as_a_manifest_delta_with_pushed_files() {
     // Both files pushed with the manifest: hello, then push -> commit. Two round trips.
     assert_eq!(s2.primary.traffic.round_trips, 2);
     assert_eq!(s2.primary.files_sent, 2);
-    assert!(s2.primary.payload_bytes < 2_000, "patch + small file: {} bytes", s2.primary.payload_bytes);
+    assert!(
+        s2.primary.payload_bytes < 2_000,
+        "patch + small file: {} bytes",
+        s2.primary.payload_bytes
+    );
     assert_same_tree(&a.join("etc/ha"), &staging_dir(&b).join("etc/ha"));
 }
 
@@ -138,7 +167,9 @@ fn a_rebooted_primary_uses_rsync_signatures_for_big_files() {
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     router_root(&a, &["/etc/ha"], &[], &[]);
     std::fs::create_dir_all(a.join("etc/ha")).unwrap();
-    let big: Vec<u8> = (0..100_000u32).flat_map(|i| format!("line {i} of the list\n").into_bytes()).collect();
+    let big: Vec<u8> = (0..100_000u32)
+        .flat_map(|i| format!("line {i} of the list\n").into_bytes())
+        .collect();
     std::fs::write(a.join("etc/ha/list"), &big).unwrap();
     sync(&a, &b);
     // The primary's RAM state is gone (reboot): no acked manifest, no basis copies.
@@ -149,7 +180,11 @@ fn a_rebooted_primary_uses_rsync_signatures_for_big_files() {
     let s = sync(&a, &b);
     assert_eq!(s.primary.form, Some(sync_core::wire::ManifestForm::Full));
     assert_eq!(s.primary.files_sent, 1);
-    assert!(s.primary.payload_bytes < 5_000, "rsync delta: {} bytes", s.primary.payload_bytes);
+    assert!(
+        s.primary.payload_bytes < 5_000,
+        "rsync delta: {} bytes",
+        s.primary.payload_bytes
+    );
     assert_same_tree(&a.join("etc/ha"), &staging_dir(&b).join("etc/ha"));
 }
 
@@ -157,7 +192,12 @@ fn a_rebooted_primary_uses_rsync_signatures_for_big_files() {
 fn excluded_files_are_neither_sent_nor_deleted_and_single_files_are_deleted() {
     let t = tempfile::tempdir().unwrap();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
-    router_root(&a, &["/etc/ha"], &["/etc/single", "/etc/with space"], &["/etc/ha/*.tmp", "/etc/ha/private"]);
+    router_root(
+        &a,
+        &["/etc/ha"],
+        &["/etc/single", "/etc/with space"],
+        &["/etc/ha/*.tmp", "/etc/ha/private"],
+    );
     std::fs::create_dir_all(a.join("etc/ha/private")).unwrap();
     std::fs::write(a.join("etc/ha/keep"), b"k").unwrap();
     std::fs::write(a.join("etc/ha/x.tmp"), b"t").unwrap();
@@ -174,8 +214,14 @@ fn excluded_files_are_neither_sent_nor_deleted_and_single_files_are_deleted() {
 
     std::fs::remove_file(a.join("etc/single")).unwrap();
     sync(&a, &b);
-    assert!(!st.join("etc/single").exists(), "a single listed file deleted on the primary goes");
-    assert_eq!(std::fs::read_to_string(st.join("tmp/restore_list")).unwrap(), "/etc/ha\n/etc/with space\n");
+    assert!(
+        !st.join("etc/single").exists(),
+        "a single listed file deleted on the primary goes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(st.join("tmp/restore_list")).unwrap(),
+        "/etc/ha\n/etc/with space\n"
+    );
 }
 
 #[test]
@@ -194,7 +240,10 @@ fn an_interrupted_sync_is_rescanned_and_converges() {
     std::fs::write(st.join(".ha-sync/dirty"), b"").unwrap();
     std::fs::write(st.join("etc/ha/.f4.ha-sync-tmp.1.1"), b"leftover").unwrap();
     let s = sync(&a, &b);
-    assert!(!s.primary.up_to_date, "a dirty staging must not claim its old root");
+    assert!(
+        !s.primary.up_to_date,
+        "a dirty staging must not claim its old root"
+    );
     assert_same_tree(&a.join("etc/ha"), &st.join("etc/ha"));
     assert!(!st.join(".ha-sync/dirty").exists());
 }

@@ -1,0 +1,594 @@
+//! The backup agent's SSH server: public-key login from authorized_keys, one `ha-sync`
+//! subsystem session at a time, nothing else (no shell, exec, pty or forwarding).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::keys::PublicKey;
+use russh::server::{Auth, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, Disconnect, MethodKind, MethodSet};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::bridge;
+use super::keys::{fingerprint, load_or_create_host_key, AuthorizedKeys};
+use super::{
+    PeerInfo, ReadWrite, Result, TransportError, CHANNEL_WINDOW, EXIT_BUSY, EXIT_ERROR, MAX_PACKET,
+    SUBSYSTEM,
+};
+
+/// Channels one connection may have open at once.
+const MAX_CHANNELS: usize = 4;
+
+/// Settings of the backup agent's listener.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Host key (OpenSSH format); an ed25519 key is generated there on first start.
+    pub host_key: PathBuf,
+    /// Keys allowed to log in; read again for every connection.
+    pub authorized_keys: PathBuf,
+    /// A connection silent for this long is dropped (keepalives every quarter of it detect
+    /// a dead peer sooner). Default 300 s.
+    pub idle_timeout: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(listen: SocketAddr, host_key: PathBuf, authorized_keys: PathBuf) -> Self {
+        ServerConfig {
+            listen,
+            host_key,
+            authorized_keys,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Runs one session on a blocking thread. The stream is buffered: flush at every turn.
+/// Returning `Err(text)` makes the remote side see exit status 1 and `text` on stderr.
+pub trait StreamHandler: Send + Sync + 'static {
+    fn handle(&self, stream: &mut dyn ReadWrite, peer: &PeerInfo) -> Result<(), String>;
+}
+
+impl<F> StreamHandler for F
+where
+    F: Fn(&mut dyn ReadWrite, &PeerInfo) -> Result<(), String> + Send + Sync + 'static,
+{
+    fn handle(&self, stream: &mut dyn ReadWrite, peer: &PeerInfo) -> Result<(), String> {
+        self(stream, peer)
+    }
+}
+
+struct Shared {
+    authorized_keys: PathBuf,
+    handler: Arc<dyn StreamHandler>,
+    /// Named exec requests accepted (exact match, no shell); empty by default.
+    actions: HashMap<String, Arc<dyn StreamHandler>>,
+    /// Peer of the running `ha-sync` session, if any.
+    active: Mutex<Option<SocketAddr>>,
+}
+
+/// Releases the one-session slot when the session ends.
+struct BusyGuard(Arc<Shared>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        match self.0.active.lock() {
+            Ok(mut a) => *a = None,
+            Err(p) => *p.into_inner() = None,
+        }
+    }
+}
+
+impl Shared {
+    /// Takes the session slot, or returns who holds it.
+    fn try_acquire(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+    ) -> std::result::Result<BusyGuard, SocketAddr> {
+        let mut active = match self.active.lock() {
+            Ok(a) => a,
+            Err(p) => p.into_inner(),
+        };
+        match *active {
+            Some(holder) => Err(holder),
+            None => {
+                *active = Some(peer);
+                Ok(BusyGuard(self.clone()))
+            }
+        }
+    }
+}
+
+/// A bound, not yet running, agent.
+pub struct Server {
+    listener: TcpListener,
+    config: Arc<russh::server::Config>,
+    authorized_keys: PathBuf,
+    handler: Arc<dyn StreamHandler>,
+    actions: HashMap<String, Arc<dyn StreamHandler>>,
+}
+
+/// Loads (or creates) the host key and binds the listener. `handler` serves the `ha-sync`
+/// subsystem.
+pub async fn bind(cfg: ServerConfig, handler: Arc<dyn StreamHandler>) -> Result<Server> {
+    let host_key = {
+        let path = cfg.host_key.clone();
+        tokio::task::spawn_blocking(move || load_or_create_host_key(&path))
+            .await
+            .map_err(|e| TransportError::Internal(e.to_string()))??
+    };
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| TransportError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let keepalive = (cfg.idle_timeout / 4).max(Duration::from_secs(1));
+    let config = russh::server::Config {
+        server_id: russh::SshId::Standard(
+            concat!("SSH-2.0-ha-sync_", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_secs(1),
+        // OpenSSH clients probe with "none" first; answering it at once costs nothing.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![host_key],
+        window_size: CHANNEL_WINDOW,
+        maximum_packet_size: MAX_PACKET,
+        max_auth_attempts: 6,
+        inactivity_timeout: Some(cfg.idle_timeout),
+        keepalive_interval: Some(keepalive),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    };
+    Ok(Server {
+        listener,
+        config: Arc::new(config),
+        authorized_keys: cfg.authorized_keys,
+        handler,
+        actions: HashMap::new(),
+    })
+}
+
+impl Server {
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        self.listener
+            .local_addr()
+            .map_err(|e| TransportError::Internal(format!("listener address: {e}")))
+    }
+
+    /// Accepts `exec <name>` (the exact command string, no shell) and serves it with
+    /// `handler`, like the subsystem but outside the one-session lock. No action is
+    /// registered by default: every exec request is refused.
+    pub fn with_action(mut self, name: &str, handler: Arc<dyn StreamHandler>) -> Self {
+        self.actions.insert(name.to_string(), handler);
+        self
+    }
+
+    /// Serves forever.
+    pub async fn run(self) -> Result<()> {
+        self.run_until(std::future::pending::<()>()).await
+    }
+
+    /// Serves until `shutdown` completes, then disconnects every client (waiting up to
+    /// 5 s for them to go). Errors accepting a connection (e.g. out of file descriptors)
+    /// are logged and retried, never fatal.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let addr = self.local_addr()?;
+        let shared = Arc::new(Shared {
+            authorized_keys: self.authorized_keys,
+            handler: self.handler,
+            actions: self.actions,
+            active: Mutex::new(None),
+        });
+        let stopping = CancellationToken::new();
+        let mut connections = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        tracing::info!("ha-sync agent listening on {addr}");
+        loop {
+            while connections.try_join_next().is_some() {}
+            let (socket, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                r = self.listener.accept() => match r {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!("accepting on {addr}: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            if connections.len() >= MAX_CONNECTIONS {
+                tracing::warn!("too many connections, dropping {peer}");
+                continue;
+            }
+            let conn = Connection::new(shared.clone(), peer);
+            connections.spawn(serve_connection(
+                self.config.clone(),
+                socket,
+                conn,
+                stopping.clone(),
+            ));
+        }
+        stopping.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        Ok(())
+    }
+}
+
+/// Connections (authenticated or not) served at once; more are dropped at accept.
+const MAX_CONNECTIONS: usize = 32;
+
+async fn serve_connection(
+    config: Arc<russh::server::Config>,
+    socket: tokio::net::TcpStream,
+    conn: Connection,
+    stopping: CancellationToken,
+) {
+    let peer = conn.addr;
+    tracing::debug!("connection from {peer}");
+    if let Err(e) = socket.set_nodelay(true) {
+        tracing::debug!("set_nodelay: {e}");
+    }
+    let session = match russh::server::run_stream(config, socket, conn).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("ssh handshake with {peer} failed: {e}");
+            return;
+        }
+    };
+    let handle = session.handle();
+    tokio::select! {
+        r = session => match r {
+            Ok(()) => tracing::debug!("connection from {peer} closed"),
+            Err(e) => tracing::debug!("connection from {peer} ended: {e}"),
+        },
+        () = stopping.cancelled() => {
+            let _ = handle
+                .disconnect(Disconnect::ByApplication, "ha-sync agent stopping".into(), "en".into())
+                .await;
+        }
+    }
+}
+
+/// One client connection.
+struct Connection {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    /// authorized_keys as read for this connection.
+    authorized: Option<AuthorizedKeys>,
+    key_fingerprint: Option<String>,
+    /// Open channels with no session started yet.
+    channels: HashMap<ChannelId, Channel<Msg>>,
+    /// Channels running a session, with their "closed" token.
+    running: HashMap<ChannelId, CancellationToken>,
+    /// Cancelled when the connection ends (this handler is dropped).
+    gone: CancellationToken,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.gone.cancel();
+    }
+}
+
+impl Connection {
+    fn new(shared: Arc<Shared>, addr: SocketAddr) -> Self {
+        Connection {
+            shared,
+            addr,
+            authorized: None,
+            key_fingerprint: None,
+            channels: HashMap::new(),
+            running: HashMap::new(),
+            gone: CancellationToken::new(),
+        }
+    }
+
+    fn is_authorized(&mut self, key: &PublicKey) -> bool {
+        if self.authorized.is_none() {
+            match AuthorizedKeys::load(&self.shared.authorized_keys) {
+                Ok(keys) => self.authorized = Some(keys),
+                Err(e) => {
+                    tracing::warn!("refusing login from {}: {e}", self.addr);
+                    self.authorized = Some(AuthorizedKeys::default());
+                }
+            }
+        }
+        self.authorized.as_ref().is_some_and(|a| a.contains(key))
+    }
+
+    fn reject() -> Auth {
+        Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            partial_success: false,
+        }
+    }
+
+    fn start(
+        &mut self,
+        id: ChannelId,
+        handler: Arc<dyn StreamHandler>,
+        guard: Option<BusyGuard>,
+        what: String,
+    ) -> bool {
+        let Some(channel) = self.channels.remove(&id) else {
+            return false;
+        };
+        let closed = self.gone.child_token();
+        self.running.insert(id, closed.clone());
+        let peer = PeerInfo {
+            addr: self.addr,
+            key_fingerprint: self.key_fingerprint.clone().unwrap_or_default(),
+        };
+        tokio::spawn(serve_channel(channel, handler, peer, guard, closed, what));
+        true
+    }
+}
+
+/// Runs `handler` on the channel, then reports the outcome: stderr text on error, EOF,
+/// exit status, close.
+async fn serve_channel(
+    channel: Channel<Msg>,
+    handler: Arc<dyn StreamHandler>,
+    peer: PeerInfo,
+    guard: Option<BusyGuard>,
+    closed: CancellationToken,
+    what: String,
+) {
+    tracing::info!(
+        "{what} session from {} ({})",
+        peer.addr,
+        peer.key_fingerprint
+    );
+    let (mut stream, write, _shared, _pump) = bridge::start(channel, Vec::new(), closed.clone());
+    let peer2 = peer.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let result = handler.handle(&mut stream, &peer2);
+        let flushed = stream.flush();
+        match (result, flushed) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) if !closed_error(&e) => Err(format!("sending the last data: {e}")),
+            _ => Ok(()),
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(format!("session handler failed: {e}")));
+    // The next session may start as soon as this one's handler is done.
+    drop(guard);
+
+    let status = match &outcome {
+        Ok(()) => {
+            tracing::info!("{what} session from {} done", peer.addr);
+            0
+        }
+        Err(e) => {
+            tracing::warn!("{what} session from {} failed: {e}", peer.addr);
+            EXIT_ERROR
+        }
+    };
+    if closed.is_cancelled() {
+        return;
+    }
+    if let Err(e) = outcome {
+        let text = format!("{}\n", e.trim_end());
+        bridge::send_or_closed(&closed, write.extended_data_bytes(1, text.into_bytes())).await;
+    }
+    bridge::send_or_closed(&closed, write.eof()).await;
+    bridge::send_or_closed(&closed, write.exit_status(status)).await;
+    bridge::send_or_closed(&closed, write.close()).await;
+}
+
+fn closed_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionAborted
+    )
+}
+
+impl russh::server::Handler for Connection {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(Self::reject())
+    }
+
+    async fn auth_password(&mut self, user: &str, _password: &str) -> Result<Auth, Self::Error> {
+        tracing::warn!("password login as {user} from {} refused", self.addr);
+        Ok(Self::reject())
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        _user: &str,
+        _submethods: &str,
+        _response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(Self::reject())
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        Ok(if self.is_authorized(offer.public_key) {
+            Auth::Accept
+        } else {
+            Self::reject()
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let fp = fingerprint(key.public_key);
+        if self.is_authorized(key.public_key) {
+            tracing::debug!("{user} from {} logged in with {fp}", self.addr);
+            self.key_fingerprint = Some(fp);
+            Ok(Auth::Accept)
+        } else {
+            tracing::warn!(
+                "login as {user} from {} with unknown key {fp} refused",
+                self.addr
+            );
+            Ok(Self::reject())
+        }
+    }
+
+    async fn auth_openssh_certificate(
+        &mut self,
+        _user: &str,
+        _certificate: &russh::keys::Certificate,
+    ) -> Result<Auth, Self::Error> {
+        Ok(Self::reject())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.running.retain(|_, t| !t.is_cancelled());
+        if self.channels.len() + self.running.len() >= MAX_CHANNELS {
+            reply
+                .reject(russh::ChannelOpenFailure::ResourceShortage)
+                .await;
+            return Ok(());
+        }
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.channels.remove(&channel);
+        if let Some(closed) = self.running.remove(&channel) {
+            closed.cancel();
+        }
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name != SUBSYSTEM || !self.channels.contains_key(&channel) {
+            tracing::warn!("subsystem {name:?} from {} refused", self.addr);
+            return session.channel_failure(channel);
+        }
+        session.channel_success(channel)?;
+        match self.shared.try_acquire(self.addr) {
+            Ok(guard) => {
+                let handler = self.shared.handler.clone();
+                self.start(channel, handler, Some(guard), SUBSYSTEM.to_string());
+            }
+            Err(holder) => {
+                tracing::warn!("{} refused: busy with a session from {holder}", self.addr);
+                self.channels.remove(&channel);
+                let text = format!("busy: another sync session is running (from {holder})\n");
+                session.extended_data(channel, 1, text.into_bytes())?;
+                session.eof(channel)?;
+                session.exit_status_request(channel, EXIT_BUSY)?;
+                session.close(channel)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command = String::from_utf8_lossy(data);
+        match self.shared.actions.get(command.as_ref()).cloned() {
+            Some(handler) if self.channels.contains_key(&channel) => {
+                session.channel_success(channel)?;
+                self.start(channel, handler, None, format!("exec {command:?}"));
+                Ok(())
+            }
+            _ => {
+                tracing::warn!("exec {command:?} from {} refused", self.addr);
+                session.channel_failure(channel)
+            }
+        }
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        tracing::warn!("shell request from {} refused", self.addr);
+        session.channel_failure(channel)
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+}

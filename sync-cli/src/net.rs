@@ -1,0 +1,207 @@
+//! The networked commands: `serve` (backup agent), `now` (primary), `pin`.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use sync_agent::agent::{self, BackupHandler, NowOptions, RestoreHook};
+use sync_agent::config;
+use sync_agent::transport::{self, ClientConfig, ServerConfig};
+use sync_core::local;
+use sync_core::runner::SystemRunner;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Address and port to listen on (on a router: the HA link address).
+    #[arg(long, default_value = "0.0.0.0:65022")]
+    listen: SocketAddr,
+    /// ed25519 host key, generated on first start [default: ROOT/etc/ha-sync/host_key]
+    #[arg(long)]
+    host_key: Option<PathBuf>,
+    /// OpenSSH authorized_keys of the primaries allowed in [default: ROOT/etc/ha-sync/authorized_keys]
+    #[arg(long)]
+    authorized_keys: Option<PathBuf>,
+    /// Only stage what arrives; do not restore it to the live tree.
+    #[arg(long)]
+    staging_only: bool,
+}
+
+#[derive(Args)]
+pub struct NowArgs {
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Backup agent ADDR:PORT [default: keepalived.ha_peer address and ssh_port]
+    #[arg(long)]
+    peer: Option<String>,
+    /// Cluster private key [default: keepalived.ha_peer.ssh_key, else ROOT/etc/ha-sync/id_ed25519]
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// OpenSSH known_hosts pinning the backup's host key [default: ROOT/etc/ha-sync/known_hosts]
+    #[arg(long)]
+    known_hosts: Option<PathBuf>,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct PinArgs {
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Backup agent ADDR:PORT [default: from keepalived.ha_peer]
+    peer: Option<String>,
+    #[arg(long)]
+    known_hosts: Option<PathBuf>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    let cfg = ServerConfig::new(
+        a.listen,
+        a.host_key.unwrap_or_else(|| config::host_key(&a.root)),
+        a.authorized_keys
+            .unwrap_or_else(|| config::authorized_keys(&a.root)),
+    );
+    let restore: RestoreHook = Arc::new(local::staging_only);
+    let handler = BackupHandler {
+        staging: local::staging_dir(&a.root),
+        node: local::node_name(&a.root, "backup"),
+        restore,
+    };
+    let _ = a.staging_only;
+    runtime()?.block_on(async move {
+        let server = transport::bind(cfg, Arc::new(handler)).await?;
+        eprintln!(
+            "ha-sync: backup agent listening on {}",
+            server.local_addr()?
+        );
+        server
+            .run_until(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        Ok(())
+    })
+}
+
+fn peer_of(root: &std::path::Path, peer: Option<String>) -> Result<(String, config::PeerConfig)> {
+    let pc = config::peer(root)?;
+    let peer = match peer {
+        Some(p) => p,
+        None => match &pc.address {
+            Some(a) => config::peer_addr(a, pc.port),
+            None => bail!("no peer: pass --peer ADDR:PORT or set keepalived.ha_peer.address"),
+        },
+    };
+    Ok((peer, pc))
+}
+
+pub fn now(a: NowArgs) -> Result<()> {
+    let (peer, pc) = peer_of(&a.root, a.peer)?;
+    let client = ClientConfig::new(
+        peer.clone(),
+        a.key.unwrap_or(pc.key),
+        a.known_hosts
+            .unwrap_or_else(|| config::known_hosts(&a.root)),
+    );
+    let t = Instant::now();
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let pb = indicatif::ProgressBar::hidden();
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .expect("static template"),
+        );
+        pb
+    });
+    let pb = bar.clone();
+    let progress = Box::new(move |files: u64, bytes: u64| {
+        if let Some(pb) = &pb {
+            // Only large syncs deserve a bar: it appears after the first 100 files.
+            if files == 100 {
+                pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+                pb.enable_steady_tick(Duration::from_millis(120));
+            }
+            pb.set_message(format!("{files} files, {}", crate::bytes(bytes)));
+        }
+    });
+    let res = runtime()?.block_on(agent::now(NowOptions {
+        root: a.root.clone(),
+        client,
+        runner: Arc::new(SystemRunner),
+        progress,
+    }));
+    if let Some(pb) = bar {
+        pb.finish_and_clear();
+    }
+    let (prepared, rep) = res.with_context(|| format!("sync to {peer}"))?;
+    let elapsed = t.elapsed();
+    let changed = rep.commit.as_ref().map_or(0, |c| c.changed.len());
+    if a.json {
+        let v = serde_json::json!({
+            "peer": peer,
+            "up_to_date": rep.up_to_date,
+            "root": rep.root.to_hex(),
+            "changed": changed,
+            "files_sent": rep.files_sent,
+            "payload_bytes": rep.payload_bytes,
+            "bytes_sent": rep.traffic.sent,
+            "bytes_received": rep.traffic.received,
+            "round_trips": rep.traffic.round_trips,
+            "entries": prepared.stats.entries,
+            "files_read": prepared.stats.files_hashed,
+            "elapsed_ms": elapsed.as_secs_f64() * 1e3,
+            "restore": rep.restore.as_ref().map(|r| serde_json::json!({"applied": r.applied, "refused": r.refused, "errors": r.errors})),
+        });
+        println!("{v}");
+    } else {
+        let what = if rep.up_to_date {
+            "up to date".to_string()
+        } else {
+            format!("{changed} changed, {} files sent", rep.files_sent)
+        };
+        println!(
+            "{peer}: {what}; {} out / {} in (protocol), round_trips={}; {:.1} ms",
+            crate::bytes(rep.traffic.sent),
+            crate::bytes(rep.traffic.received),
+            rep.traffic.round_trips,
+            elapsed.as_secs_f64() * 1e3
+        );
+        if let Some(r) = &rep.restore {
+            if let Some(why) = &r.refused {
+                println!("backup did not restore: {why}");
+            }
+            for (p, e) in &r.errors {
+                println!("backup restore error: {p}: {e}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn pin(a: PinArgs) -> Result<()> {
+    let (peer, _) = peer_of(&a.root, a.peer)?;
+    let kh = a
+        .known_hosts
+        .unwrap_or_else(|| config::known_hosts(&a.root));
+    let (host, port) = transport::client::parse_peer(&peer)?;
+    let key = runtime()?.block_on(transport::fetch_host_key(&peer))?;
+    transport::pin_known_host(&kh, &host, port, &key)?;
+    println!(
+        "pinned {} for {peer} in {}",
+        transport::keys::fingerprint(&key),
+        kh.display()
+    );
+    Ok(())
+}
