@@ -1,9 +1,13 @@
-//! `ha-sync demo`: a generated firewall-like tree synced between two temporary roots, then
-//! a few edits synced again, with what moved and how fast.
+//! `ha-sync demo`: a generated firewall-like tree synced over SSH on loopback to a real
+//! backup agent (generated keys, pinned host key), then a few edits synced again, with what
+//! moved and how fast.
 
 use anyhow::{Context, Result};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
+use sync_agent::agent::{self, BackupHandler, NowOptions};
+use sync_agent::transport::{self, ClientConfig, ServerConfig};
 use sync_core::runner::SystemRunner;
 use sync_core::{local, sample};
 
@@ -16,28 +20,53 @@ pub fn run(scale: u64, dir: Option<&Path>) -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
-    let (a, b) = (base.join("primary"), base.join("backup"));
+    let (a, b, keys) = (base.join("primary"), base.join("backup"), base.join("keys"));
     let t = Instant::now();
     sample::write_router_config(&a, "fw-primary")?;
     sample::write_router_config(&b, "fw-backup")?;
     sample::generate(&a, scale).context("generating the sample tree")?;
-    println!(
-        "sample tree generated in {} ({:.0} ms)",
-        a.display(),
-        t.elapsed().as_secs_f64() * 1e3
-    );
-    let step = |name: &str| -> Result<()> {
-        let t = Instant::now();
-        let s = local::sync_local(&a, &b, &SystemRunner, &mut local::staging_only)?;
-        println!("{name:>9}: {}", crate::summary(&s, t.elapsed()));
-        Ok(())
-    };
-    step("full")?;
-    step("nochange")?;
-    for m in ["edit", "bigedit", "delete", "add", "touch"] {
-        sample::mutate(&a, m)?;
-        step(m)?;
+    println!("sample tree generated in {} ({:.0} ms)", a.display(), t.elapsed().as_secs_f64() * 1e3);
+
+    std::fs::create_dir_all(&keys)?;
+    let (id, hk, ak, kh) = (keys.join("id_ed25519"), keys.join("host_key"), keys.join("authorized_keys"), keys.join("known_hosts"));
+    if !id.exists() {
+        transport::generate_keypair(&id)?;
     }
+    std::fs::copy(keys.join("id_ed25519.pub"), &ak)?;
+    let host = transport::load_or_create_host_key(&hk)?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(async {
+        let handler = BackupHandler {
+            staging: local::staging_dir(&b),
+            node: local::node_name(&b, "backup"),
+            restore: Arc::new(local::staging_only),
+        };
+        let server = transport::bind(ServerConfig::new("127.0.0.1:0".parse()?, hk.clone(), ak.clone()), Arc::new(handler)).await?;
+        let addr = server.local_addr()?;
+        let _ = std::fs::remove_file(&kh);
+        transport::pin_known_host(&kh, "127.0.0.1", addr.port(), host.public_key())?;
+        tokio::spawn(server.run());
+        println!("backup agent on {addr} (SSH, key-only; host key pinned in {})", kh.display());
+        let step = |name: &'static str| {
+            let client = ClientConfig::new(addr.to_string(), id.clone(), kh.clone());
+            let a = a.clone();
+            async move {
+                let t = Instant::now();
+                let (prep, rep) = agent::now(NowOptions { root: a, client, runner: Arc::new(SystemRunner), progress: Box::new(|_, _| {}) }).await?;
+                let s = local::LocalSync { prepared: prep, primary: rep, backup: Default::default() };
+                println!("{name:>9}: {}", crate::summary(&s, t.elapsed()));
+                anyhow::Ok(())
+            }
+        };
+        step("full").await?;
+        step("nochange").await?;
+        for m in ["edit", "bigedit", "delete", "add", "touch"] {
+            sample::mutate(&a, m)?;
+            step(m).await?;
+        }
+        anyhow::Ok(())
+    })?;
     println!("staging tree: {}", local::staging_dir(&b).display());
     Ok(())
 }
