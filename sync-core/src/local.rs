@@ -27,6 +27,7 @@ pub enum PrepareError {
 }
 
 /// The primary's view of its tree for one sync.
+#[derive(Debug)]
 pub struct Prepared {
     pub list: RestoreList,
     pub manifest: Manifest,

@@ -107,3 +107,5 @@ pub fn router_root(root: &Path, dirs: &[&str], files: &[&str], excludes: &[&str]
     let s: String = files.iter().map(|f| format!("{f}\n")).collect();
     std::fs::write(root.join("etc/sysupgrade.conf"), s).expect("write sysupgrade.conf");
 }
+
+pub mod cluster;
