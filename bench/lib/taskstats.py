@@ -4,7 +4,7 @@
 usage: taskstats.py OUTFILE        (runs until SIGTERM/SIGINT; needs root, CONFIG_TASK_XACCT)
 
 Registers for the exit records of all CPUs and appends one line per exiting task:
-    pid tgid ppid hiwater_rss_kB comm
+    pid tgid ppid hiwater_rss_kB cpu_us comm      (cpu_us: user+system time of that task)
 hiwater_rss is the mm's high-water mark (VmHWM) taken by the kernel in do_exit() before the
 mm is dropped, so it is exact, costs nothing while the measured processes run, and catches
 processes that live only a few milliseconds (sshd's pre-auth child, for instance), which a
@@ -72,9 +72,10 @@ def parse_stats(v):
     version = struct.unpack_from("=H", v, 0)[0]
     comm = v[80:112].split(b"\0", 1)[0].decode(errors="replace") or "?"
     pid, ppid = struct.unpack_from("=II", v, 128)
+    utime, stime = struct.unpack_from("=QQ", v, 152)  # ac_utime, ac_stime in microseconds
     hiwater = struct.unpack_from("=Q", v, 200)[0]
     tgid = struct.unpack_from("=I", v, 368)[0] if version >= 12 and len(v) >= 372 else 0
-    return pid, tgid or pid, ppid, hiwater, comm
+    return pid, tgid or pid, ppid, hiwater, utime + stime, comm
 
 
 def main():
@@ -110,8 +111,8 @@ def main():
                     continue  # AGGR_TGID repeats the group's sums; the per-task record has hiwater
                 for t2, v2 in attrs(v):
                     if t2 == T_STATS:
-                        pid, tgid, ppid, hw, comm = parse_stats(v2)
-                        out.write(f"{pid} {tgid} {ppid} {hw} {comm}\n")
+                        pid, tgid, ppid, hw, cpu, comm = parse_stats(v2)
+                        out.write(f"{pid} {tgid} {ppid} {hw} {cpu} {comm}\n")
 
 
 if __name__ == "__main__":

@@ -1,1 +1,342 @@
-//! restore-hooks
+//! The backup side of ha-sync, after the bytes arrive, and both nodes' keepalived hooks.
+//!
+//! - [`restore_after_commit`]: the agent calls it right after each commit. Under the hooks
+//!   lock, refused while this node is VRRP master or the primary, it writes the committed
+//!   generation from staging into live ([`restore`](mod@restore): only what differs, each file
+//!   atomically, listed directories mirrored, deleted files deleted, per-node values kept) and,
+//!   when anything changed, runs the NOTIFY_SYNC actions. The [`RestoreReport`] goes back to
+//!   the primary.
+//! - [`recover`]: at the start of the agent and of every hook: finishes a restore a crash
+//!   interrupted ([`journal`]), so live holds one whole generation.
+//! - [`run_hook`]: `ha-sync hook EVENT`, called by `/etc/hotplug.d/keepalived/` on keepalived's
+//!   events (see [`hooks`] for what each does).
+//!
+//! **One lock, one order.** Restores and hooks take the same `flock`
+//! (`<root>/var/run/ha-sync/hooks.lock`), so a restore never runs while a NOTIFY_MASTER
+//! brings the node up, and the VRRP state a restore checks is the one the last hook left.
+//! keepalived events also take a ticket before waiting for the lock: when two arrive close
+//! together, only the later one acts (flock does not wake waiters in order).
+//!
+//! Every external command goes through [`sync_core::runner::Runner`]; UCI files and state go
+//! through [`sync_core::uci`] with atomic writes.
+
+pub mod cron;
+pub mod hooks;
+pub mod identity;
+pub mod journal;
+pub mod records;
+pub mod restore;
+pub mod services;
+pub mod state;
+
+pub use state::{role, vrrp_state, Role, VrrpState};
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use sync_core::apply::{ApplyError, Staging};
+use sync_core::manifest::{Hash, Manifest};
+use sync_core::runner::Runner;
+use sync_core::uci::UciError;
+use sync_core::wire::{Commit, RestoreReport};
+
+/// ha-sync's rebuildable state, relative to the root (RAM on a router).
+pub const STATE_DIR: &str = "var/run/ha-sync";
+
+/// What a restore or a hook needs to run.
+pub struct Ctx<'a> {
+    /// The router's root (`/`; a temporary directory in tests).
+    pub root: &'a Path,
+    /// The staging tree (`sync_core::local::staging_dir(root)`).
+    pub staging: &'a Path,
+    pub runner: &'a dyn Runner,
+}
+
+/// A keepalived event, as `ACTION` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Event {
+    NotifySync,
+    NotifyMaster,
+    NotifyBackup,
+    NotifyFault,
+    NotifyStop,
+}
+
+impl Event {
+    pub const ALL: [Event; 5] = [
+        Event::NotifySync,
+        Event::NotifyMaster,
+        Event::NotifyBackup,
+        Event::NotifyFault,
+        Event::NotifyStop,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::NotifySync => "NOTIFY_SYNC",
+            Event::NotifyMaster => "NOTIFY_MASTER",
+            Event::NotifyBackup => "NOTIFY_BACKUP",
+            Event::NotifyFault => "NOTIFY_FAULT",
+            Event::NotifyStop => "NOTIFY_STOP",
+        }
+    }
+}
+
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Event {
+    type Err = HookError;
+
+    /// `NOTIFY_MASTER`, as keepalived's `ACTION` says it (case and the `NOTIFY_` prefix are
+    /// optional: `master` works too).
+    fn from_str(s: &str) -> Result<Event, HookError> {
+        let up = s.trim().to_ascii_uppercase();
+        let name = up.strip_prefix("NOTIFY_").unwrap_or(&up);
+        Event::ALL
+            .into_iter()
+            .find(|e| &e.as_str()["NOTIFY_".len()..] == name)
+            .ok_or_else(|| HookError::UnknownEvent(s.to_string()))
+    }
+}
+
+/// What [`run_hook`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookOutcome {
+    pub event: Event,
+    /// The VRRP state recorded before this event (`None`: none since boot).
+    pub previous: Option<VrrpState>,
+    /// A later keepalived event arrived while this one waited for the lock: it did nothing.
+    pub superseded: bool,
+    /// NOTIFY_SYNC: the restore (or the completion of an interrupted one).
+    pub restore: Option<RestoreReport>,
+    /// Steps that failed; the hook went on with the others.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HookError {
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Uci(#[from] UciError),
+    #[error(transparent)]
+    Staging(#[from] ApplyError),
+    /// An `/etc/ha` record that cannot be imported (network left as it was).
+    #[error("{}: {msg}", path.display())]
+    Record { path: PathBuf, msg: String },
+    #[error("restore journal {}: {msg}", path.display())]
+    Journal { path: PathBuf, msg: String },
+    #[error("unknown event {0:?}: expected NOTIFY_SYNC, NOTIFY_MASTER, NOTIFY_BACKUP, NOTIFY_FAULT or NOTIFY_STOP")]
+    UnknownEvent(String),
+}
+
+pub(crate) fn at(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> HookError {
+    let path = path.as_ref().to_path_buf();
+    move |source| HookError::Io { path, source }
+}
+
+/// Why this node must not restore now, if it must not.
+fn refusal(root: &Path) -> Option<String> {
+    if vrrp_state(root) == Some(VrrpState::Master) {
+        return Some("this node is the VRRP master: a sync never lands on the active node".into());
+    }
+    if role(root) == Some(Role::Primary) {
+        return Some(
+            "this node is the primary (keepalived.primary): it sends, it does not restore".into(),
+        );
+    }
+    None
+}
+
+fn refused(root: Hash, why: String) -> RestoreReport {
+    tracing::warn!("restore refused: {why}");
+    RestoreReport {
+        root,
+        applied: false,
+        refused: Some(why),
+        ..RestoreReport::default()
+    }
+}
+
+/// The journal an interrupted restore left, if any. A journal that does not parse (it is
+/// written atomically, so only a damaged disk makes one) counts as "interrupted somewhere".
+fn pending(staging: &Path) -> Option<journal::Pending> {
+    let state = restore::open_state(staging).ok()?;
+    match journal::read(&state) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("{e}; redoing the restore in full");
+            Some(journal::Pending {
+                root: Hash::default(),
+                phase: journal::Phase::Restore,
+                paths: Vec::new(),
+            })
+        }
+    }
+}
+
+/// Called by the backup agent right after each commit (the [`sync_core::session`] restore
+/// callback): restores `manifest` (the generation just committed in `ctx.staging`) into live
+/// and reports to the primary. Refused, with the reason in `refused` and nothing written,
+/// while this node is VRRP master or the primary. A journal left by a crash is completed on
+/// the way (this restore compares everything, and the interrupted run's paths are notified).
+pub fn restore_after_commit(ctx: &Ctx, manifest: &Manifest, commit: &Commit) -> RestoreReport {
+    let root = manifest.root_hash();
+    let _lock = match state::hooks_lock(ctx.root) {
+        Ok(l) => l,
+        Err(e) => {
+            return RestoreReport {
+                root,
+                errors: vec![(STATE_DIR.to_string(), e.to_string())],
+                ..RestoreReport::default()
+            }
+        }
+    };
+    if let Some(why) = refusal(ctx.root) {
+        return refused(root, why);
+    }
+    if commit.root != root {
+        tracing::warn!(
+            "commit names generation {}, the manifest is {root}: restoring the manifest",
+            commit.root
+        );
+    }
+    restore::restore(
+        ctx,
+        manifest,
+        restore::Options {
+            master: false,
+            recover: pending(ctx.staging),
+        },
+    )
+}
+
+/// At agent and hook start: completes a restore a crash interrupted, so live holds one whole
+/// generation. `Ok(None)` when there was nothing to complete.
+pub fn recover(ctx: &Ctx) -> Result<Option<RestoreReport>, HookError> {
+    let _lock = state::hooks_lock(ctx.root)?;
+    recover_locked(ctx)
+}
+
+fn recover_locked(ctx: &Ctx) -> Result<Option<RestoreReport>, HookError> {
+    let Some(p) = pending(ctx.staging) else {
+        return Ok(None);
+    };
+    let staging = Staging::open(ctx.staging)?;
+    if staging.is_dirty() {
+        // Staging may hold parts of the next generation; the next commit's restore finishes.
+        return Ok(Some(refused(p.root, "an interrupted restore waits for the staging tree, which holds an interrupted sync: the next commit completes it".into())));
+    }
+    let Some(m) = staging.committed() else {
+        return Ok(Some(refused(
+            p.root,
+            "an interrupted restore waits, but staging has no committed generation".into(),
+        )));
+    };
+    if p.root != m.root_hash() {
+        tracing::warn!(
+            "the restore journal names generation {}, staging holds {}: restoring that",
+            p.root,
+            m.root_hash()
+        );
+    }
+    tracing::info!(
+        "completing the restore of generation {} interrupted by a crash",
+        m.root_hash()
+    );
+    // Completed even on a node that became master since: live must not stay a mix.
+    let master = vrrp_state(ctx.root) == Some(VrrpState::Master);
+    Ok(Some(restore::restore(
+        ctx,
+        m,
+        restore::Options {
+            master,
+            recover: Some(p),
+        },
+    )))
+}
+
+/// `ha-sync hook EVENT`: NOTIFY_SYNC completes an interrupted restore or restores the
+/// generation committed in staging (refused on the master; nothing is written nor fired when
+/// live already holds it); the other events record the VRRP state and act (see [`hooks`]).
+pub fn run_hook(ctx: &Ctx, event: Event) -> Result<HookOutcome, HookError> {
+    let ticket = match event {
+        Event::NotifySync => None,
+        e => Some(state::take_ticket(ctx.root, e.as_str())?),
+    };
+    let _lock = state::hooks_lock(ctx.root)?;
+    let previous = vrrp_state(ctx.root);
+    let mut out = HookOutcome {
+        event,
+        previous,
+        superseded: false,
+        restore: None,
+        errors: Vec::new(),
+    };
+    if let Some(t) = ticket {
+        if state::latest_ticket(ctx.root) != Some(t) {
+            tracing::info!("{event}: a later keepalived event is queued; this one is skipped");
+            out.superseded = true;
+            return Ok(out);
+        }
+    }
+    match event {
+        Event::NotifySync => {
+            let rep = match recover_locked(ctx)? {
+                Some(r) => r,
+                None => restore_committed(ctx)?,
+            };
+            out.restore = Some(rep);
+            return Ok(out);
+        }
+        Event::NotifyMaster => state::set_vrrp_state(ctx.root, VrrpState::Master)?,
+        Event::NotifyBackup => state::set_vrrp_state(ctx.root, VrrpState::Backup)?,
+        Event::NotifyFault => state::set_vrrp_state(ctx.root, VrrpState::Fault)?,
+        Event::NotifyStop => state::set_vrrp_state(ctx.root, VrrpState::Stop)?,
+    }
+    // A journal left by a crash is completed before the node changes role.
+    if let Some(rep) = recover_locked(ctx)? {
+        out.restore = Some(rep);
+    }
+    out.errors = match event {
+        Event::NotifyMaster => hooks::master(ctx, previous),
+        Event::NotifyBackup => hooks::backup(ctx),
+        Event::NotifyFault => hooks::teardown(ctx, true),
+        Event::NotifyStop => hooks::teardown(ctx, false),
+        Event::NotifySync => Vec::new(),
+    };
+    Ok(out)
+}
+
+fn restore_committed(ctx: &Ctx) -> Result<RestoreReport, HookError> {
+    let staging = Staging::open(ctx.staging)?;
+    let Some(m) = staging.committed() else {
+        return Ok(refused(
+            Hash::default(),
+            "staging holds no committed generation (or its manifest does not validate)".into(),
+        ));
+    };
+    if staging.is_dirty() {
+        return Ok(refused(
+            m.root_hash(),
+            "staging holds an interrupted sync; the next commit restores".into(),
+        ));
+    }
+    if let Some(why) = refusal(ctx.root) {
+        return Ok(refused(m.root_hash(), why));
+    }
+    Ok(restore::restore(
+        ctx,
+        m,
+        restore::Options {
+            master: false,
+            recover: None,
+        },
+    ))
+}

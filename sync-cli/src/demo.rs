@@ -25,36 +25,65 @@ pub fn run(scale: u64, dir: Option<&Path>) -> Result<()> {
     sample::write_router_config(&a, "fw-primary")?;
     sample::write_router_config(&b, "fw-backup")?;
     sample::generate(&a, scale).context("generating the sample tree")?;
-    println!("sample tree generated in {} ({:.0} ms)", a.display(), t.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "sample tree generated in {} ({:.0} ms)",
+        a.display(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
 
     std::fs::create_dir_all(&keys)?;
-    let (id, hk, ak, kh) = (keys.join("id_ed25519"), keys.join("host_key"), keys.join("authorized_keys"), keys.join("known_hosts"));
+    let (id, hk, ak, kh) = (
+        keys.join("id_ed25519"),
+        keys.join("host_key"),
+        keys.join("authorized_keys"),
+        keys.join("known_hosts"),
+    );
     if !id.exists() {
         transport::generate_keypair(&id)?;
     }
     std::fs::copy(keys.join("id_ed25519.pub"), &ak)?;
     let host = transport::load_or_create_host_key(&hk)?;
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let handler = BackupHandler {
             staging: local::staging_dir(&b),
             node: local::node_name(&b, "backup"),
             restore: Arc::new(local::staging_only),
         };
-        let server = transport::bind(ServerConfig::new("127.0.0.1:0".parse()?, hk.clone(), ak.clone()), Arc::new(handler)).await?;
+        let server = transport::bind(
+            ServerConfig::new("127.0.0.1:0".parse()?, hk.clone(), ak.clone()),
+            Arc::new(handler),
+        )
+        .await?;
         let addr = server.local_addr()?;
         let _ = std::fs::remove_file(&kh);
         transport::pin_known_host(&kh, "127.0.0.1", addr.port(), host.public_key())?;
         tokio::spawn(server.run());
-        println!("backup agent on {addr} (SSH, key-only; host key pinned in {})", kh.display());
+        println!(
+            "backup agent on {addr} (SSH, key-only; host key pinned in {})",
+            kh.display()
+        );
         let step = |name: &'static str| {
             let client = ClientConfig::new(addr.to_string(), id.clone(), kh.clone());
             let a = a.clone();
             async move {
                 let t = Instant::now();
-                let (prep, rep) = agent::now(NowOptions { root: a, client, runner: Arc::new(SystemRunner), progress: Box::new(|_, _| {}) }).await?;
-                let s = local::LocalSync { prepared: prep, primary: rep, backup: Default::default() };
+                let (prep, rep) = agent::now(NowOptions {
+                    root: a,
+                    client,
+                    runner: Arc::new(SystemRunner),
+                    progress: Box::new(|_, _| {}),
+                })
+                .await?;
+                let s = local::LocalSync {
+                    prepared: prep,
+                    primary: rep,
+                    backup: Default::default(),
+                };
                 println!("{name:>9}: {}", crate::summary(&s, t.elapsed()));
                 anyhow::Ok(())
             }

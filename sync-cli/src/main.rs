@@ -61,6 +61,11 @@ enum Command {
 }
 
 fn main() {
+    // Die quietly on a closed pipe (`ha-sync list | head`), as Unix tools do.
+    // SAFETY: setting a signal disposition to default at startup, before any thread.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HA_SYNC_LOG")

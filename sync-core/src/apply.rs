@@ -8,7 +8,8 @@
 //! - `dirty`: exists from the first change of a sync until its commit. While it exists the
 //!   committed manifest is not trusted: the tree may hold a mix of old and new files (each
 //!   whole: every file is written by temp file + fsync + rename), so the next sync rescans
-//!   staging and converges from what is really there.
+//!   staging and converges from what is really there. Files are written without a fsync
+//!   each; one `syncfs` before the commit point makes them all durable at once.
 //!
 //! Every write goes through `fsx::Dir`, which never follows a symlink: a hostile manifest
 //! that stages `etc -> /` and then `etc/passwd` fails at the second step.
@@ -288,6 +289,7 @@ impl Staging {
 
     /// The commit point: restore list, then manifest, then the dirty mark goes.
     pub fn commit(&mut self, m: &Manifest) -> Result<Hash, ApplyError> {
+        self.dir.sync_fs().map_err(at(&self.path))?;
         let rl = RelPath::new(RESTORE_LIST).expect("constant path is valid");
         let d = self.parent(&rl, true)?;
         d.write_file_atomic(

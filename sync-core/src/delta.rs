@@ -73,12 +73,21 @@ pub fn codec(e: Encoding) -> &'static dyn Codec {
 }
 
 /// Level by size: small payloads are latency-bound (squeeze them), big ones CPU-bound.
+/// Measured on firewall trees (CRATES.md, bench/): level 1 is as small as 3-4 on big text
+/// such as IP lists and twice as fast, which is what a full sync needs.
 fn level_for(len: usize) -> i32 {
-    if len <= 256 << 10 {
-        9
-    } else {
-        3
+    match len {
+        0..=0x1_0000 => 9,
+        0..=0x10_0000 => 3,
+        _ => 1,
     }
+}
+
+thread_local! {
+    // Contexts are costly to create (a few % of a full sync when made per file): one per
+    // thread, reused.
+    static CCTX: std::cell::RefCell<zstd_safe::CCtx<'static>> = std::cell::RefCell::new(zstd_safe::CCtx::create());
+    static DCTX: std::cell::RefCell<zstd_safe::DCtx<'static>> = std::cell::RefCell::new(zstd_safe::DCtx::create());
 }
 
 /// Window log that covers `n` bytes (zstd's window must span basis + new for a patch).
@@ -91,8 +100,16 @@ fn window_log(n: usize) -> u32 {
 }
 
 pub fn compress(data: &[u8]) -> Vec<u8> {
-    // In-memory compression of a bounded buffer cannot fail short of OOM.
-    zstd::bulk::compress(data, level_for(data.len())).expect("zstd compress into memory")
+    CCTX.with_borrow_mut(|c| {
+        // Parameters are sticky on a reused context: reset them all each time.
+        let _ = c.reset(zstd_safe::ResetDirective::SessionAndParameters);
+        let _ = c.set_parameter(CParameter::CompressionLevel(level_for(data.len())));
+        let mut out = Vec::with_capacity(zstd_safe::compress_bound(data.len()));
+        // In-memory compression into a buffer of compress_bound cannot fail.
+        c.compress2(&mut out, data)
+            .expect("zstd compress into memory");
+        out
+    })
 }
 
 /// Decompresses a payload that must be exactly `size` bytes.
@@ -100,10 +117,12 @@ pub fn decompress(payload: &[u8], size: u64) -> Result<Vec<u8>, DeltaError> {
     if size > MAX_FILE_SIZE {
         return Err(DeltaError::TooLarge(size));
     }
-    let mut dctx = zstd_safe::DCtx::create();
-    dctx.set_parameter(DParameter::WindowLogMax(window_log(size as usize).max(27)))
-        .map_err(zerr)?;
-    decompress_with(&mut dctx, payload, size)
+    DCTX.with_borrow_mut(|d| {
+        let _ = d.reset(zstd_safe::ResetDirective::SessionAndParameters);
+        d.set_parameter(DParameter::WindowLogMax(window_log(size as usize).max(27)))
+            .map_err(zerr)?;
+        decompress_with(d, payload, size)
+    })
 }
 
 fn decompress_with(

@@ -237,6 +237,19 @@ impl Dir {
     /// file, fsync, rename over whatever `name` was (file or symlink; a directory there is
     /// an error the caller resolves first).
     pub fn write_file_atomic(&self, name: &str, data: &[u8], meta: Option<Meta>) -> io::Result<()> {
+        self.write_file_replace(name, data, meta, true)
+    }
+
+    /// `write_file_atomic` with the fsync left to the caller, who must make the whole
+    /// filesystem durable (`sync_fs`) before anything depends on the file being there: one
+    /// journal flush instead of one per file.
+    pub fn write_file_replace(
+        &self,
+        name: &str,
+        data: &[u8],
+        meta: Option<Meta>,
+        fsync: bool,
+    ) -> io::Result<()> {
         let tmp = temp_name(name);
         let c = cstr(&tmp)?;
         // SAFETY: valid fd and C string.
@@ -255,7 +268,9 @@ impl Dir {
             if let Some(m) = meta {
                 set_meta_fd(&f, m)?;
             }
-            f.sync_all()?;
+            if fsync {
+                f.sync_all()?;
+            }
             self.rename(&tmp, name)
         })();
         if res.is_err() {
@@ -393,6 +408,12 @@ impl Dir {
         buf.truncate(n as usize);
         String::from_utf8(buf)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "symlink target not UTF-8"))
+    }
+
+    /// Flushes the whole filesystem this directory is on.
+    pub fn sync_fs(&self) -> io::Result<()> {
+        // SAFETY: valid fd.
+        check(unsafe { libc::syncfs(self.raw()) }).map(drop)
     }
 
     pub fn sync(&self) -> io::Result<()> {

@@ -368,6 +368,17 @@ impl ManifestDelta {
     }
 }
 
+/// Fuzz entry: decoding any bytes as a manifest (full or delta) never panics.
+pub fn fuzz_decode(data: &[u8]) {
+    if let Ok(m) = Manifest::decode(data) {
+        let _ = m.root_hash();
+        let _ = ManifestDelta::between(&m, &Manifest::default()).apply(&m);
+    }
+    if let Ok(d) = postcard::from_bytes::<ManifestDelta>(data) {
+        let _ = d.apply(&Manifest::default());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -469,16 +480,5 @@ mod tests {
         c.excludes.push("/etc/x".into());
         assert_ne!(a.root_hash(), c.root_hash());
         assert_eq!(Hash::from_hex(&a.root_hash().to_hex()), Some(a.root_hash()));
-    }
-}
-
-/// Fuzz entry: decoding any bytes as a manifest (full or delta) never panics.
-pub fn fuzz_decode(data: &[u8]) {
-    if let Ok(m) = Manifest::decode(data) {
-        let _ = m.root_hash();
-        let _ = ManifestDelta::between(&m, &Manifest::default()).apply(&m);
-    }
-    if let Ok(d) = postcard::from_bytes::<ManifestDelta>(data) {
-        let _ = d.apply(&Manifest::default());
     }
 }

@@ -235,13 +235,14 @@ impl Primary<'_> {
                     Some((o.file_hash()?, self.state.basis(&o.file_hash()?, o.size())?))
                 });
                 if basis.is_some() || new.size() <= WHOLE_MAX {
-                    self.send_file(
-                        &mut conn,
+                    let enc = encode_file(
+                        self.root,
+                        self.state,
                         new,
                         basis.as_ref().map(|(h, d)| (*h, d.as_slice())),
                         None,
-                        &mut rep,
                     )?;
+                    self.send_encoded(&mut conn, enc, &mut rep)?;
                 }
             }
         }
@@ -259,32 +260,19 @@ impl Primary<'_> {
             if wants.is_empty() {
                 break;
             }
-            for w in wants {
-                let Some(e) = self
+            for w in &wants {
+                if !self
                     .manifest
                     .get(&w.path)
-                    .filter(|e| matches!(e.kind, Kind::File { .. }))
-                else {
+                    .is_some_and(|e| matches!(e.kind, Kind::File { .. }))
+                {
                     return Err(SyncError::Data {
                         path: w.path.to_abs(),
                         msg: "backup asked for a file that is not in the manifest".into(),
                     });
-                };
-                match &w.kind {
-                    WantKind::Whole => self.send_file(&mut conn, e, None, None, &mut rep)?,
-                    WantKind::Rsync { signature, basis } => {
-                        let kept = self.state.basis(basis, u64::MAX >> 1).map(|d| (*basis, d));
-                        match kept {
-                            Some((h, d)) => {
-                                self.send_file(&mut conn, e, Some((h, &d)), None, &mut rep)?
-                            }
-                            None => {
-                                self.send_file(&mut conn, e, None, Some(signature), &mut rep)?
-                            }
-                        }
-                    }
                 }
             }
+            self.send_wanted(&mut conn, &wants, &mut rep)?;
             conn.send(&Msg::EndOfData)?;
             conn.flush()?;
         }
@@ -309,65 +297,127 @@ impl Primary<'_> {
         Ok(rep)
     }
 
-    /// Reads, encodes and queues one file. `patch_from` is a version the backup holds;
-    /// `signature` its rsync signature. A file that changed since the scan goes with the
-    /// hash of what was read: the backup records that instead, and the next sync (the
-    /// change woke a trigger anyway) converges.
-    fn send_file<S: Read + Write>(
+    /// Encodes the wanted files on worker threads (compression is the costly part of a
+    /// full sync) while this thread streams them out as they come, in any order: each
+    /// `File` message stands on its own.
+    fn send_wanted<S: Read + Write>(
         &mut self,
         conn: &mut Conn<S>,
-        e: &Entry,
-        patch_from: Option<(Hash, &[u8])>,
-        signature: Option<&Vec<u8>>,
+        wants: &[Want],
         rep: &mut SyncReport,
     ) -> Result<(), SyncError> {
-        let full = self.root.join(e.path.as_str());
-        let data = scan::read_file(&full, delta::MAX_FILE_SIZE)?;
-        let hash = Hash::of(&data);
-        let (encoding, payload) = match (patch_from, signature) {
-            (Some((base, basis)), _) => (
-                Encoding::Patch { base },
-                codec(Encoding::Patch { base }).encode(&data, Some(basis)),
-            ),
-            (None, Some(sig)) => (
-                Encoding::Rsync,
-                codec(Encoding::Rsync).encode(&data, Some(sig)),
-            ),
-            (None, None) => (Encoding::Whole, codec(Encoding::Whole).encode(&data, None)),
-        };
-        let (encoding, payload) = match payload {
-            Ok(p) => (encoding, p),
-            // A signature we cannot use: send it whole.
-            Err(_) => (
-                Encoding::Whole,
-                codec(Encoding::Whole)
-                    .encode(&data, None)
-                    .map_err(|err| SyncError::Data {
-                        path: e.path.to_abs(),
-                        msg: err.to_string(),
-                    })?,
-            ),
-        };
-        if wants_basis(data.len() as u64) {
-            if encoding == Encoding::Whole {
-                self.state.keep_basis(&hash, &payload);
-            } else {
-                self.state.keep_basis(&hash, &delta::compress(&data));
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4)
+            .min(wants.len());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let (root, manifest, state) = (self.root, self.manifest, self.state);
+        std::thread::scope(|s| {
+            // Bounded: at most a few encoded files wait in memory for the connection.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Encoded, SyncError>>(2 * workers);
+            for _ in 0..workers {
+                let tx = tx.clone();
+                let next = &next;
+                s.spawn(move || loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(w) = wants.get(i) else { break };
+                    let e = manifest.get(&w.path).expect("checked above");
+                    let r = match &w.kind {
+                        WantKind::Whole => encode_file(root, state, e, None, None),
+                        WantKind::Rsync { signature, basis } => {
+                            match state.basis(basis, u64::MAX >> 1) {
+                                Some(d) => encode_file(root, state, e, Some((*basis, &d)), None),
+                                None => encode_file(root, state, e, None, Some(signature)),
+                            }
+                        }
+                    };
+                    if tx.send(r).is_err() {
+                        break; // the sender gave up
+                    }
+                });
             }
-        }
-        conn.send(&Msg::File(FileHeader {
-            path: e.path.clone(),
-            hash,
-            size: data.len() as u64,
-            encoding,
-            payload_len: payload.len() as u64,
-        }))?;
-        conn.send_chunks(&payload)?;
+            drop(tx);
+            for r in rx {
+                self.send_encoded(conn, r?, rep)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn send_encoded<S: Read + Write>(
+        &mut self,
+        conn: &mut Conn<S>,
+        enc: Encoded,
+        rep: &mut SyncReport,
+    ) -> Result<(), SyncError> {
+        conn.send(&Msg::File(enc.header))?;
+        conn.send_chunks(&enc.payload)?;
         rep.files_sent += 1;
-        rep.payload_bytes += payload.len() as u64;
+        rep.payload_bytes += enc.payload.len() as u64;
         (self.progress)(rep.files_sent, rep.payload_bytes);
         Ok(())
     }
+}
+
+/// A file ready for the wire.
+struct Encoded {
+    header: FileHeader,
+    payload: Vec<u8>,
+}
+
+/// Reads and encodes one file. `patch_from` is a version the backup holds; `signature` its
+/// rsync signature. A file that changed since the scan goes with the hash of what was
+/// read: the backup records that instead, and the next sync (the change woke a trigger
+/// anyway) converges.
+fn encode_file(
+    root: &Path,
+    state: &PrimaryState,
+    e: &Entry,
+    patch_from: Option<(Hash, &[u8])>,
+    signature: Option<&Vec<u8>>,
+) -> Result<Encoded, SyncError> {
+    let full = root.join(e.path.as_str());
+    let data = scan::read_file(&full, delta::MAX_FILE_SIZE)?;
+    let hash = Hash::of(&data);
+    let (encoding, payload) = match (patch_from, signature) {
+        (Some((base, basis)), _) => (
+            Encoding::Patch { base },
+            codec(Encoding::Patch { base }).encode(&data, Some(basis)),
+        ),
+        (None, Some(sig)) => (
+            Encoding::Rsync,
+            codec(Encoding::Rsync).encode(&data, Some(sig)),
+        ),
+        (None, None) => (Encoding::Whole, codec(Encoding::Whole).encode(&data, None)),
+    };
+    let (encoding, payload) = match payload {
+        Ok(p) => (encoding, p),
+        // A signature we cannot use: send it whole.
+        Err(_) => (
+            Encoding::Whole,
+            codec(Encoding::Whole)
+                .encode(&data, None)
+                .map_err(|err| SyncError::Data {
+                    path: e.path.to_abs(),
+                    msg: err.to_string(),
+                })?,
+        ),
+    };
+    if wants_basis(data.len() as u64) {
+        if encoding == Encoding::Whole {
+            state.keep_basis(&hash, &payload);
+        } else {
+            state.keep_basis(&hash, &delta::compress(&data));
+        }
+    }
+    let header = FileHeader {
+        path: e.path.clone(),
+        hash,
+        size: data.len() as u64,
+        encoding,
+        payload_len: payload.len() as u64,
+    };
+    Ok(Encoded { header, payload })
 }
 
 /// What the backup saw of one sync.

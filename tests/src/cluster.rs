@@ -43,13 +43,22 @@ impl Keys {
 
 /// A backup agent serving `backup_root` (staging only) on `listen`, on its own runtime
 /// thread, optionally inside the network namespace `netns`. Returns the bound address.
-pub fn spawn_backup(backup_root: &Path, keys: &Keys, listen: &str, netns: Option<&str>) -> std::net::SocketAddr {
+pub fn spawn_backup(
+    backup_root: &Path,
+    keys: &Keys,
+    listen: &str,
+    netns: Option<&str>,
+) -> std::net::SocketAddr {
     let handler = BackupHandler {
         staging: local::staging_dir(backup_root),
         node: "backup".into(),
         restore: Arc::new(local::staging_only),
     };
-    let cfg = ServerConfig::new(listen.parse().expect("listen addr"), keys.host_key.clone(), keys.authorized.clone());
+    let cfg = ServerConfig::new(
+        listen.parse().expect("listen addr"),
+        keys.host_key.clone(),
+        keys.authorized.clone(),
+    );
     let ns = netns.map(str::to_string);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -57,10 +66,14 @@ pub fn spawn_backup(backup_root: &Path, keys: &Keys, listen: &str, netns: Option
             enter_netns(&ns).expect("enter netns");
         }
         // current_thread: the listener is created on this thread, so in its namespace.
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         rt.block_on(async move {
             let server = transport::bind(cfg, Arc::new(handler)).await.expect("bind");
-            tx.send(server.local_addr().expect("addr")).expect("send addr");
+            tx.send(server.local_addr().expect("addr"))
+                .expect("send addr");
             let _ = server.run().await;
         });
     });
@@ -68,15 +81,27 @@ pub fn spawn_backup(backup_root: &Path, keys: &Keys, listen: &str, netns: Option
 }
 
 /// One `ha-sync now` from `primary_root`, optionally from inside `netns`.
-pub fn now(primary_root: &Path, client: ClientConfig, netns: Option<&str>) -> Result<(Prepared, SyncReport), NowError> {
+pub fn now(
+    primary_root: &Path,
+    client: ClientConfig,
+    netns: Option<&str>,
+) -> Result<(Prepared, SyncReport), NowError> {
     let root = primary_root.to_path_buf();
     let ns = netns.map(str::to_string);
     std::thread::spawn(move || {
         if let Some(ns) = ns {
             enter_netns(&ns).expect("enter netns");
         }
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        rt.block_on(agent::now(NowOptions { root, client, runner: Arc::new(RecordingRunner::new()), progress: Box::new(|_, _| {}) }))
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(agent::now(NowOptions {
+            root,
+            client,
+            runner: Arc::new(RecordingRunner::new()),
+            progress: Box::new(|_, _| {}),
+        }))
     })
     .join()
     .expect("now thread")
@@ -109,24 +134,101 @@ impl NetnsPair {
         let (va, vb) = (format!("v{tag}a{pid}"), format!("v{tag}b{pid}"));
         let addr_a = format!("198.18.{octet}.1");
         let addr_b = format!("198.18.{octet}.2");
-        let pair = NetnsPair { a: a.clone(), b: b.clone(), addr_a: addr_a.clone(), addr_b: addr_b.clone() };
+        let pair = NetnsPair {
+            a: a.clone(),
+            b: b.clone(),
+            addr_a: addr_a.clone(),
+            addr_b: addr_b.clone(),
+        };
         let steps: Vec<Vec<String>> = vec![
             vec!["netns".into(), "add".into(), a.clone()],
             vec!["netns".into(), "add".into(), b.clone()],
-            vec!["link".into(), "add".into(), va.clone(), "type".into(), "veth".into(), "peer".into(), "name".into(), vb.clone()],
-            vec!["link".into(), "set".into(), va.clone(), "netns".into(), a.clone()],
-            vec!["link".into(), "set".into(), vb.clone(), "netns".into(), b.clone()],
-            vec!["-n".into(), a.clone(), "addr".into(), "add".into(), format!("{addr_a}/24"), "dev".into(), va.clone()],
-            vec!["-n".into(), b.clone(), "addr".into(), "add".into(), format!("{addr_b}/24"), "dev".into(), vb.clone()],
-            vec!["-n".into(), a.clone(), "link".into(), "set".into(), va, "up".into()],
-            vec!["-n".into(), b.clone(), "link".into(), "set".into(), vb, "up".into()],
-            vec!["-n".into(), a.clone(), "link".into(), "set".into(), "lo".into(), "up".into()],
-            vec!["-n".into(), b.clone(), "link".into(), "set".into(), "lo".into(), "up".into()],
+            vec![
+                "link".into(),
+                "add".into(),
+                va.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                vb.clone(),
+            ],
+            vec![
+                "link".into(),
+                "set".into(),
+                va.clone(),
+                "netns".into(),
+                a.clone(),
+            ],
+            vec![
+                "link".into(),
+                "set".into(),
+                vb.clone(),
+                "netns".into(),
+                b.clone(),
+            ],
+            vec![
+                "-n".into(),
+                a.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{addr_a}/24"),
+                "dev".into(),
+                va.clone(),
+            ],
+            vec![
+                "-n".into(),
+                b.clone(),
+                "addr".into(),
+                "add".into(),
+                format!("{addr_b}/24"),
+                "dev".into(),
+                vb.clone(),
+            ],
+            vec![
+                "-n".into(),
+                a.clone(),
+                "link".into(),
+                "set".into(),
+                va,
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                b.clone(),
+                "link".into(),
+                "set".into(),
+                vb,
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                a.clone(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                b.clone(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
         ];
         for s in steps {
-            let out = std::process::Command::new("ip").args(&s).output().map_err(|e| format!("cannot run ip: {e}"))?;
+            let out = std::process::Command::new("ip")
+                .args(&s)
+                .output()
+                .map_err(|e| format!("cannot run ip: {e}"))?;
             if !out.status.success() {
-                return Err(format!("ip {}: {}", s.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+                return Err(format!(
+                    "ip {}: {}",
+                    s.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
             }
         }
         Ok(pair)
@@ -136,7 +238,9 @@ impl NetnsPair {
 impl Drop for NetnsPair {
     fn drop(&mut self) {
         for n in [&self.a, &self.b] {
-            let _ = std::process::Command::new("ip").args(["netns", "del", n]).output();
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", n])
+                .output();
         }
     }
 }

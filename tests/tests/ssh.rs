@@ -14,12 +14,23 @@ fn primary(dir: &Path) {
 }
 
 fn check_staged(a: &Path, b: &Path) {
-    for d in ["etc/config/cfg3", "etc/ssl", "etc/misc", "etc/banip", "etc/db", "etc/links"] {
+    for d in [
+        "etc/config/cfg3",
+        "etc/ssl",
+        "etc/misc",
+        "etc/banip",
+        "etc/db",
+        "etc/links",
+    ] {
         let (x, y) = (a.join(d), staging_dir(b).join(d));
         if x.is_dir() {
             assert_same_tree(&x, &y);
         } else {
-            assert_eq!(std::fs::read(&x).unwrap(), std::fs::read(&y).unwrap(), "{d}");
+            assert_eq!(
+                std::fs::read(&x).unwrap(),
+                std::fs::read(&y).unwrap(),
+                "{d}"
+            );
         }
     }
     let openvpn = a.join("etc/openvpn");
@@ -38,7 +49,11 @@ fn scenarios(a: &Path, b: &Path, keys: &Keys, peer: &str, ns: Option<&str>) {
         sample::mutate(a, m).unwrap();
         let (_, r) = cluster::now(a, keys.client(peer), ns).unwrap_or_else(|e| panic!("{m}: {e}"));
         assert_eq!(r.commit.as_ref().map(|c| c.root), Some(r.root), "{m}");
-        assert!(r.traffic.round_trips <= 3, "{m}: {} round trips", r.traffic.round_trips);
+        assert!(
+            r.traffic.round_trips <= 3,
+            "{m}: {} round trips",
+            r.traffic.round_trips
+        );
         check_staged(a, b);
     }
     assert!(!staging_dir(b).join("etc/openvpn/ccd").exists());
@@ -94,15 +109,29 @@ fn an_unknown_client_key_and_a_changed_host_key_are_refused() {
     let mut c = keys.client(&addr.to_string());
     c.known_hosts = stranger.known_hosts.clone();
     let err = cluster::now(&a, c, None).unwrap_err().to_string();
-    assert!(err.contains("HOST KEY CHANGED") && err.contains("ha-sync pin"), "{err}");
-    assert!(!staging_dir(&b).join("tmp/restore_list").exists(), "nothing may have been synced");
+    assert!(
+        err.contains("HOST KEY CHANGED") && err.contains("ha-sync pin"),
+        "{err}"
+    );
+    assert!(
+        !staging_dir(&b).join("tmp/restore_list").exists(),
+        "nothing may have been synced"
+    );
 }
 
 /// Runs raw protocol bytes through the real subsystem.
-fn raw_session(keys: &Keys, peer: &str, f: impl FnOnce(&mut dyn sync_agent::transport::ReadWrite) + Send + 'static) -> Result<(), String> {
+fn raw_session(
+    keys: &Keys,
+    peer: &str,
+    f: impl FnOnce(&mut dyn sync_agent::transport::ReadWrite) + Send + 'static,
+) -> Result<(), String> {
     let cfg = keys.client(peer);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(sync_agent::transport::run(&cfg, move |s| f(s))).map_err(|e| e.to_string())
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(sync_agent::transport::run(&cfg, move |s| f(s)))
+        .map_err(|e| e.to_string())
 }
 
 #[test]
@@ -169,11 +198,22 @@ fn a_hostile_client_gets_errors_and_the_agent_serves_the_next_honest_one() {
             );
             let body = postcard::to_allocvec(&m).unwrap();
             let root = sync_core::manifest::Hash::of(&body);
-            c.send(&Msg::Hello(Hello { magic: MAGIC, version: PROTOCOL_VERSION, root, acked: None, node: "evil".into() })).unwrap();
+            c.send(&Msg::Hello(Hello {
+                magic: MAGIC,
+                version: PROTOCOL_VERSION,
+                root,
+                acked: None,
+                node: "evil".into(),
+            }))
+            .unwrap();
             c.flush().unwrap();
             let _ = c.recv();
             let z = zstd::bulk::compress(&body, 3).unwrap();
-            c.send(&Msg::Manifest { form: sync_core::wire::ManifestForm::Full, len: z.len() as u64 }).unwrap();
+            c.send(&Msg::Manifest {
+                form: sync_core::wire::ManifestForm::Full,
+                len: z.len() as u64,
+            })
+            .unwrap();
             c.send_chunks(&z).unwrap();
             c.send(&Msg::EndOfPush).unwrap();
             c.flush().unwrap();
@@ -185,9 +225,13 @@ fn a_hostile_client_gets_errors_and_the_agent_serves_the_next_honest_one() {
     }
 
     // The honest primary still gets through.
-    let (_, r) = cluster::now(&a, keys.client(&peer), None).expect("honest sync after hostile ones");
+    let (_, r) =
+        cluster::now(&a, keys.client(&peer), None).expect("honest sync after hostile ones");
     assert!(r.commit.is_some());
-    assert_eq!(std::fs::read(staging_dir(&b).join("etc/ha/x")).unwrap(), b"honest");
+    assert_eq!(
+        std::fs::read(staging_dir(&b).join("etc/ha/x")).unwrap(),
+        b"honest"
+    );
 }
 
 /// A stream that dies after `budget` written bytes, like a client killed mid-transfer.
@@ -205,7 +249,10 @@ impl Read for Cut<'_> {
 impl Write for Cut<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.budget == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "cut",
+            ));
         }
         let n = buf.len().min(self.budget);
         self.budget -= n;
@@ -224,7 +271,14 @@ fn a_connection_cut_mid_transfer_leaves_whole_files_and_the_old_commit_then_conv
     std::fs::create_dir_all(a.join("etc/ha")).unwrap();
     // Incompressible content, so every budget below cuts the transfer somewhere.
     let version = |v: u64| -> Vec<(String, Vec<u8>)> {
-        (0..40u64).map(|i| (format!("f{i}"), sample::Rng::new(v * 1000 + i).bytes(20_000 + i as usize * 500))).collect()
+        (0..40u64)
+            .map(|i| {
+                (
+                    format!("f{i}"),
+                    sample::Rng::new(v * 1000 + i).bytes(20_000 + i as usize * 500),
+                )
+            })
+            .collect()
     };
     for (n, c) in version(1) {
         std::fs::write(a.join("etc/ha").join(n), c).unwrap();
@@ -243,22 +297,40 @@ fn a_connection_cut_mid_transfer_leaves_whole_files_and_the_old_commit_then_conv
         }
         let root = a.clone();
         let state = a.join(sync_core::local::STATE_DIR);
-        let prepared = sync_core::local::prepare(&root, &state, &sync_core::runner::RecordingRunner::new()).unwrap();
+        let prepared =
+            sync_core::local::prepare(&root, &state, &sync_core::runner::RecordingRunner::new())
+                .unwrap();
         let m = prepared.manifest.clone();
         let cut_short = raw_session(&keys, &peer, move |s| {
             let st = sync_core::session::PrimaryState::new(&state);
             let mut cut = Cut { inner: s, budget };
-            let r = sync_core::session::Primary { root: &root, manifest: &m, state: &st, node: "p", progress: &mut |_, _| {} }.run(&mut cut);
+            let r = sync_core::session::Primary {
+                root: &root,
+                manifest: &m,
+                state: &st,
+                node: "p",
+                progress: &mut |_, _| {},
+            }
+            .run(&mut cut);
             assert!(r.is_err(), "budget {budget} should cut the sync short");
         });
-        assert!(cut_short.is_ok() || cut_short.as_ref().is_err_and(|e| !e.contains("should cut")), "{cut_short:?}");
+        assert!(
+            cut_short.is_ok() || cut_short.as_ref().is_err_and(|e| !e.contains("should cut")),
+            "{cut_short:?}"
+        );
         // Each staged file is whole: the old or the new version; the commit point is old.
         for ((n, c1), (_, c2)) in v1.iter().zip(&v2) {
             let got = std::fs::read(staging_dir(&b).join("etc/ha").join(n)).unwrap();
-            assert!(got == *c1 || got == *c2, "budget {budget}: {n} is neither version");
+            assert!(
+                got == *c1 || got == *c2,
+                "budget {budget}: {n} is neither version"
+            );
         }
         let now = std::fs::read(staging_dir(&b).join(".ha-sync/manifest")).unwrap();
-        assert!(now == old_manifest, "budget {budget}: the commit point moved");
+        assert!(
+            now == old_manifest,
+            "budget {budget}: the commit point moved"
+        );
         for (n, c) in &v1 {
             std::fs::write(a.join("etc/ha").join(n), c).unwrap();
         }

@@ -1,0 +1,841 @@
+//! Staging -> live: the committed generation written over the router's own files.
+//!
+//! Rules, each a fault of the incumbent fixed (INCUMBENT.md):
+//! - only what differs from live is written: a file whose content (blake3) and metadata match
+//!   is not touched, so a restore with nothing to do writes nothing and fires nothing (2);
+//! - every file is a temp file beside the target, fsynced, renamed over it, with mode, owner
+//!   and mtime set before the rename (3);
+//! - a listed directory is mirrored: what live holds there and the generation does not is
+//!   deleted, except what `exclude_list` matches. A single listed file that left the list
+//!   (deleted on the primary, so `sysupgrade -l` stopped listing it) is deleted too, when
+//!   the previously restored generation had it (4). One exception: a package conffile that
+//!   left the list went back to its package default (`sysupgrade -l` lists changed conffiles
+//!   only), so it gets `/rom`'s copy back instead of being deleted;
+//! - every live path is reached from the root's descriptor one real directory at a time
+//!   (`fsx::Dir`): never through a symlink, never `..` (paths are `RelPath`s), never a path
+//!   outside the generation's restore list (the manifest is validated first);
+//! - the per-node paths of [`crate::identity`] are never written nor deleted (9).
+//!
+//! Crash safety is the journal's job ([`crate::journal`]).
+
+use crate::cron::{self, CRONTAB};
+use crate::identity::{self, is_per_node, SYSTEM_CONFIG};
+use crate::journal::{self, Journal, Pending, Phase};
+use crate::{hooks, Ctx, HookError};
+use std::collections::{BTreeSet, HashSet};
+use std::io;
+use sync_core::apply::meta_of;
+use sync_core::delta::MAX_FILE_SIZE;
+use sync_core::fsx::{self, Dir, FileType, Stat};
+use sync_core::manifest::{diff, Entry, Hash, Kind, Manifest};
+use sync_core::path::RelPath;
+use sync_core::restore_list::Excludes;
+use sync_core::wire::{RestoreReport, MAX_MANIFEST};
+
+/// How a restore runs.
+pub(crate) struct Options {
+    /// This node is master: only when a crash-interrupted restore is completed on a node that
+    /// has become master since (a new restore is refused there). Decides the cron overlay and
+    /// whether kept-stopped services are reloaded.
+    pub master: bool,
+    /// The journal an interrupted run left.
+    pub recover: Option<Pending>,
+}
+
+pub(crate) fn open_state(staging: &std::path::Path) -> io::Result<Dir> {
+    Dir::open(staging, false)?.open_dir(sync_core::path::RESERVED_TOP)
+}
+
+/// The generation last restored (`.ha-sync/restored`), if known.
+pub(crate) fn read_restored(state: &Dir) -> Option<Manifest> {
+    let bytes = match state.read_file(journal::RESTORED, MAX_MANIFEST) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!("{}/{}: {e}", state.path().display(), journal::RESTORED);
+            return None;
+        }
+    };
+    match Manifest::decode(&bytes) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(
+                "{}/{}: {e}; deleted single files cannot be told this time",
+                state.path().display(),
+                journal::RESTORED
+            );
+            None
+        }
+    }
+}
+
+/// Restores `m` from `ctx.staging` into `ctx.root` and runs the NOTIFY_SYNC actions when
+/// anything changed. The caller holds the hooks lock and has decided the node may restore.
+///
+/// `applied` is true when every path of the generation is live; failed NOTIFY_SYNC steps are
+/// listed in `errors` under `NOTIFY_SYNC` without making the restore unapplied.
+pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
+    let root = m.root_hash();
+    let mut rep = RestoreReport {
+        root,
+        ..RestoreReport::default()
+    };
+    if let Err(e) = m.validate() {
+        rep.refused = Some(format!("manifest refused: {e}"));
+        return rep;
+    }
+    let excludes = match Excludes::new(m.excludes.clone()) {
+        Ok(x) => x,
+        Err(e) => {
+            // Mirroring without the user's exclusions would delete what he meant to keep.
+            rep.refused = Some(format!("exclude_list: {e}"));
+            return rep;
+        }
+    };
+    let opened = (|| {
+        Ok::<_, (String, io::Error)>((
+            open_state(ctx.staging)
+                .map_err(|e| (ctx.staging.join(".ha-sync").display().to_string(), e))?,
+            Dir::open(ctx.staging, false).map_err(|e| (ctx.staging.display().to_string(), e))?,
+            Dir::open(ctx.root, false).map_err(|e| (ctx.root.display().to_string(), e))?,
+        ))
+    })();
+    let (state, staged, live) = match opened {
+        Ok(t) => t,
+        Err((p, e)) => {
+            rep.errors.push((p, e.to_string()));
+            return rep;
+        }
+    };
+    let prev = read_restored(&state);
+
+    // What an interrupted run may have changed already: its journal lines and, when it died
+    // before live was complete, whatever differs between the generations.
+    let mut seed: BTreeSet<String> = BTreeSet::new();
+    if let Some(p) = &opts.recover {
+        seed.extend(p.paths.iter().cloned());
+        if p.phase == Phase::Restore {
+            let base = prev.clone().unwrap_or_default();
+            seed.extend(
+                diff(&base, m)
+                    .iter()
+                    .map(|op| op.path())
+                    .filter(|p| !is_per_node(p))
+                    .map(RelPath::to_abs),
+            );
+        }
+    }
+    let seed: Vec<String> = seed.into_iter().collect();
+    let mut journal = Journal::new(&state, root).with_seed(&seed);
+
+    let hostname = read_live(&live, SYSTEM_CONFIG)
+        .and_then(|b| identity::hostname_of(&String::from_utf8_lossy(&b)));
+    let mut a = Applier {
+        live,
+        staged,
+        m,
+        prev: prev.as_ref(),
+        excludes: &excludes,
+        journal: &mut journal,
+        changed: BTreeSet::new(),
+        errors: Vec::new(),
+        master: opts.master,
+        hostname,
+        touched: BTreeSet::new(),
+        cleaned: HashSet::new(),
+        conffiles: None,
+        root_path: ctx.root,
+    };
+    let res = a.run();
+    let mut changed = std::mem::take(&mut a.changed);
+    rep.errors = std::mem::take(&mut a.errors);
+    drop(a);
+    changed.extend(seed);
+    let changed: Vec<String> = changed.into_iter().collect();
+    if let Err(e) = res {
+        // The journal could not be written: live was not touched past this point, and a
+        // journal already started stays for `recover`.
+        rep.errors
+            .push((ctx.root.display().to_string(), e.to_string()));
+        rep.changed = changed;
+        return rep;
+    }
+    rep.applied = rep.errors.is_empty();
+    if !changed.is_empty() {
+        if let Err(e) = journal.to_notify(&changed) {
+            rep.errors
+                .push((journal::JOURNAL.to_string(), e.to_string()));
+            rep.changed = changed;
+            return rep;
+        }
+        for e in hooks::notify_sync(ctx, &changed, root, opts.master) {
+            rep.errors.push(("NOTIFY_SYNC".to_string(), e));
+        }
+    }
+    if prev.as_ref().map(Manifest::root_hash) != Some(root) {
+        if let Err(e) = state
+            .write_file_atomic(journal::RESTORED, &m.encode(), None)
+            .and_then(|()| state.sync())
+        {
+            rep.errors.push((
+                state.path().join(journal::RESTORED).display().to_string(),
+                e.to_string(),
+            ));
+        }
+    }
+    if journal.started() || opts.recover.is_some() {
+        if let Err(e) = journal::clear(&state) {
+            rep.errors.push((
+                state.path().join(journal::JOURNAL).display().to_string(),
+                e.to_string(),
+            ));
+        }
+    }
+    rep.changed = changed;
+    rep
+}
+
+fn read_live(live: &Dir, rel: &str) -> Option<Vec<u8>> {
+    let p = RelPath::new(rel).ok()?;
+    live.parent_of(&p, false)
+        .ok()?
+        .read_file(p.file_name(), MAX_FILE_SIZE)
+        .ok()
+}
+
+/// What the live copy of a file must hold.
+enum Desired {
+    /// The staged bytes, known by the manifest's hash.
+    Staged,
+    /// Bytes derived from the staged ones (hostname kept, cron overlay).
+    Bytes(Vec<u8>),
+}
+
+struct Applier<'a, 'j> {
+    live: Dir,
+    staged: Dir,
+    m: &'a Manifest,
+    prev: Option<&'a Manifest>,
+    excludes: &'a Excludes,
+    journal: &'a mut Journal<'j>,
+    /// Router paths changed in live.
+    changed: BTreeSet<String>,
+    errors: Vec<(String, String)>,
+    master: bool,
+    /// This node's hostname, read before anything is written.
+    hostname: Option<String>,
+    /// Directories (relative, "" for the root) whose entries changed: fsynced at the end.
+    touched: BTreeSet<String>,
+    /// Directories already checked for temp files left by a killed restore.
+    cleaned: HashSet<String>,
+    conffiles: Option<HashSet<String>>,
+    root_path: &'a std::path::Path,
+}
+
+fn parent_key(p: &RelPath) -> String {
+    p.parent()
+        .map(|x| x.as_str().to_string())
+        .unwrap_or_default()
+}
+
+fn is_dir(e: &Entry) -> bool {
+    matches!(e.kind, Kind::Dir)
+}
+
+impl Applier<'_, '_> {
+    fn run(&mut self) -> Result<(), HookError> {
+        self.mirror_all()?;
+        self.delete_dropped()?;
+        for e in self.m.entries.iter() {
+            if !is_per_node(&e.path) {
+                self.put(e)?;
+            }
+        }
+        self.fix_dirs()?;
+        self.sync_dirs();
+        Ok(())
+    }
+
+    fn err(&mut self, p: &RelPath, msg: impl std::fmt::Display) {
+        tracing::warn!("restore {}: {msg}", p.to_abs());
+        self.errors.push((p.to_abs(), msg.to_string()));
+    }
+
+    fn excluded(&self, p: &RelPath) -> bool {
+        self.excludes.is_excluded(&p.to_abs())
+    }
+
+    fn meta_differs(s: &Stat, e: &Entry, symlink: bool) -> bool {
+        (!symlink && s.mode != e.mode)
+            || (fsx::can_chown() && (s.uid != e.uid || s.gid != e.gid))
+            || s.mtime_ns != e.mtime_ns
+    }
+
+    fn note(&mut self, p: &RelPath) -> Result<(), HookError> {
+        self.journal.note(&p.to_abs())
+    }
+
+    // ---- mirrored directories -----------------------------------------------------------
+
+    fn mirror_all(&mut self) -> Result<(), HookError> {
+        for item in self.m.list.iter().filter(|i| i.dir) {
+            if is_per_node(&item.path) || !self.m.get(&item.path).is_some_and(is_dir) {
+                continue;
+            }
+            // Missing or not a real directory yet: `put` creates or replaces it.
+            if let Ok(d) = self.live.open_rel_dir(&item.path) {
+                self.mirror(&d, &item.path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn mirror(&mut self, d: &Dir, rel: &RelPath) -> Result<(), HookError> {
+        let names = match d.list() {
+            Ok(n) => n,
+            Err(e) => {
+                self.err(rel, format!("cannot list: {e}"));
+                return Ok(());
+            }
+        };
+        for name in names {
+            if fsx::is_temp_name(&name) {
+                remove_stale_temp(d, &name, None);
+                continue;
+            }
+            let Ok(child) = rel.join(&name) else { continue };
+            if is_per_node(&child) || self.excluded(&child) {
+                continue;
+            }
+            match self.m.get(&child) {
+                Some(e) if is_dir(e) => {
+                    if let Ok(sub) = d.open_dir(&name) {
+                        self.mirror(&sub, &child)?;
+                    }
+                }
+                Some(_) => {}
+                None => {
+                    self.remove_tree(d, &name, &child)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `name` (at `rel`) and what is below it, except excluded and per-node paths;
+    /// whether it is gone.
+    fn remove_tree(&mut self, d: &Dir, name: &str, rel: &RelPath) -> Result<bool, HookError> {
+        let st = match d.lstat(name) {
+            Ok(Some(s)) => s,
+            Ok(None) => return Ok(true),
+            Err(e) => {
+                self.err(rel, e);
+                return Ok(false);
+            }
+        };
+        if st.kind == FileType::Dir {
+            let sub = match d.open_dir(name) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.err(rel, e);
+                    return Ok(false);
+                }
+            };
+            let mut all = true;
+            for n in sub.list().unwrap_or_default() {
+                let Ok(child) = rel.join(&n) else {
+                    all = false;
+                    continue;
+                };
+                if is_per_node(&child) || self.excluded(&child) {
+                    all = false;
+                    continue;
+                }
+                all &= self.remove_tree(&sub, &n, &child)?;
+            }
+            if !all {
+                return Ok(false);
+            }
+            self.note(rel)?;
+            if let Err(e) = d.rmdir(name) {
+                self.err(rel, e);
+                return Ok(false);
+            }
+        } else {
+            self.note(rel)?;
+            if let Err(e) = d.unlink(name) {
+                self.err(rel, e);
+                return Ok(false);
+            }
+        }
+        self.changed.insert(rel.to_abs());
+        self.touched.insert(parent_key(rel));
+        Ok(true)
+    }
+
+    // ---- single files the primary no longer lists -----------------------------------------
+
+    fn delete_dropped(&mut self) -> Result<(), HookError> {
+        let Some(prev) = self.prev else { return Ok(()) };
+        let mirrored: Vec<&RelPath> = self
+            .m
+            .list
+            .iter()
+            .filter(|i| i.dir && self.m.get(&i.path).is_some_and(is_dir))
+            .map(|i| &i.path)
+            .collect();
+        for e in prev.entries.iter().rev() {
+            let p = &e.path;
+            if self.m.get(p).is_some()
+                || mirrored.iter().any(|d| p.starts_with(d))
+                || is_per_node(p)
+                || self.excluded(p)
+            {
+                continue;
+            }
+            if matches!(e.kind, Kind::File { .. }) && self.is_conffile(p) {
+                self.restore_default(p)?;
+                continue;
+            }
+            let d = match self.live.parent_of(p, false) {
+                Ok(d) => d,
+                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                Err(err) => {
+                    self.err(
+                        p,
+                        format!(
+                            "cannot reach it without following a symlink or a non-directory: {err}"
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let name = p.file_name();
+            match d.lstat(name) {
+                Ok(None) => {}
+                Ok(Some(st)) if st.kind == FileType::Dir => {
+                    // Only once empty: what is left inside never came from the primary.
+                    if d.open_dir(name)
+                        .and_then(|s| s.list())
+                        .is_ok_and(|l| l.is_empty())
+                    {
+                        self.note(p)?;
+                        match d.rmdir(name) {
+                            Ok(()) => {
+                                self.changed.insert(p.to_abs());
+                                self.touched.insert(parent_key(p));
+                            }
+                            Err(err) => self.err(p, err),
+                        }
+                    }
+                }
+                Ok(Some(_)) => {
+                    self.note(p)?;
+                    match d.unlink(name) {
+                        Ok(()) => {
+                            self.changed.insert(p.to_abs());
+                            self.touched.insert(parent_key(p));
+                        }
+                        Err(err) => self.err(p, err),
+                    }
+                }
+                Err(err) => self.err(p, err),
+            }
+        }
+        Ok(())
+    }
+
+    fn is_conffile(&mut self, p: &RelPath) -> bool {
+        let set = self
+            .conffiles
+            .get_or_insert_with(|| conffiles(self.root_path));
+        set.contains(&p.to_abs())
+    }
+
+    /// A conffile back at its package default on the primary: `/rom`'s copy, when there is
+    /// one; otherwise live is left as it is.
+    fn restore_default(&mut self, p: &RelPath) -> Result<(), HookError> {
+        let Ok(rom) = RelPath::new(format!("rom/{}", p.as_str())) else {
+            return Ok(());
+        };
+        let from_rom = self.live.parent_of(&rom, false).ok().and_then(|d| {
+            let st = d.lstat(rom.file_name()).ok()??;
+            if st.kind != FileType::File {
+                return None;
+            }
+            Some((d.read_file(rom.file_name(), MAX_FILE_SIZE).ok()?, st))
+        });
+        let Some((bytes, st)) = from_rom else {
+            tracing::info!(
+                "{}: left the restore list and is a conffile without a /rom copy: kept",
+                p.to_abs()
+            );
+            return Ok(());
+        };
+        let e = Entry {
+            path: p.clone(),
+            kind: Kind::File {
+                size: bytes.len() as u64,
+                hash: Hash::of(&bytes),
+            },
+            mode: st.mode,
+            uid: st.uid,
+            gid: st.gid,
+            mtime_ns: st.mtime_ns,
+        };
+        let Some(d) = self.parent(p)? else {
+            return Ok(());
+        };
+        let cur = d.lstat(p.file_name()).ok().flatten();
+        self.put_file_bytes(&d, &e, cur, Desired::Bytes(bytes))
+    }
+
+    // ---- the generation's entries -----------------------------------------------------------
+
+    /// The live directory holding `p`, created (ancestors 0755) when missing.
+    fn parent(&mut self, p: &RelPath) -> Result<Option<Dir>, HookError> {
+        let d = match self.live.parent_of(p, false) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                self.note(p)?;
+                match self.live.parent_of(p, true) {
+                    Ok(d) => {
+                        let mut a = p.parent();
+                        while let Some(x) = a {
+                            self.touched.insert(parent_key(&x));
+                            a = x.parent();
+                        }
+                        d
+                    }
+                    Err(e) => {
+                        self.err(p, format!("cannot create its directory: {e}"));
+                        return Ok(None);
+                    }
+                }
+            }
+            Err(e) => {
+                self.err(p, format!("cannot reach its directory without following a symlink or a non-directory: {e}"));
+                return Ok(None);
+            }
+        };
+        let key = parent_key(p);
+        if self.cleaned.insert(key) {
+            self.clean_temps(&d);
+        }
+        Ok(Some(d))
+    }
+
+    /// Temp files of a killed restore beside files of this generation.
+    fn clean_temps(&self, d: &Dir) {
+        for name in d.list().unwrap_or_default() {
+            if fsx::is_temp_name(&name) {
+                remove_stale_temp(d, &name, Some(self.m));
+            }
+        }
+    }
+
+    fn put(&mut self, e: &Entry) -> Result<(), HookError> {
+        let Some(d) = self.parent(&e.path)? else {
+            return Ok(());
+        };
+        let st = match d.lstat(e.path.file_name()) {
+            Ok(s) => s,
+            Err(err) => {
+                self.err(&e.path, err);
+                return Ok(());
+            }
+        };
+        match &e.kind {
+            Kind::Dir => self.put_dir(&d, e, st),
+            Kind::Symlink { target } => self.put_symlink(&d, e, target, st),
+            Kind::File { .. } => {
+                let desired = match self.transformed(e) {
+                    Ok(Some(b)) => Desired::Bytes(b),
+                    Ok(None) => Desired::Staged,
+                    Err(msg) => {
+                        self.err(&e.path, msg);
+                        return Ok(());
+                    }
+                };
+                self.put_file_bytes(&d, e, st, desired)
+            }
+        }
+    }
+
+    /// Clears the way for a new entry where live holds something of another kind.
+    fn clear_for(&mut self, d: &Dir, e: &Entry, st: &Stat) -> Result<bool, HookError> {
+        if st.kind == FileType::Dir {
+            let gone = self.remove_tree(d, e.path.file_name(), &e.path)?;
+            if !gone {
+                self.err(
+                    &e.path,
+                    "a directory holding excluded or per-node paths is in the way",
+                );
+            }
+            return Ok(gone);
+        }
+        Ok(true)
+    }
+
+    fn put_dir(&mut self, d: &Dir, e: &Entry, st: Option<Stat>) -> Result<(), HookError> {
+        let name = e.path.file_name();
+        match st {
+            Some(s) if s.kind == FileType::Dir => {
+                // Metadata is set once the content is final (`fix_dirs`); an mtime that moved
+                // alone is fixed without counting as a change.
+                if s.mode != e.mode || (fsx::can_chown() && (s.uid != e.uid || s.gid != e.gid)) {
+                    self.changed.insert(e.path.to_abs());
+                }
+                return Ok(());
+            }
+            Some(_) => {
+                self.note(&e.path)?;
+                if let Err(err) = d.unlink(name) {
+                    self.err(&e.path, err);
+                    return Ok(());
+                }
+            }
+            None => self.note(&e.path)?,
+        }
+        match d.mkdir(name, 0o700) {
+            Ok(()) => {
+                self.changed.insert(e.path.to_abs());
+                self.touched.insert(parent_key(&e.path));
+            }
+            Err(err) => self.err(&e.path, err),
+        }
+        Ok(())
+    }
+
+    fn put_symlink(
+        &mut self,
+        d: &Dir,
+        e: &Entry,
+        target: &str,
+        st: Option<Stat>,
+    ) -> Result<(), HookError> {
+        let name = e.path.file_name();
+        if let Some(s) = st {
+            if s.kind == FileType::Symlink && d.read_link(name).ok().as_deref() == Some(target) {
+                if Self::meta_differs(&s, e, true) {
+                    self.note(&e.path)?;
+                    match d.set_meta(name, meta_of(e), true) {
+                        Ok(()) => {
+                            self.changed.insert(e.path.to_abs());
+                        }
+                        Err(err) => self.err(&e.path, err),
+                    }
+                }
+                return Ok(());
+            }
+            self.note(&e.path)?;
+            if !self.clear_for(d, e, &s)? {
+                return Ok(());
+            }
+        } else {
+            self.note(&e.path)?;
+        }
+        match d.symlink_atomic(target, name, Some(meta_of(e))) {
+            Ok(()) => {
+                self.changed.insert(e.path.to_abs());
+                self.touched.insert(parent_key(&e.path));
+            }
+            Err(err) => self.err(&e.path, err),
+        }
+        Ok(())
+    }
+
+    /// The bytes of a file that live does not hold verbatim: `None` for most files.
+    fn transformed(&self, e: &Entry) -> Result<Option<Vec<u8>>, String> {
+        match e.path.as_str() {
+            SYSTEM_CONFIG => {
+                let staged = self.read_staged(e)?;
+                identity::keep_hostname(&staged, self.hostname.as_deref()).map(Some)
+            }
+            CRONTAB => {
+                let staged = self.read_staged(e)?;
+                Ok(Some(match std::str::from_utf8(&staged) {
+                    Ok(t) => cron::effective(t, self.master).into_bytes(),
+                    Err(_) => staged,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The staged copy, checked against the manifest: a staging tree changed behind the
+    /// commit's back (or a symlink planted in it) never reaches live.
+    fn read_staged(&self, e: &Entry) -> Result<Vec<u8>, String> {
+        let d = self.staged.parent_of(&e.path, false).map_err(|err| {
+            format!("staged copy unreachable without following a symlink or a non-directory: {err}")
+        })?;
+        let bytes = d
+            .read_file(e.path.file_name(), MAX_FILE_SIZE)
+            .map_err(|err| format!("staged copy: {err}"))?;
+        if Some(Hash::of(&bytes)) != e.file_hash() {
+            return Err("staged copy does not match the committed manifest".into());
+        }
+        Ok(bytes)
+    }
+
+    fn put_file_bytes(
+        &mut self,
+        d: &Dir,
+        e: &Entry,
+        st: Option<Stat>,
+        desired: Desired,
+    ) -> Result<(), HookError> {
+        let name = e.path.file_name();
+        if let Some(s) = st.filter(|s| s.kind == FileType::File) {
+            let same = match &desired {
+                Desired::Staged => s.size == e.size() && live_hash(d, name) == e.file_hash(),
+                Desired::Bytes(b) => {
+                    s.size == b.len() as u64
+                        && d.read_file(name, MAX_FILE_SIZE).is_ok_and(|l| l == *b)
+                }
+            };
+            if same {
+                if Self::meta_differs(&s, e, false) {
+                    self.note(&e.path)?;
+                    match d.set_meta(name, meta_of(e), false) {
+                        Ok(()) => {
+                            self.changed.insert(e.path.to_abs());
+                        }
+                        Err(err) => self.err(&e.path, err),
+                    }
+                }
+                return Ok(());
+            }
+        }
+        let bytes = match desired {
+            Desired::Bytes(b) => b,
+            Desired::Staged => match self.read_staged(e) {
+                Ok(b) => b,
+                Err(msg) => {
+                    self.err(&e.path, msg);
+                    return Ok(());
+                }
+            },
+        };
+        self.note(&e.path)?;
+        if let Some(s) = &st {
+            if !self.clear_for(d, e, s)? {
+                return Ok(());
+            }
+        }
+        match d.write_file_atomic(name, &bytes, Some(meta_of(e))) {
+            Ok(()) => {
+                self.changed.insert(e.path.to_abs());
+                self.touched.insert(parent_key(&e.path));
+            }
+            Err(err) => self.err(&e.path, err),
+        }
+        Ok(())
+    }
+
+    /// Directory metadata, deepest first, once everything inside is final.
+    fn fix_dirs(&mut self) -> Result<(), HookError> {
+        for e in self
+            .m
+            .entries
+            .iter()
+            .rev()
+            .filter(|e| is_dir(e) && !is_per_node(&e.path))
+        {
+            let Ok(d) = self.live.parent_of(&e.path, false) else {
+                continue;
+            };
+            let Ok(Some(s)) = d.lstat(e.path.file_name()) else {
+                continue;
+            };
+            if s.kind != FileType::Dir || !Self::meta_differs(&s, e, false) {
+                continue;
+            }
+            self.note(&e.path)?;
+            if let Err(err) = d
+                .open_dir(e.path.file_name())
+                .and_then(|x| x.set_own_meta(meta_of(e)))
+            {
+                self.err(&e.path, err);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the renames and removals durable before the journal says "done".
+    fn sync_dirs(&self) {
+        for key in &self.touched {
+            let d = if key.is_empty() {
+                self.live.open_dir(".")
+            } else {
+                match RelPath::new(key.as_str()) {
+                    Ok(p) => self.live.open_rel_dir(&p),
+                    Err(_) => continue,
+                }
+            };
+            if let Err(e) = d.and_then(|d| d.sync()) {
+                tracing::warn!("fsync {}/{key}: {e}", self.live.path().display());
+            }
+        }
+    }
+}
+
+fn live_hash(d: &Dir, name: &str) -> Option<Hash> {
+    let f = d.open_file(name).ok()?;
+    let mut h = blake3::Hasher::new();
+    h.update_reader(f).ok()?;
+    Some(Hash(*h.finalize().as_bytes()))
+}
+
+/// Removes a temp file of ours whose writer is dead (a killed restore). With `m`, only the
+/// temp files of names the generation holds: another ha-sync process may be writing its
+/// own files in the same directory (UCI edits), and its temp file is not ours to take.
+fn remove_stale_temp(d: &Dir, name: &str, m: Option<&Manifest>) {
+    let Some((base, rest)) = name
+        .strip_prefix('.')
+        .and_then(|n| n.split_once(".ha-sync-tmp."))
+    else {
+        return;
+    };
+    if let Some(m) = m {
+        let ours = m
+            .entries
+            .iter()
+            .any(|e| e.path.file_name().chars().take(100).eq(base.chars()));
+        if !ours {
+            return;
+        }
+    }
+    let pid: i32 = match rest.split('.').next().and_then(|p| p.parse().ok()) {
+        Some(p) => p,
+        None => return,
+    };
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let alive = pid == std::process::id() as i32
+        || unsafe { libc::kill(pid, 0) } == 0
+        || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !alive {
+        if let Err(e) = d.unlink(name) {
+            tracing::warn!("{}/{name}: {e}", d.path().display());
+        }
+    }
+}
+
+/// Package conffiles of this node (`Conffiles:` of `usr/lib/opkg/status`), as router paths.
+fn conffiles(root: &std::path::Path) -> HashSet<String> {
+    let text = std::fs::read_to_string(root.join("usr/lib/opkg/status")).unwrap_or_default();
+    let mut out = HashSet::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("Conffiles:") {
+            inside = true;
+        } else if inside && line.starts_with(' ') {
+            if let Some(p) = line.split_whitespace().next() {
+                out.insert(p.to_string());
+            }
+        } else {
+            inside = false;
+        }
+    }
+    out
+}
