@@ -105,6 +105,25 @@ impl Shared {
     }
 }
 
+/// What the agent offers: what our client and a current OpenSSH client need, nothing more.
+/// Each name costs bytes in every handshake (see `client::preferred`).
+fn server_preferred() -> russh::Preferred {
+    use std::borrow::Cow;
+    russh::Preferred {
+        kex: Cow::Owned(vec![
+            russh::kex::CURVE25519,
+            russh::kex::MLKEM768X25519_SHA256,
+            russh::kex::EXTENSION_SUPPORT_AS_SERVER,
+            russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+        ]),
+        key: Cow::Owned(vec![russh::keys::Algorithm::Ed25519]),
+        cipher: Cow::Owned(vec![russh::cipher::CHACHA20_POLY1305, russh::cipher::AES_256_GCM]),
+        mac: Cow::Owned(vec![russh::mac::HMAC_SHA256_ETM]),
+        compression: Cow::Owned(vec![russh::compression::NONE]),
+        ..russh::Preferred::default()
+    }
+}
+
 /// A bound, not yet running, agent.
 pub struct Server {
     listener: TcpListener,
@@ -146,6 +165,7 @@ pub async fn bind(cfg: ServerConfig, handler: Arc<dyn StreamHandler>) -> Result<
         keepalive_interval: Some(keepalive),
         keepalive_max: 3,
         nodelay: true,
+        preferred: server_preferred(),
         ..Default::default()
     };
     Ok(Server {
