@@ -305,6 +305,15 @@ pub fn hash_file(path: &Path) -> Result<Hash, ScanError> {
     Ok(Hash(*h.finalize().as_bytes()))
 }
 
+/// Opens a file the manifest lists for streaming, never through a symlink.
+pub fn open_file(path: &Path) -> Result<File, ScanError> {
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err(path))
+}
+
 /// Reads a file the manifest lists, never through a symlink, at most `limit` bytes.
 pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, ScanError> {
     use std::io::Read;

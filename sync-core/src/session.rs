@@ -7,6 +7,7 @@ use crate::delta::{self, codec, Encoding, WHOLE_MAX};
 use crate::manifest::{Entry, Hash, Kind, Manifest, ManifestDelta, Op};
 use crate::path::RelPath;
 use crate::scan::{self, ScanError};
+use crate::wire;
 use crate::wire::{
     unexpected, Commit, Conn, FileHeader, Hello, ManifestForm, Msg, RestoreReport, Traffic, Want,
     WantKind, Welcome, WireError, MAGIC, MAX_MANIFEST, PROTOCOL_VERSION,
@@ -299,29 +300,39 @@ impl Primary<'_> {
 
     /// Encodes the wanted files on worker threads (compression is the costly part of a
     /// full sync) while this thread streams them out as they come, in any order: each
-    /// `File` message stands on its own.
+    /// file's messages stand on their own. Big files asked whole are streamed by this
+    /// thread itself, block by block, so memory stays bounded whatever the file sizes.
     fn send_wanted<S: Read + Write>(
         &mut self,
         conn: &mut Conn<S>,
         wants: &[Want],
         rep: &mut SyncReport,
     ) -> Result<(), SyncError> {
+        let is_big = |w: &Want| {
+            matches!(w.kind, WantKind::Whole)
+                && self
+                    .manifest
+                    .get(&w.path)
+                    .is_some_and(|e| e.size() > STREAM_MIN)
+        };
+        let (big, small): (Vec<&Want>, Vec<&Want>) = wants.iter().partition(|w| is_big(w));
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
-            .clamp(1, 4)
-            .min(wants.len());
+            .clamp(1, 2)
+            .min(small.len());
         let next = std::sync::atomic::AtomicUsize::new(0);
         let (root, manifest, state) = (self.root, self.manifest, self.state);
         std::thread::scope(|s| {
-            // Bounded: at most a few encoded files wait in memory for the connection.
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Encoded, SyncError>>(2 * workers);
+            // Bounded: at most one encoded file per worker waits for the connection.
+            let (tx, rx) =
+                std::sync::mpsc::sync_channel::<Result<Encoded, SyncError>>(workers.max(1));
             for _ in 0..workers {
                 let tx = tx.clone();
-                let next = &next;
+                let (next, small) = (&next, &small);
                 s.spawn(move || loop {
                     let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(w) = wants.get(i) else { break };
-                    let e = manifest.get(&w.path).expect("checked above");
+                    let Some(w) = small.get(i) else { break };
+                    let e = manifest.get(&w.path).expect("checked by the caller");
                     let r = match &w.kind {
                         WantKind::Whole => encode_file(root, state, e, None, None),
                         WantKind::Rsync { signature, basis } => {
@@ -337,6 +348,16 @@ impl Primary<'_> {
                 });
             }
             drop(tx);
+            for w in big {
+                while let Ok(r) = rx.try_recv() {
+                    self.send_encoded(conn, r?, rep)?;
+                }
+                let e = manifest.get(&w.path).expect("checked by the caller");
+                let sent = stream_whole(conn, root, state, e)?;
+                rep.files_sent += 1;
+                rep.payload_bytes += sent;
+                (self.progress)(rep.files_sent, rep.payload_bytes);
+            }
             for r in rx {
                 self.send_encoded(conn, r?, rep)?;
             }
@@ -350,8 +371,7 @@ impl Primary<'_> {
         enc: Encoded,
         rep: &mut SyncReport,
     ) -> Result<(), SyncError> {
-        conn.send(&Msg::File(enc.header))?;
-        conn.send_chunks(&enc.payload)?;
+        conn.send_file(enc.header, &enc.payload, enc.size, enc.hash)?;
         rep.files_sent += 1;
         rep.payload_bytes += enc.payload.len() as u64;
         (self.progress)(rep.files_sent, rep.payload_bytes);
@@ -363,6 +383,79 @@ impl Primary<'_> {
 struct Encoded {
     header: FileHeader,
     payload: Vec<u8>,
+    size: u64,
+    hash: Hash,
+}
+
+/// Files above this size, asked whole, are streamed rather than encoded in memory.
+const STREAM_MIN: u64 = 1 << 20;
+
+/// Reads, hashes, compresses and sends one file block by block (memory: one block and the
+/// compressor's window). Returns the payload bytes sent. Keeps the compressed copy as a
+/// basis for later patches when the file is worth it.
+fn stream_whole<S: Read + Write>(
+    conn: &mut Conn<S>,
+    root: &Path,
+    state: &PrimaryState,
+    e: &Entry,
+) -> Result<u64, SyncError> {
+    use std::io::Write as _;
+    let full = root.join(e.path.as_str());
+    let io = |source| {
+        SyncError::Scan(ScanError::Io {
+            path: full.clone(),
+            source,
+        })
+    };
+    let mut f = scan::open_file(&full)?;
+    conn.send(&Msg::File(FileHeader {
+        path: e.path.clone(),
+        encoding: Encoding::Whole,
+    }))?;
+    let mut z =
+        zstd::stream::write::Encoder::new(Vec::with_capacity(wire::CHUNK + 4096), 1).map_err(io)?;
+    let mut basis = wants_basis(e.size()).then(Vec::new);
+    let mut hasher = blake3::Hasher::new();
+    let mut block = vec![0u8; 256 << 10];
+    let (mut size, mut sent) = (0u64, 0u64);
+    let mut flush = |z: &mut Vec<u8>,
+                     conn: &mut Conn<S>,
+                     basis: &mut Option<Vec<u8>>|
+     -> Result<(), SyncError> {
+        conn.send_chunk(z)?;
+        sent += z.len() as u64;
+        if let Some(b) = basis {
+            b.extend_from_slice(z);
+        }
+        z.clear();
+        Ok(())
+    };
+    loop {
+        let n = f.read(&mut block).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        if size > delta::MAX_FILE_SIZE {
+            return Err(SyncError::Data {
+                path: e.path.to_abs(),
+                msg: format!("larger than {} bytes", delta::MAX_FILE_SIZE),
+            });
+        }
+        hasher.update(&block[..n]);
+        z.write_all(&block[..n]).map_err(io)?;
+        if z.get_ref().len() >= wire::CHUNK {
+            flush(z.get_mut(), conn, &mut basis)?;
+        }
+    }
+    let mut rest = z.finish().map_err(io)?;
+    flush(&mut rest, conn, &mut basis)?;
+    let hash = Hash(*hasher.finalize().as_bytes());
+    conn.send(&Msg::FileEnd { size, hash })?;
+    if let Some(b) = basis {
+        state.keep_basis(&hash, &b);
+    }
+    Ok(sent)
 }
 
 /// Reads and encodes one file. `patch_from` is a version the backup holds; `signature` its
@@ -412,12 +505,14 @@ fn encode_file(
     }
     let header = FileHeader {
         path: e.path.clone(),
-        hash,
-        size: data.len() as u64,
         encoding,
-        payload_len: payload.len() as u64,
     };
-    Ok(Encoded { header, payload })
+    Ok(Encoded {
+        header,
+        payload,
+        size: data.len() as u64,
+        hash,
+    })
 }
 
 /// What the backup saw of one sync.
@@ -636,8 +731,7 @@ impl Backup<'_> {
                 m if m == end => return Ok(()),
                 other => return Err(unexpected(end.name(), &other).into()),
             };
-            let payload =
-                conn.recv_chunks(h.payload_len, 2 * delta::MAX_FILE_SIZE, "file payload")?;
+            let (payload, size, hash) = conn.recv_file_payload(2 * delta::MAX_FILE_SIZE)?;
             let Some(entry) = new
                 .get(&h.path)
                 .filter(|e| matches!(e.kind, Kind::File { .. }))
@@ -657,8 +751,8 @@ impl Backup<'_> {
                 Encoding::Whole => None,
                 _ => self.staging.read(&h.path, delta::MAX_FILE_SIZE),
             };
-            let data = match codec(h.encoding).decode(&payload, basis.as_deref(), h.size) {
-                Ok(d) if Hash::of(&d) == h.hash => d,
+            let data = match codec(h.encoding).decode(&payload, basis.as_deref(), size) {
+                Ok(d) if Hash::of(&d) == hash => d,
                 Ok(_) | Err(_) if h.encoding != Encoding::Whole => {
                     refetch.push(h.path.clone());
                     continue;
@@ -675,10 +769,7 @@ impl Backup<'_> {
                 }
             };
             let mut e = entry.clone();
-            e.kind = Kind::File {
-                size: h.size,
-                hash: h.hash,
-            };
+            e.kind = Kind::File { size, hash };
             self.staging.write_file(&e, &data)?;
             if e != *entry {
                 // The primary's file changed under its scan: record what we really hold.

@@ -31,7 +31,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Largest frame, header excluded.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Payload bytes per chunk frame.
-pub const CHUNK: usize = 4 << 20;
+pub const CHUNK: usize = 256 << 10;
 /// Largest encoded manifest (after decompression).
 pub const MAX_MANIFEST: u64 = 512 << 20;
 /// Longest free-text field (errors, node names).
@@ -92,15 +92,13 @@ pub enum ManifestForm {
     Delta,
 }
 
+/// Starts a file: `Chunk`s of its payload follow, then `FileEnd`. The size and hash come
+/// last so that a big file can be read, hashed and compressed as it streams out, in
+/// bounded memory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileHeader {
     pub path: RelPath,
-    /// blake3 and size of the file once rebuilt.
-    pub hash: Hash,
-    pub size: u64,
     pub encoding: Encoding,
-    /// Bytes of payload that follow in chunks.
-    pub payload_len: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,7 +143,10 @@ pub struct RestoreReport {
 pub enum Msg {
     Hello(Hello),
     Welcome(Welcome),
-    Manifest { form: ManifestForm, len: u64 },
+    Manifest {
+        form: ManifestForm,
+        len: u64,
+    },
     File(FileHeader),
     Chunk(Vec<u8>),
     EndOfPush,
@@ -156,6 +157,11 @@ pub enum Msg {
     Restored(RestoreReport),
     Error(String),
     Bye,
+    /// Ends a file: its size and blake3 once rebuilt (of the bytes the sender read).
+    FileEnd {
+        size: u64,
+        hash: Hash,
+    },
 }
 
 impl Msg {
@@ -174,6 +180,7 @@ impl Msg {
             Msg::Restored(_) => "Restored",
             Msg::Error(_) => "Error",
             Msg::Bye => "Bye",
+            Msg::FileEnd { .. } => "FileEnd",
         }
     }
 
@@ -201,18 +208,11 @@ impl Msg {
                     limit: MAX_TEXT as u64,
                 })
             }
-            Msg::File(f) if f.size > MAX_FILE_SIZE => {
+            Msg::FileEnd { size, .. } if *size > MAX_FILE_SIZE => {
                 return Err(WireError::TooLarge {
                     what: "file",
-                    len: f.size,
+                    len: *size,
                     limit: MAX_FILE_SIZE,
-                })
-            }
-            Msg::File(f) if f.payload_len > 2 * MAX_FILE_SIZE => {
-                return Err(WireError::TooLarge {
-                    what: "file payload",
-                    len: f.payload_len,
-                    limit: 2 * MAX_FILE_SIZE,
                 })
             }
             Msg::Manifest { len, .. } if *len > MAX_MANIFEST => {
@@ -297,9 +297,41 @@ impl<S: Read + Write> Conn<S> {
     /// Sends a payload as `Chunk` frames.
     pub fn send_chunks(&mut self, payload: &[u8]) -> Result<(), WireError> {
         for c in payload.chunks(CHUNK) {
-            self.send(&Msg::Chunk(c.to_vec()))?;
+            self.send_chunk(c)?;
         }
         Ok(())
+    }
+
+    /// One `Chunk` frame, encoded in place: the bytes are copied once, into the output
+    /// buffer (file data is most of what a full sync moves).
+    pub fn send_chunk(&mut self, data: &[u8]) -> Result<(), WireError> {
+        let mut head = [0u8; 11];
+        head[0] = CHUNK_TAG;
+        let n = 1 + varint(data.len() as u64, &mut head[1..]);
+        let body = n + data.len();
+        if body > MAX_FRAME {
+            return Err(WireError::FrameTooLarge(body as u64));
+        }
+        self.out.extend_from_slice(&(body as u32).to_le_bytes());
+        self.out.extend_from_slice(&head[..n]);
+        self.out.extend_from_slice(data);
+        if self.out.len() >= 256 << 10 {
+            self.write_out()?;
+        }
+        Ok(())
+    }
+
+    /// A whole in-memory file: header, chunks, end.
+    pub fn send_file(
+        &mut self,
+        header: FileHeader,
+        payload: &[u8],
+        size: u64,
+        hash: Hash,
+    ) -> Result<(), WireError> {
+        self.send(&Msg::File(header))?;
+        self.send_chunks(payload)?;
+        self.send(&Msg::FileEnd { size, hash })
     }
 
     fn write_out(&mut self) -> Result<(), WireError> {
@@ -340,6 +372,28 @@ impl<S: Read + Write> Conn<S> {
         Ok(msg)
     }
 
+    /// Reads a file's payload after its `File` header: chunks up to `limit` bytes, then
+    /// `FileEnd`. Returns payload, size and hash.
+    pub fn recv_file_payload(&mut self, limit: u64) -> Result<(Vec<u8>, u64, Hash), WireError> {
+        let mut buf = Vec::new();
+        loop {
+            match self.recv()? {
+                Msg::Chunk(c) => {
+                    if buf.len() as u64 + c.len() as u64 > limit {
+                        return Err(WireError::TooLarge {
+                            what: "file payload",
+                            len: buf.len() as u64 + c.len() as u64,
+                            limit,
+                        });
+                    }
+                    buf.extend_from_slice(&c);
+                }
+                Msg::FileEnd { size, hash } => return Ok((buf, size, hash)),
+                other => return Err(unexpected("Chunk or FileEnd", &other)),
+            }
+        }
+    }
+
     /// Reads `len` bytes of `Chunk` frames into one buffer.
     pub fn recv_chunks(
         &mut self,
@@ -377,6 +431,24 @@ fn read_exact_or_closed(
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(WireError::Closed(when)),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// postcard's variant index of `Msg::Chunk` (checked by a test).
+const CHUNK_TAG: u8 = 4;
+
+/// postcard's unsigned varint (LEB128); returns the bytes used.
+fn varint(mut v: u64, out: &mut [u8]) -> usize {
+    let mut i = 0;
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out[i] = b;
+            return i + 1;
+        }
+        out[i] = b | 0x80;
+        i += 1;
     }
 }
 
@@ -554,6 +626,22 @@ mod tests {
             assert!(
                 matches!(conn_with(v).recv(), Err(WireError::Malformed(_))),
                 "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn hand_encoded_chunks_decode_as_postcard_chunks() {
+        for len in [0usize, 1, 127, 128, 300, CHUNK] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let mut c = conn_with(Vec::new());
+            c.send_chunk(&data).unwrap();
+            c.flush().unwrap();
+            let bytes = c.into_inner().0.into_inner();
+            assert_eq!(
+                &bytes[4..],
+                Msg::Chunk(data.clone()).encode().as_slice(),
+                "len {len}"
             );
         }
     }

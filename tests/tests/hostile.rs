@@ -224,13 +224,9 @@ fn a_symlink_already_in_staging_is_never_written_through() {
         let payload = zstd::bulk::compress(b"evil", 3).unwrap();
         let h = FileHeader {
             path: RelPath::new("etc/l/passwd").unwrap(),
-            hash: Hash::of(b"evil"),
-            size: 4,
             encoding: sync_core::delta::Encoding::Whole,
-            payload_len: payload.len() as u64,
         };
-        c.send(&Msg::File(h)).unwrap();
-        c.send_chunks(&payload).unwrap();
+        c.send_file(h, &payload, 4, Hash::of(b"evil")).unwrap();
         c.send(&Msg::EndOfData).unwrap();
         c.flush().unwrap();
         let _ = c.recv();
@@ -272,13 +268,9 @@ fn a_file_not_in_the_manifest_is_refused() {
         let payload = zstd::bulk::compress(b"x", 3).unwrap();
         let h = FileHeader {
             path: RelPath::new("etc/shadow").unwrap(),
-            hash: Hash::of(b"x"),
-            size: 1,
             encoding: sync_core::delta::Encoding::Whole,
-            payload_len: payload.len() as u64,
         };
-        c.send(&Msg::File(h)).unwrap();
-        c.send_chunks(&payload).unwrap();
+        c.send_file(h, &payload, 1, Hash::of(b"x")).unwrap();
         c.send(&Msg::EndOfPush).unwrap();
         c.flush().unwrap();
     })
