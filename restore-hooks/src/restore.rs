@@ -773,8 +773,11 @@ impl Applier<'_, '_> {
                     Err(_) => continue,
                 }
             };
-            if let Err(e) = d.and_then(|d| d.sync()) {
-                tracing::warn!("fsync {}/{key}: {e}", self.live.path().display());
+            match d.and_then(|d| d.sync()) {
+                // A directory removed later in the same restore: its parent is synced.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("fsync {}/{key}: {e}", self.live.path().display()),
+                Ok(()) => {}
             }
         }
     }

@@ -44,6 +44,7 @@ pub fn run(scale: u64, dir: Option<&Path>) -> Result<()> {
     std::fs::copy(keys.join("id_ed25519.pub"), &ak)?;
     let host = transport::load_or_create_host_key(&hk)?;
 
+    let runner = Arc::new(sync_core::runner::RecordingRunner::new());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -52,7 +53,22 @@ pub fn run(scale: u64, dir: Option<&Path>) -> Result<()> {
         let handler = BackupHandler {
             staging: local::staging_dir(&b),
             node: local::node_name(&b, "backup"),
-            restore: Arc::new(local::staging_only),
+            // Restore into the backup root's live tree, with a recording runner: the demo
+            // shows the commands a router would run (reloads, hotplug-call) without running
+            // them on this machine.
+            restore: {
+                let (root, st, rec) = (b.clone(), local::staging_dir(&b), runner.clone());
+                Arc::new(
+                    move |m: &sync_core::manifest::Manifest, c: &sync_core::wire::Commit| {
+                        let ctx = restore_hooks::Ctx {
+                            root: &root,
+                            staging: &st,
+                            runner: rec.as_ref(),
+                        };
+                        restore_hooks::restore_after_commit(&ctx, m, c)
+                    },
+                )
+            },
         };
         let server = transport::bind(
             ServerConfig::new("127.0.0.1:0".parse()?, hk.clone(), ak.clone()),
@@ -68,6 +84,7 @@ pub fn run(scale: u64, dir: Option<&Path>) -> Result<()> {
             kh.display()
         );
         let step = |name: &'static str| {
+            let runner = runner.clone();
             let client = ClientConfig::new(addr.to_string(), id.clone(), kh.clone());
             let a = a.clone();
             async move {
@@ -85,6 +102,23 @@ pub fn run(scale: u64, dir: Option<&Path>) -> Result<()> {
                     backup: Default::default(),
                 };
                 println!("{name:>9}: {}", crate::summary(&s, t.elapsed()));
+                if let Some(r) = &s.primary.restore {
+                    let cmds = runner.lines();
+                    runner.clear();
+                    println!(
+                        "           restored on the backup: {} live paths changed{}{}",
+                        r.changed.len(),
+                        r.refused
+                            .as_ref()
+                            .map(|w| format!(", refused: {w}"))
+                            .unwrap_or_default(),
+                        if cmds.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; would run: {}", cmds.join(" | "))
+                        }
+                    );
+                }
                 anyhow::Ok(())
             }
         };

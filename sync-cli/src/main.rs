@@ -49,6 +49,16 @@ enum Command {
     /// Fetch the backup's host key and pin it in the known-hosts file (verify the printed
     /// fingerprint out of band first).
     Pin(net::PinArgs),
+    /// Handle a keepalived event on this node: NOTIFY_SYNC (restore staging -> live),
+    /// NOTIFY_MASTER, NOTIFY_BACKUP, NOTIFY_FAULT, NOTIFY_STOP.
+    Hook {
+        event: restore_hooks::Event,
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Demonstrate ha-sync on a generated firewall-like tree between two temporary roots.
     Demo {
         /// Multiply the sample tree's file counts.
@@ -61,6 +71,7 @@ enum Command {
 }
 
 fn main() {
+    tune_allocator();
     // Die quietly on a closed pipe (`ha-sync list | head`), as Unix tools do.
     // SAFETY: setting a signal disposition to default at startup, before any thread.
     unsafe {
@@ -85,6 +96,18 @@ fn main() {
     }
 }
 
+/// glibc keeps freed memory in per-thread arenas and raises its mmap threshold after a big
+/// free, so file-sized buffers stay resident after use. A fixed threshold sends them to
+/// mmap (returned on free) and two arenas bound the rest: peak RSS follows the live heap.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any other thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Command::List { root, json } => list(&root, json),
@@ -96,8 +119,62 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Serve(a) => net::serve(a),
+        Command::Hook { event, root, json } => hook(event, &root, json),
         Command::Now(a) => net::now(a),
         Command::Pin(a) => net::pin(a),
+    }
+}
+
+fn hook(event: restore_hooks::Event, root: &Path, json: bool) -> Result<()> {
+    let staging = local::staging_dir(root);
+    let ctx = restore_hooks::Ctx {
+        root,
+        staging: &staging,
+        runner: &SystemRunner,
+    };
+    let out =
+        restore_hooks::run_hook(&ctx, event).with_context(|| format!("hook {}", event.as_str()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&serde_json::json!({
+                "event": event.as_str(),
+                "superseded": out.superseded,
+                "restore": out.restore.as_ref().map(|r| serde_json::json!({
+                    "generation": r.root.to_hex(), "applied": r.applied, "refused": r.refused,
+                    "changed": r.changed, "errors": r.errors,
+                })),
+                "errors": out.errors,
+            }))?
+        );
+    } else {
+        if out.superseded {
+            println!(
+                "{}: superseded by a later event, nothing done",
+                event.as_str()
+            );
+        }
+        if let Some(r) = &out.restore {
+            match &r.refused {
+                Some(why) => println!("restore refused: {why}"),
+                None => println!(
+                    "restored generation {}: {} changed",
+                    r.root,
+                    r.changed.len()
+                ),
+            }
+            for (p, e) in &r.errors {
+                eprintln!("restore: {p}: {e}");
+            }
+        }
+        for e in &out.errors {
+            eprintln!("{}: {e}", event.as_str());
+        }
+    }
+    if out.errors.is_empty() && out.restore.as_ref().is_none_or(|r| r.errors.is_empty()) {
+        Ok(())
+    } else {
+        anyhow::bail!("{} finished with errors", event.as_str())
     }
 }
 

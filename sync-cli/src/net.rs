@@ -74,13 +74,41 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         a.authorized_keys
             .unwrap_or_else(|| config::authorized_keys(&a.root)),
     );
-    let restore: RestoreHook = Arc::new(local::staging_only);
+    let staging = local::staging_dir(&a.root);
+    let restore: RestoreHook = if a.staging_only {
+        Arc::new(local::staging_only)
+    } else {
+        // A restore a crash interrupted is completed before anything else arrives.
+        let ctx = restore_hooks::Ctx {
+            root: &a.root,
+            staging: &staging,
+            runner: &SystemRunner,
+        };
+        match restore_hooks::recover(&ctx) {
+            Ok(Some(r)) => eprintln!(
+                "ha-sync: completed an interrupted restore of generation {}",
+                r.root
+            ),
+            Ok(None) => {}
+            Err(e) => eprintln!("ha-sync: recovering an interrupted restore: {e}"),
+        }
+        let (root, st) = (a.root.clone(), staging.clone());
+        Arc::new(
+            move |m: &sync_core::manifest::Manifest, c: &sync_core::wire::Commit| {
+                let ctx = restore_hooks::Ctx {
+                    root: &root,
+                    staging: &st,
+                    runner: &SystemRunner,
+                };
+                restore_hooks::restore_after_commit(&ctx, m, c)
+            },
+        )
+    };
     let handler = BackupHandler {
-        staging: local::staging_dir(&a.root),
+        staging,
         node: local::node_name(&a.root, "backup"),
         restore,
     };
-    let _ = a.staging_only;
     runtime()?.block_on(async move {
         let server = transport::bind(cfg, Arc::new(handler)).await?;
         eprintln!(

@@ -322,7 +322,9 @@ pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, ScanError> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(io_err(path))?;
-    let mut buf = Vec::new();
+    // Sized from the inode: read_to_end's doubling would otherwise reserve up to twice it.
+    let hint = f.metadata().map_or(0, |m| m.len()).min(limit) as usize;
+    let mut buf = Vec::with_capacity(hint + 1);
     f.take(limit + 1)
         .read_to_end(&mut buf)
         .map_err(io_err(path))?;

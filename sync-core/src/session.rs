@@ -388,7 +388,7 @@ struct Encoded {
 }
 
 /// Files above this size, asked whole, are streamed rather than encoded in memory.
-const STREAM_MIN: u64 = 1 << 20;
+const STREAM_MIN: u64 = 256 << 10;
 
 /// Reads, hashes, compresses and sends one file block by block (memory: one block and the
 /// compressor's window). Returns the payload bytes sent. Keeps the compressed copy as a

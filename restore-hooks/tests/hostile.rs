@@ -1,0 +1,288 @@
+//! A staging tree or manifest made to reach outside the restore list: refused, and nothing is
+//! written outside (nor read from outside into live).
+
+mod common;
+
+use common::*;
+use restore_hooks::{restore_after_commit, run_hook, Event};
+use serde::Serialize;
+use std::os::unix::fs::symlink;
+use std::path::PathBuf;
+use sync_core::manifest::{Entry, Hash, Kind, ListItem, Manifest};
+use sync_core::path::RelPath;
+use sync_core::runner::RecordingRunner;
+use sync_core::wire::Commit;
+
+/// A directory beside the backup root, with something to steal in it.
+fn outside(p: &Pair) -> PathBuf {
+    let o = p.tmp.path().join("outside");
+    write(&o, "secret", "SECRET\n");
+    write(&o, "vpn/server.conf", "EVIL\n");
+    write(&o, "crontabs/root", "outside cron\n");
+    o
+}
+
+fn no_secret_in(dir: &std::path::Path) {
+    for (path, (_, _, _, _, _, content)) in snapshot(dir) {
+        let text = String::from_utf8_lossy(&content);
+        assert!(
+            !text.contains("SECRET") && !text.contains("EVIL"),
+            "{path} holds outside content"
+        );
+    }
+}
+
+#[test]
+fn symlinks_planted_in_staging_are_never_followed() {
+    let p = Pair::new();
+    let o = outside(&p);
+    let (m, c) = p.sync();
+    let before_outside = snapshot(&o);
+    // After the commit, someone swaps staged entries for links out of the tree.
+    std::fs::remove_file(p.staging.join("etc/config/firewall")).unwrap();
+    symlink(o.join("secret"), p.staging.join("etc/config/firewall")).unwrap();
+    std::fs::remove_dir_all(p.staging.join("etc/openvpn")).unwrap();
+    symlink(o.join("vpn"), p.staging.join("etc/openvpn")).unwrap();
+
+    let r = RecordingRunner::new();
+    let rep = restore_after_commit(&p.ctx(&r), &m, &c);
+    assert!(!rep.applied, "{rep:?}");
+    let failed: Vec<&str> = rep.errors.iter().map(|(p, _)| p.as_str()).collect();
+    for want in [
+        "/etc/config/firewall",
+        "/etc/openvpn/server.conf",
+        "/etc/openvpn/ccd/client1",
+    ] {
+        assert!(
+            failed.contains(&want),
+            "{want} not refused: {:?}",
+            rep.errors
+        );
+    }
+    assert_eq!(
+        read(&p.backup, "etc/config/firewall"),
+        "\nconfig defaults\n\toption input 'ACCEPT'\n"
+    );
+    no_secret_in(&p.backup);
+    assert_eq!(snapshot(&o), before_outside);
+    // What could be restored was: the rest of the generation is live.
+    assert_eq!(
+        read(&p.backup, "etc/config/dhcp"),
+        read(&p.primary, "etc/config/dhcp")
+    );
+}
+
+#[test]
+fn symlinks_in_live_are_replaced_or_refused_never_followed() {
+    let p = Pair::new();
+    let o = outside(&p);
+    std::fs::remove_dir_all(p.backup.join("etc/openvpn")).unwrap();
+    symlink(o.join("vpn"), p.backup.join("etc/openvpn")).unwrap();
+    symlink(o.join("crontabs"), p.backup.join("etc/crontabs")).unwrap();
+    let before_outside = snapshot(&o);
+
+    let (m, c) = p.sync();
+    let r = RecordingRunner::new();
+    let rep = restore_after_commit(&p.ctx(&r), &m, &c);
+    assert_eq!(
+        snapshot(&o),
+        before_outside,
+        "nothing written through a live symlink"
+    );
+    // A listed directory that is a symlink is the generation's to replace...
+    assert!(p
+        .backup
+        .join("etc/openvpn")
+        .symlink_metadata()
+        .unwrap()
+        .is_dir());
+    assert_eq!(
+        read(&p.backup, "etc/openvpn/server.conf"),
+        read(&p.primary, "etc/openvpn/server.conf")
+    );
+    // ... a symlinked directory above a listed file is not: that file is refused.
+    assert_eq!(rep.errors.len(), 1, "{rep:?}");
+    assert_eq!(rep.errors[0].0, "/etc/crontabs/root");
+    assert!(
+        rep.errors[0].1.contains("without following a symlink"),
+        "{rep:?}"
+    );
+    assert!(p
+        .backup
+        .join("etc/crontabs")
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+/// The shapes of `Manifest` with plain strings for paths, to write what `RelPath` refuses.
+#[derive(Serialize)]
+struct RawItem {
+    path: String,
+    dir: bool,
+}
+
+#[derive(Serialize)]
+#[allow(dead_code)]
+enum RawKind {
+    File { size: u64, hash: Hash },
+    Dir,
+    Symlink { target: String },
+}
+
+#[derive(Serialize)]
+struct RawEntry {
+    path: String,
+    kind: RawKind,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime_ns: i64,
+}
+
+#[derive(Serialize)]
+struct RawManifest {
+    list: Vec<RawItem>,
+    excludes: Vec<String>,
+    entries: Vec<RawEntry>,
+}
+
+fn raw(list: &str, file: &str) -> Vec<u8> {
+    let m = RawManifest {
+        list: vec![RawItem {
+            path: list.into(),
+            dir: true,
+        }],
+        excludes: vec![],
+        entries: vec![
+            RawEntry {
+                path: list.into(),
+                kind: RawKind::Dir,
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 1,
+            },
+            RawEntry {
+                path: file.into(),
+                kind: RawKind::File {
+                    size: 6,
+                    hash: Hash::of(b"pwned\n"),
+                },
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 1,
+            },
+        ],
+    };
+    postcard::to_allocvec(&m).unwrap()
+}
+
+#[test]
+fn dot_dot_in_the_manifest_or_the_restore_list_is_refused() {
+    let p = Pair::new();
+    let o = outside(&p);
+    p.sync();
+    // The look-alike encodes real manifests: a clean one decodes.
+    assert!(Manifest::decode(&raw("etc/x", "etc/x/y")).is_ok());
+    let evil = raw("../outside", "../outside/pwned");
+    assert!(Manifest::decode(&evil).is_err());
+    std::fs::write(p.staging.join(".ha-sync/manifest"), &evil).unwrap();
+    write(
+        &p.staging,
+        "tmp/restore_list",
+        "/etc/../../outside/pwned\n/../outside\n",
+    );
+    // Where the hostile path points from staging: a naive restore would copy it out.
+    write(&p.staging, "../outside/pwned", "pwned\n");
+    let before_live = snapshot(&p.backup);
+    let before_outside = snapshot(&o);
+
+    let r = RecordingRunner::new();
+    let out = run_hook(&p.ctx(&r), Event::NotifySync).unwrap();
+    let rep = out.restore.unwrap();
+    assert!(!rep.applied && rep.refused.is_some(), "{rep:?}");
+    assert!(r.lines().is_empty());
+    assert_eq!(snapshot(&o), before_outside);
+    assert!(!o.join("pwned").exists());
+    assert_eq!(snapshot(&p.backup), before_live);
+}
+
+#[test]
+fn a_manifest_that_does_not_validate_is_refused_before_anything_is_written() {
+    let p = Pair::new();
+    let o = outside(&p);
+    p.sync();
+    let rel = |s: &str| RelPath::new(s).unwrap();
+    let entry = |path: &str, kind: Kind| Entry {
+        path: rel(path),
+        kind,
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 1,
+    };
+    // A symlink out of the tree, then a file "below" it: writing it would follow the link.
+    let m = Manifest {
+        list: vec![ListItem {
+            path: rel("etc/ha"),
+            dir: true,
+        }],
+        excludes: vec![],
+        entries: vec![
+            entry("etc/ha", Kind::Dir),
+            entry(
+                "etc/ha/l",
+                Kind::Symlink {
+                    target: o.display().to_string(),
+                },
+            ),
+            entry(
+                "etc/ha/l/pwned",
+                Kind::File {
+                    size: 0,
+                    hash: Hash::of(b""),
+                },
+            ),
+        ],
+    };
+    let before = snapshot(&p.backup);
+    let r = RecordingRunner::new();
+    let rep = restore_after_commit(
+        &p.ctx(&r),
+        &m,
+        &Commit {
+            root: m.root_hash(),
+            ..Commit::default()
+        },
+    );
+    assert!(
+        rep.refused.as_deref().unwrap().contains("manifest refused"),
+        "{rep:?}"
+    );
+    assert_eq!(snapshot(&p.backup), before);
+    assert!(!o.join("pwned").exists());
+    // An entry outside the restore list.
+    let m = Manifest {
+        list: vec![ListItem {
+            path: rel("etc/ha"),
+            dir: true,
+        }],
+        excludes: vec![],
+        entries: vec![entry(
+            "etc/shadow",
+            Kind::File {
+                size: 0,
+                hash: Hash::of(b""),
+            },
+        )],
+    };
+    let rep = restore_after_commit(&p.ctx(&r), &m, &Commit::default());
+    assert!(
+        rep.refused.is_some() && !p.backup.join("etc/shadow").exists(),
+        "{rep:?}"
+    );
+    assert!(r.lines().is_empty());
+}
