@@ -215,7 +215,10 @@ fn preferred() -> Preferred {
     p.key = std::borrow::Cow::Owned(vec![russh::keys::Algorithm::Ed25519]);
     p.compression = std::borrow::Cow::Owned(vec![russh::compression::NONE]);
     p.mac = std::borrow::Cow::Owned(vec![russh::mac::HMAC_SHA256_ETM]);
-    p.cipher = std::borrow::Cow::Owned(vec![russh::cipher::CHACHA20_POLY1305, russh::cipher::AES_256_GCM]);
+    p.cipher = std::borrow::Cow::Owned(vec![
+        russh::cipher::CHACHA20_POLY1305,
+        russh::cipher::AES_256_GCM,
+    ]);
     if aes {
         let mut ciphers = vec![russh::cipher::AES_256_GCM];
         ciphers.extend(

@@ -117,7 +117,10 @@ fn server_preferred() -> russh::Preferred {
             russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
         ]),
         key: Cow::Owned(vec![russh::keys::Algorithm::Ed25519]),
-        cipher: Cow::Owned(vec![russh::cipher::CHACHA20_POLY1305, russh::cipher::AES_256_GCM]),
+        cipher: Cow::Owned(vec![
+            russh::cipher::CHACHA20_POLY1305,
+            russh::cipher::AES_256_GCM,
+        ]),
         mac: Cow::Owned(vec![russh::mac::HMAC_SHA256_ETM]),
         compression: Cow::Owned(vec![russh::compression::NONE]),
         ..russh::Preferred::default()
