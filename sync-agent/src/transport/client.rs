@@ -206,19 +206,21 @@ fn preferred() -> Preferred {
             false
         }
     };
-    let mut p = Preferred::default();
-    p.kex = std::borrow::Cow::Owned(vec![
-        russh::kex::CURVE25519,
-        russh::kex::EXTENSION_SUPPORT_AS_CLIENT,
-        russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
-    ]);
-    p.key = std::borrow::Cow::Owned(vec![russh::keys::Algorithm::Ed25519]);
-    p.compression = std::borrow::Cow::Owned(vec![russh::compression::NONE]);
-    p.mac = std::borrow::Cow::Owned(vec![russh::mac::HMAC_SHA256_ETM]);
-    p.cipher = std::borrow::Cow::Owned(vec![
-        russh::cipher::CHACHA20_POLY1305,
-        russh::cipher::AES_256_GCM,
-    ]);
+    let mut p = Preferred {
+        kex: std::borrow::Cow::Owned(vec![
+            russh::kex::CURVE25519,
+            russh::kex::EXTENSION_SUPPORT_AS_CLIENT,
+            russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_CLIENT,
+        ]),
+        key: std::borrow::Cow::Owned(vec![russh::keys::Algorithm::Ed25519]),
+        compression: std::borrow::Cow::Owned(vec![russh::compression::NONE]),
+        mac: std::borrow::Cow::Owned(vec![russh::mac::HMAC_SHA256_ETM]),
+        cipher: std::borrow::Cow::Owned(vec![
+            russh::cipher::CHACHA20_POLY1305,
+            russh::cipher::AES_256_GCM,
+        ]),
+        ..Preferred::default()
+    };
     if aes {
         let mut ciphers = vec![russh::cipher::AES_256_GCM];
         ciphers.extend(
