@@ -55,7 +55,10 @@ pub struct Staging {
     dir: Dir,
     state: Dir,
     path: PathBuf,
-    committed: Option<Manifest>,
+    /// Loaded on first use: a no-change session only needs the root.
+    committed: std::cell::OnceCell<Option<Manifest>>,
+    /// `.ha-sync/root`, written with the manifest, read at open.
+    root: Option<Hash>,
     dirty: bool,
 }
 
@@ -85,27 +88,42 @@ impl Staging {
             .lstat("dirty")
             .map_err(at(path.join(".ha-sync/dirty")))?
             .is_some();
-        let committed = match state.read_file("manifest", crate::wire::MAX_MANIFEST) {
-            Ok(b) => match Manifest::decode(&b) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    tracing::warn!(
-                        "{}/.ha-sync/manifest: {e}; staging will be rescanned",
-                        path.display()
-                    );
-                    None
-                }
-            },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(at(path.join(".ha-sync/manifest"))(e)),
-        };
+        let root = state
+            .read_file("root", 128)
+            .ok()
+            .and_then(|b| Hash::from_hex(String::from_utf8_lossy(&b).trim()));
         Ok(Staging {
             dir,
             state,
             path: path.to_path_buf(),
-            committed,
+            committed: std::cell::OnceCell::new(),
+            root,
             dirty,
         })
+    }
+
+    fn load_committed(&self) -> Option<Manifest> {
+        let b = match self.state.read_file("manifest", crate::wire::MAX_MANIFEST) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(
+                    "{}/.ha-sync/manifest: {e}; staging will be rescanned",
+                    self.path.display()
+                );
+                return None;
+            }
+        };
+        match Manifest::decode(&b) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(
+                    "{}/.ha-sync/manifest: {e}; staging will be rescanned",
+                    self.path.display()
+                );
+                None
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -113,15 +131,20 @@ impl Staging {
     }
 
     pub fn committed(&self) -> Option<&Manifest> {
-        self.committed.as_ref()
+        self.committed
+            .get_or_init(|| self.load_committed())
+            .as_ref()
     }
 
-    /// The committed root, when the tree is known to hold exactly that.
+    /// The committed root, when the tree is known to hold exactly that. From `root`, written
+    /// before the manifest and trusted only without a dirty mark, so it never names a
+    /// generation the manifest does not hold; older trees without it hash the manifest.
     pub fn root(&self) -> Option<Hash> {
         if self.dirty {
             None
         } else {
-            self.committed.as_ref().map(Manifest::root_hash)
+            self.root
+                .or_else(|| self.committed().map(Manifest::root_hash))
         }
     }
 
@@ -132,11 +155,11 @@ impl Staging {
     /// What staging really holds under `list` (and under the committed list): the
     /// committed manifest when clean, a rescan when a sync was interrupted.
     pub fn current(&self, list: &[ListItem]) -> Result<Manifest, ApplyError> {
-        if let (false, Some(m)) = (self.dirty, &self.committed) {
+        if let (false, Some(m)) = (self.dirty, self.committed()) {
             return Ok(m.clone());
         }
         let mut all: Vec<ListItem> = list.to_vec();
-        if let Some(m) = &self.committed {
+        if let Some(m) = self.committed() {
             all.extend(m.list.iter().cloned());
         }
         all.sort();
@@ -304,6 +327,10 @@ impl Staging {
         )
         .map_err(at(self.path.join(RESTORE_LIST)))?;
         d.sync().map_err(at(self.path.join("tmp")))?;
+        let root = m.root_hash();
+        self.state
+            .write_file_atomic("root", root.to_hex().as_bytes(), None)
+            .map_err(at(self.path.join(".ha-sync/root")))?;
         self.state
             .write_file_atomic("manifest", &m.encode(), None)
             .map_err(at(self.path.join(".ha-sync/manifest")))?;
@@ -314,8 +341,9 @@ impl Staging {
         }
         self.state.sync().map_err(at(self.path.join(".ha-sync")))?;
         self.dirty = false;
-        self.committed = Some(m.clone());
-        Ok(m.root_hash())
+        self.committed = std::cell::OnceCell::from(Some(m.clone()));
+        self.root = Some(root);
+        Ok(root)
     }
 }
 

@@ -57,10 +57,13 @@ pub fn prepare(
     state_dir: &Path,
     runner: &dyn Runner,
 ) -> Result<Prepared, PrepareError> {
+    let t = std::time::Instant::now();
     let list = restore_list::compute(root, runner)?;
     let items = list_items(&list)?;
+    let t_list = t.elapsed();
     let cache_path = state_dir.join("statcache");
     let mut cache = StatCache::load(&cache_path);
+    let t_cache = t.elapsed();
     let excl = |p: &str| list.excludes.is_excluded(p);
     let (manifest, stats) = Scanner {
         root,
@@ -69,9 +72,17 @@ pub fn prepare(
     }
     .scan(&items, list.excludes.patterns())
     .map_err(SyncError::from)?;
+    let t_scan = t.elapsed();
     if let Err(e) = cache.save(&cache_path) {
         tracing::warn!("stat cache {}: {e}", cache_path.display());
     }
+    tracing::debug!(
+        "prepare: list {:?}, cache load {:?}, scan {:?}, cache save {:?}",
+        t_list,
+        t_cache - t_list,
+        t_scan - t_cache,
+        t.elapsed() - t_scan
+    );
     Ok(Prepared {
         list,
         manifest,

@@ -73,6 +73,20 @@ impl PrimaryState {
         self.dir.join("acked")
     }
 
+    fn acked_root_path(&self) -> PathBuf {
+        self.dir.join("acked.root")
+    }
+
+    /// Root hash of the acked manifest, without decoding it (written before it; read
+    /// back only when the manifest is there too).
+    pub fn acked_root(&self) -> Option<Hash> {
+        if !self.acked_path().exists() {
+            return None;
+        }
+        let s = std::fs::read_to_string(self.acked_root_path()).ok()?;
+        Hash::from_hex(s.trim())
+    }
+
     fn basis_path(&self, h: &Hash) -> PathBuf {
         self.dir.join("basis").join(h.to_hex())
     }
@@ -98,7 +112,10 @@ impl PrimaryState {
 
     fn set_acked(&self, m: Option<&Manifest>) -> Result<(), SyncError> {
         match m {
-            Some(m) => self.write(&self.acked_path(), &m.encode()),
+            Some(m) => {
+                self.write(&self.acked_root_path(), m.root_hash().to_hex().as_bytes())?;
+                self.write(&self.acked_path(), &m.encode())
+            }
             None => match std::fs::remove_file(self.acked_path()) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(SyncError::State {
                     path: self.acked_path(),
@@ -174,7 +191,7 @@ impl Primary<'_> {
         let start = Instant::now();
         let mut conn = Conn::new(stream);
         let root = self.manifest.root_hash();
-        let acked = self.state.acked();
+        let acked_root = self.state.acked_root();
         let mut rep = SyncReport {
             root,
             ..SyncReport::default()
@@ -183,7 +200,7 @@ impl Primary<'_> {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
             root,
-            acked: acked.as_ref().map(Manifest::root_hash),
+            acked: acked_root,
             node: self.node.to_string(),
         }))?;
         conn.flush()?;
@@ -194,7 +211,7 @@ impl Primary<'_> {
         if welcome.staging_root == Some(root) {
             conn.send(&Msg::Bye)?;
             conn.flush()?;
-            if acked.as_ref().map(Manifest::root_hash) != Some(root) {
+            if acked_root != Some(root) {
                 self.state.set_acked(Some(self.manifest))?;
             }
             rep.up_to_date = true;
@@ -204,7 +221,14 @@ impl Primary<'_> {
         }
         // The backup holds exactly what we last saw it commit: send only the changes, and
         // push the changed files right away (no round trip for wants).
-        let base = acked.filter(|a| welcome.staging_root == Some(a.root_hash()));
+        // Decoded only now: a no-change sync never needs it.
+        let base = if acked_root.is_some() && welcome.staging_root == acked_root {
+            self.state
+                .acked()
+                .filter(|a| welcome.staging_root == Some(a.root_hash()))
+        } else {
+            None
+        };
         let body = match &base {
             Some(b) => {
                 rep.form = Some(ManifestForm::Delta);
