@@ -344,3 +344,34 @@ fn a_connection_cut_mid_transfer_leaves_whole_files_and_the_old_commit_then_conv
     assert_same_tree(&a.join("etc/ha"), &staging_dir(&b).join("etc/ha"));
     assert!(snapshot(&staging_dir(&b).join("etc/ha")).len() == 41);
 }
+
+#[test]
+fn concurrent_now_runs_on_the_primary_are_serialized_not_refused_as_busy() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    ha_sync_tests::router_root(&a, &["/etc/ha"], &[], &[]);
+    std::fs::create_dir_all(a.join("etc/ha")).unwrap();
+    for i in 0..30 {
+        std::fs::write(
+            a.join(format!("etc/ha/f{i}")),
+            sample::Rng::new(i).bytes(50_000),
+        )
+        .unwrap();
+    }
+    let keys = Keys::new(&t.path().join("keys"));
+    let addr = cluster::spawn_backup(&b, &keys, "127.0.0.1:0", None);
+    keys.pin("127.0.0.1", addr.port());
+    let peer = addr.to_string();
+    // Without the primary's lock the second session would meet the agent's "busy" refusal.
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let (a, c) = (a.clone(), keys.client(&peer));
+            std::thread::spawn(move || cluster::now(&a, c, None).map(|(_, r)| r))
+        })
+        .collect();
+    for r in runs {
+        let rep = r.join().unwrap().expect("every concurrent run succeeds");
+        assert!(rep.up_to_date || rep.commit.is_some());
+    }
+    assert_same_tree(&a.join("etc/ha"), &staging_dir(&b).join("etc/ha"));
+}
