@@ -60,6 +60,9 @@ pub struct Staging {
     /// `.ha-sync/root`, written with the manifest, read at open.
     root: Option<Hash>,
     dirty: bool,
+    /// The directory of the last file written: files arrive in path order, mostly several
+    /// to a directory, and each fresh walk from the top costs an open per component.
+    last_parent: Option<(String, Dir)>,
 }
 
 impl Staging {
@@ -99,6 +102,7 @@ impl Staging {
             committed: std::cell::OnceCell::new(),
             root,
             dirty,
+            last_parent: None,
         })
     }
 
@@ -154,9 +158,9 @@ impl Staging {
 
     /// What staging really holds under `list` (and under the committed list): the
     /// committed manifest when clean, a rescan when a sync was interrupted.
-    pub fn current(&self, list: &[ListItem]) -> Result<Manifest, ApplyError> {
+    pub fn current(&self, list: &[ListItem]) -> Result<std::borrow::Cow<'_, Manifest>, ApplyError> {
         if let (false, Some(m)) = (self.dirty, self.committed()) {
-            return Ok(m.clone());
+            return Ok(std::borrow::Cow::Borrowed(m));
         }
         let mut all: Vec<ListItem> = list.to_vec();
         if let Some(m) = self.committed() {
@@ -181,7 +185,7 @@ impl Staging {
             cache: &mut cache,
         }
         .scan(&items, &[])?;
-        Ok(m)
+        Ok(std::borrow::Cow::Owned(m))
     }
 
     /// Marks the tree as changing; from here until `commit` a crash means "rescan".
@@ -292,7 +296,15 @@ impl Staging {
     /// Writes one file's content atomically with the entry's metadata.
     pub fn write_file(&mut self, e: &Entry, data: &[u8]) -> Result<(), ApplyError> {
         self.begin()?;
-        let d = self.parent(&e.path, true)?;
+        let parent = e
+            .path
+            .parent()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
+        let d = match self.last_parent.take() {
+            Some((p, d)) if p == parent => d,
+            _ => self.parent(&e.path, true)?,
+        };
         let full = self.path.join(e.path.as_str());
         if d.lstat(e.path.file_name())
             .map_err(at(&full))?
@@ -300,8 +312,13 @@ impl Staging {
         {
             d.remove_all(e.path.file_name()).map_err(at(&full))?;
         }
-        d.write_file_atomic(e.path.file_name(), data, Some(meta_of(e)))
-            .map_err(at(&full))
+        // No fsync per file: `commit` flushes the filesystem once before the commit point,
+        // and until then the dirty mark makes a crash mean "rescan".
+        let r = d
+            .write_file_replace(e.path.file_name(), data, Some(meta_of(e)), false)
+            .map_err(at(&full));
+        self.last_parent = Some((parent, d));
+        r
     }
 
     /// The staged copy of a file, as basis for a delta; `None` if it is not a regular file.

@@ -8,7 +8,6 @@
 
 use crate::path::RelPath;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::fmt;
 
 /// Most entries a manifest may have (bounds memory on a hostile peer's input).
@@ -166,7 +165,8 @@ impl Manifest {
                 self.entries.len().max(self.list.len()),
             ));
         }
-        let mut kinds: BTreeMap<&RelPath, &Kind> = BTreeMap::new();
+        let mut kinds: std::collections::HashMap<&str, &Kind> =
+            std::collections::HashMap::with_capacity(self.entries.len());
         let mut prev: Option<&RelPath> = None;
         for e in &self.entries {
             if prev.is_some_and(|p| p >= &e.path) {
@@ -178,24 +178,26 @@ impl Manifest {
                     return Err(ManifestError::BadLinkTarget(e.path.clone()));
                 }
             }
-            let mut anc = e.path.parent();
-            while let Some(a) = anc {
-                if let Some(k) = kinds.get(&a) {
+            let p = e.path.as_str();
+            let mut end = p.len();
+            while let Some(i) = p[..end].rfind('/') {
+                let anc = &p[..i];
+                if let Some(k) = kinds.get(anc) {
                     if !matches!(k, Kind::Dir) {
                         return Err(ManifestError::ParentNotDir {
                             path: e.path.clone(),
-                            parent: a,
+                            parent: RelPath::new(anc).expect("prefix of a valid path"),
                             kind: k.name(),
                         });
                     }
                     break; // the parent was checked the same way already
                 }
-                anc = a.parent();
+                end = i;
             }
             if !self.list.iter().any(|l| e.path.starts_with(&l.path)) {
                 return Err(ManifestError::NotListed(e.path.clone()));
             }
-            kinds.insert(&e.path, &e.kind);
+            kinds.insert(p, &e.kind);
         }
         Ok(())
     }
@@ -343,17 +345,27 @@ impl ManifestDelta {
                 self.upserts.len().max(self.removes.len()),
             ));
         }
-        let mut map: BTreeMap<RelPath, Entry> = base
-            .entries
-            .iter()
-            .map(|e| (e.path.clone(), e.clone()))
-            .collect();
-        for r in &self.removes {
-            map.remove(r);
+        // A merge of sorted lists: the base is sorted (validated), the changes are sorted
+        // here (a peer's order is not trusted).
+        let mut ups: Vec<&Entry> = self.upserts.iter().collect();
+        ups.sort_by(|a, b| a.path.cmp(&b.path));
+        ups.dedup_by(|a, b| a.path == b.path);
+        let mut rms: Vec<&RelPath> = self.removes.iter().collect();
+        rms.sort();
+        let mut entries = Vec::with_capacity(base.entries.len() + ups.len());
+        let (mut u, mut r) = (ups.into_iter().peekable(), rms.into_iter().peekable());
+        for e in &base.entries {
+            while let Some(x) = u.next_if(|x| x.path < e.path) {
+                entries.push(x.clone());
+            }
+            while r.next_if(|x| **x < e.path).is_some() {}
+            if let Some(x) = u.next_if(|x| x.path == e.path) {
+                entries.push(x.clone());
+            } else if r.next_if(|x| **x == e.path).is_none() {
+                entries.push(e.clone());
+            }
         }
-        for u in &self.upserts {
-            map.insert(u.path.clone(), u.clone());
-        }
+        entries.extend(u.cloned());
         let (list, excludes) = match &self.list {
             Some((l, x)) => (l.clone(), x.clone()),
             None => (base.list.clone(), base.excludes.clone()),
@@ -361,7 +373,7 @@ impl ManifestDelta {
         let m = Manifest {
             list,
             excludes,
-            entries: map.into_values().collect(),
+            entries,
         };
         m.validate()?;
         Ok(m)

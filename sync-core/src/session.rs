@@ -634,8 +634,7 @@ impl Backup<'_> {
                 "does not match the root hash announced in Hello".into(),
             ));
         }
-        let current = self.staging.current(&new.list)?;
-        let ops = crate::manifest::diff(&current, &new);
+        let ops = crate::manifest::diff(&*self.staging.current(&new.list)?, &new);
         self.staging.apply_structure(&ops)?;
         let mut touched: BTreeSet<RelPath> = ops.iter().map(|o| o.path().clone()).collect();
         // Files that still need content, with the staged copy's entry (delta basis).
