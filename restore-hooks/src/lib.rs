@@ -311,6 +311,18 @@ pub fn run_hook(ctx: &Ctx, event: Event) -> Result<HookOutcome, HookError> {
         Event::NotifyStop => hooks::teardown(ctx, false),
         Event::NotifySync => Vec::new(),
     };
+    // A backup stepping down from master takes the generation it refused while it was
+    // master: the primary's next sync finds staging up to date and would not send it again.
+    // Nothing is written when live already holds it.
+    if event == Event::NotifyBackup && out.restore.is_none() && role(ctx.root) == Some(Role::Backup)
+    {
+        match restore_committed(ctx) {
+            Ok(r) => out.restore = Some(r),
+            Err(e) => out
+                .errors
+                .push(format!("restore of the committed generation: {e}")),
+        }
+    }
     Ok(out)
 }
 

@@ -301,13 +301,19 @@ fn restores_are_refused_on_the_master_and_on_the_primary() {
     assert!(out.restore.unwrap().refused.is_some());
     assert!(r.lines().is_empty());
 
-    // Back to backup: the same generation lands.
-    run_hook(&p.ctx(&r), Event::NotifyBackup).unwrap();
-    let rep = restore_after_commit(&p.ctx(&r), &m, &c);
+    // Back to backup: the generation refused while master lands with NOTIFY_BACKUP itself
+    // (the primary's next sync finds staging up to date and sends nothing), and a later
+    // restore of it has nothing left to do.
+    let out = run_hook(&p.ctx(&r), Event::NotifyBackup).unwrap();
+    let rep = out
+        .restore
+        .expect("NOTIFY_BACKUP restores the committed generation");
     assert!(
         rep.applied && rep.changed == ["/etc/config/firewall"],
         "{rep:?}"
     );
+    let rep = restore_after_commit(&p.ctx(&r), &m, &c);
+    assert!(rep.applied && rep.changed.is_empty(), "{rep:?}");
 
     // A node configured as primary never restores.
     write(
