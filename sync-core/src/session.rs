@@ -208,6 +208,7 @@ impl Primary<'_> {
             Msg::Welcome(w) => w,
             other => return Err(unexpected("Welcome", &other).into()),
         };
+        tracing::debug!("primary: welcome at {:?}", start.elapsed());
         if welcome.staging_root == Some(root) {
             conn.send(&Msg::Bye)?;
             conn.flush()?;
@@ -273,6 +274,7 @@ impl Primary<'_> {
         }
         conn.send(&Msg::EndOfPush)?;
         conn.flush()?;
+        tracing::debug!("primary: manifest and pushes sent at {:?}", start.elapsed());
         loop {
             let mut wants = Vec::new();
             loop {
@@ -305,6 +307,7 @@ impl Primary<'_> {
             Msg::Committed(c) => c,
             other => return Err(unexpected("Committed", &other).into()),
         };
+        tracing::debug!("primary: committed at {:?}", start.elapsed());
         // Only a commit of exactly our manifest lets the next sync send changes from it.
         if commit.root == root {
             self.state.set_acked(Some(self.manifest))?;
@@ -582,6 +585,7 @@ impl Backup<'_> {
     }
 
     fn converse<S: Read + Write>(&mut self, conn: &mut Conn<S>) -> Result<BackupReport, SyncError> {
+        let t0 = Instant::now();
         let hello = match conn.recv()? {
             Msg::Hello(h) => h,
             other => return Err(unexpected("Hello", &other).into()),
@@ -634,7 +638,13 @@ impl Backup<'_> {
                 "does not match the root hash announced in Hello".into(),
             ));
         }
+        tracing::debug!("backup: manifest decoded and checked at {:?}", t0.elapsed());
         let ops = crate::manifest::diff(&*self.staging.current(&new.list)?, &new);
+        tracing::debug!(
+            "backup: manifest in, {} ops, diff {:?}",
+            ops.len(),
+            t0.elapsed()
+        );
         self.staging.apply_structure(&ops)?;
         let mut touched: BTreeSet<RelPath> = ops.iter().map(|o| o.path().clone()).collect();
         // Files that still need content, with the staged copy's entry (delta basis).
@@ -721,6 +731,7 @@ impl Backup<'_> {
         } else {
             self.staging.commit(&committed)?
         };
+        tracing::debug!("backup: committed {:?} after the manifest", t0.elapsed());
         let commit = Commit {
             root,
             changed,
