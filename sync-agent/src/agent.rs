@@ -1,5 +1,6 @@
 //! The two agents: the backup's sync handler behind the SSH server, and the primary's
-//! `now` (one sync over a fresh connection, serialized by a lock).
+//! `now` (one sync over a fresh connection, serialized by a lock). The daemon
+//! ([`crate::daemon`]) runs the same pieces over a connection it keeps open.
 
 use crate::transport::{self, ClientConfig, PeerInfo, ReadWrite, StreamHandler, TransportError};
 use std::fs::File;
@@ -9,7 +10,9 @@ use std::sync::Arc;
 use sync_core::apply::Staging;
 use sync_core::local::{self, PrepareError, Prepared, STATE_DIR};
 use sync_core::manifest::Manifest;
+use sync_core::restore_list;
 use sync_core::runner::Runner;
+use sync_core::scan::{Scanner, StatCache};
 use sync_core::session::{Backup, Primary, PrimaryState, SyncError, SyncReport};
 use sync_core::wire::{Commit, RestoreReport};
 
@@ -103,28 +106,52 @@ pub struct NowOptions {
     pub progress: Box<dyn FnMut(u64, u64) + Send>,
 }
 
-/// One sync: lock, restore list + scan, connect, run the protocol. Ok only when the backup
-/// committed our manifest (or already held it).
-pub async fn now(opts: NowOptions) -> Result<(Prepared, SyncReport), NowError> {
-    let state_dir = opts.root.join(STATE_DIR);
-    let _lock = {
-        let p = state_dir.join("now.lock");
-        tokio::task::spawn_blocking(move || lock(&p))
-            .await
-            .expect("lock task")?
-    };
-    let root = opts.root.clone();
-    let runner = opts.runner.clone();
-    let sd = state_dir.clone();
-    let prepared = tokio::task::spawn_blocking(move || local::prepare(&root, &sd, runner.as_ref()))
+/// The lock every sync from this root holds (`now` and the daemon), so two never interleave.
+pub fn sync_lock_path(root: &Path) -> PathBuf {
+    root.join(STATE_DIR).join("now.lock")
+}
+
+/// [`lock`] on a blocking thread.
+pub async fn lock_async(path: PathBuf) -> Result<Lock, NowError> {
+    tokio::task::spawn_blocking(move || lock(&path))
         .await
-        .expect("scan task")?;
-    let manifest = prepared.manifest.clone();
-    let root = opts.root.clone();
-    let mut progress = opts.progress;
-    let node = local::node_name(&opts.root, "primary");
-    let report = transport::run(&opts.client, move |stream| {
-        let state = PrimaryState::new(&state_dir);
+        .expect("lock task")
+}
+
+/// [`local::prepare`] with a stat cache the caller keeps (the daemon keeps it in memory
+/// between syncs, so an idle tree costs one `lstat` per entry and no read).
+pub fn prepare_cached(
+    root: &Path,
+    runner: &dyn Runner,
+    cache: &mut StatCache,
+) -> Result<Prepared, PrepareError> {
+    let list = restore_list::compute(root, runner)?;
+    let items = local::list_items(&list)?;
+    let excl = |p: &str| list.excludes.is_excluded(p);
+    let (manifest, stats) = Scanner {
+        root,
+        is_excluded: &excl,
+        cache,
+    }
+    .scan(&items, list.excludes.patterns())
+    .map_err(SyncError::from)?;
+    Ok(Prepared {
+        list,
+        manifest,
+        stats,
+    })
+}
+
+/// The primary's side of one session over `stream`, for [`transport::run`] or
+/// [`transport::Connection::session`].
+pub fn primary_session(
+    root: PathBuf,
+    manifest: Manifest,
+    mut progress: Box<dyn FnMut(u64, u64) + Send>,
+) -> impl FnOnce(&mut dyn ReadWrite) -> Result<SyncReport, SyncError> + Send + 'static {
+    move |stream| {
+        let state = PrimaryState::new(&root.join(STATE_DIR));
+        let node = local::node_name(&root, "primary");
         Primary {
             root: &root,
             manifest: &manifest,
@@ -133,19 +160,37 @@ pub async fn now(opts: NowOptions) -> Result<(Prepared, SyncReport), NowError> {
             progress: &mut *progress,
         }
         .run(stream)
-    })
-    .await??;
-    if !report.up_to_date {
-        match &report.commit {
-            Some(c) if c.root == report.root => {}
-            Some(c) => {
-                return Err(NowError::NotCommitted(format!(
-                    "it committed {} instead of {} (a file changed during the sync; the next one converges)",
-                    c.root, report.root
-                )))
-            }
-            None => return Err(NowError::NotCommitted("no commit received".into())),
-        }
     }
+}
+
+/// Ok when the backup holds what we sent: it was up to date, or it committed our root.
+pub fn check_committed(report: &SyncReport) -> Result<(), NowError> {
+    if report.up_to_date {
+        return Ok(());
+    }
+    match &report.commit {
+        Some(c) if c.root == report.root => Ok(()),
+        Some(c) => Err(NowError::NotCommitted(format!(
+            "it committed {} instead of {} (a file changed during the sync; the next one converges)",
+            c.root, report.root
+        ))),
+        None => Err(NowError::NotCommitted("no commit received".into())),
+    }
+}
+
+/// One sync: lock, restore list + scan, connect, run the protocol. Ok only when the backup
+/// committed our manifest (or already held it).
+pub async fn now(opts: NowOptions) -> Result<(Prepared, SyncReport), NowError> {
+    let state_dir = opts.root.join(STATE_DIR);
+    let _lock = lock_async(sync_lock_path(&opts.root)).await?;
+    let root = opts.root.clone();
+    let runner = opts.runner.clone();
+    let sd = state_dir.clone();
+    let prepared = tokio::task::spawn_blocking(move || local::prepare(&root, &sd, runner.as_ref()))
+        .await
+        .expect("scan task")?;
+    let session = primary_session(opts.root.clone(), prepared.manifest.clone(), opts.progress);
+    let report = transport::run(&opts.client, session).await??;
+    check_committed(&report)?;
     Ok((prepared, report))
 }

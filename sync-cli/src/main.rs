@@ -7,6 +7,7 @@ use std::time::Instant;
 use sync_core::local;
 use sync_core::runner::SystemRunner;
 
+mod cluster;
 mod demo;
 mod net;
 
@@ -46,9 +47,17 @@ enum Command {
     Serve(net::ServeArgs),
     /// Sync now: restore list, scan, and send what changed to the backup.
     Now(net::NowArgs),
+    /// Run the primary's daemon: sync each change as it happens (inotify), every INTERVAL
+    /// seconds as a safety net, and on `ha-sync now`; only while primary and VRRP master.
+    Watch(net::WatchArgs),
+    /// Show the cluster status (the layout of `ns-ha-config status`) and the daemon's figures.
+    Status(net::StatusArgs),
     /// Fetch the backup's host key and pin it in the known-hosts file (verify the printed
     /// fingerprint out of band first).
     Pin(net::PinArgs),
+    /// Set up and run the HA cluster: the actions of ns-ha-config (also available by running
+    /// this binary as `ns-ha-config`).
+    Cluster(cluster::ClusterArgs),
     /// Handle a keepalived event on this node: NOTIFY_SYNC (restore staging -> live),
     /// NOTIFY_MASTER, NOTIFY_BACKUP, NOTIFY_FAULT, NOTIFY_STOP.
     Hook {
@@ -77,14 +86,29 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // Installed as (or linked to) `ns-ha-config`: the incumbent's command line, same words.
+    if cluster::invoked_as_ns_ha_config() {
+        if let Err(e) = cluster::ns_ha_config_main() {
+            eprintln!("ns-ha-config: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let cli = Cli::parse();
+    // The daemon reports each sync (procd passes stderr to syslog); commands only warn.
+    let level = match cli.cmd {
+        Command::Watch(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("HA_SYNC_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| level.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Err(e) = run(Cli::parse()) {
+    if let Err(e) = run(cli) {
         if e.chain().any(|c| {
             c.downcast_ref::<std::io::Error>()
                 .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
@@ -121,7 +145,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => net::serve(a),
         Command::Hook { event, root, json } => hook(event, &root, json),
         Command::Now(a) => net::now(a),
+        Command::Watch(a) => net::watch(a),
+        Command::Status(a) => net::status(a),
         Command::Pin(a) => net::pin(a),
+        Command::Cluster(a) => cluster::run(a),
     }
 }
 

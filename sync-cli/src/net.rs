@@ -1,4 +1,5 @@
-//! The networked commands: `serve` (backup agent), `now` (primary), `pin`.
+//! The networked commands: `serve` (backup agent), `now` and `watch` (primary), `status`,
+//! `pin`.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -9,6 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sync_agent::agent::{self, BackupHandler, NowOptions, RestoreHook};
 use sync_agent::config;
+use sync_agent::control::{self, ControlError, NowReply};
+use sync_agent::daemon::{self, DaemonConfig};
+use sync_agent::status;
 use sync_agent::transport::{self, ClientConfig, ServerConfig};
 use sync_core::local;
 use sync_core::runner::SystemRunner;
@@ -47,6 +51,46 @@ pub struct NowArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// The daemon's control socket: when a daemon listens there, it syncs (with its own
+    /// peer and keys) and this prints its result [default: ROOT/var/run/ha-sync.sock]
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Sync in this process even when a daemon runs.
+    #[arg(long)]
+    no_daemon: bool,
+}
+
+#[derive(Args)]
+pub struct WatchArgs {
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Backup agent ADDR:PORT [default: keepalived.ha_peer address and ssh_port]
+    #[arg(long)]
+    peer: Option<String>,
+    /// Cluster private key [default: keepalived.ha_peer.ssh_key, else ROOT/etc/ha-sync/id_ed25519]
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// OpenSSH known_hosts pinning the backup's host key [default: ROOT/etc/ha-sync/known_hosts]
+    #[arg(long)]
+    known_hosts: Option<PathBuf>,
+    /// Seconds between reconcile syncs, the safety net behind inotify (0: none)
+    #[arg(long, default_value_t = 60)]
+    interval: u64,
+    /// Control socket for `ha-sync now` and `ha-sync status` [default: ROOT/var/run/ha-sync.sock]
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Print JSON (the keys of `ns-ha-config status`, plus `sync`, `daemon` and `alerts`).
+    #[arg(long)]
+    json: bool,
+    /// The daemon's control socket [default: ROOT/var/run/ha-sync.sock]
+    #[arg(long)]
+    socket: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -111,6 +155,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     };
     runtime()?.block_on(async move {
         let server = transport::bind(cfg, Arc::new(handler)).await?;
+        // The cluster actions (ns-ha-config on the primary), for the cluster key only.
+        let server = sync_agent::cluster::remote::register(server, &a.root, Arc::new(SystemRunner));
         eprintln!(
             "ha-sync: backup agent listening on {}",
             server.local_addr()?
@@ -136,7 +182,57 @@ fn peer_of(root: &std::path::Path, peer: Option<String>) -> Result<(String, conf
     Ok((peer, pc))
 }
 
+/// Prints what the daemon answered to `now`; an error when its sync failed.
+fn daemon_now(reply: NowReply, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(&reply)?);
+    } else if let Some(r) = &reply.sync {
+        let what = if !r.network || r.up_to_date {
+            "up to date".to_string()
+        } else {
+            format!("{} changed, {} files sent", r.changed, r.files_sent)
+        };
+        println!(
+            "{}: {what}; {} out / {} in (protocol), round_trips={}; {:.1} ms (by the daemon: {})",
+            reply.peer,
+            crate::bytes(r.wire_sent),
+            crate::bytes(r.wire_received),
+            r.round_trips,
+            r.duration_ms,
+            r.status
+        );
+        if let Some(rs) = &r.restore {
+            if let Some(why) = &rs.refused {
+                println!("backup did not restore: {why}");
+            }
+            for (p, e) in &rs.errors {
+                println!("backup restore error: {p}: {e}");
+            }
+        }
+    }
+    if !reply.ok {
+        bail!(
+            "the daemon's sync to {} failed: {}",
+            reply.peer,
+            reply.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+    Ok(())
+}
+
 pub fn now(a: NowArgs) -> Result<()> {
+    if !a.no_daemon {
+        let socket = a
+            .socket
+            .clone()
+            .unwrap_or_else(|| status::default_socket(&a.root));
+        match control::now(&socket) {
+            Ok(reply) => return daemon_now(reply, a.json),
+            // No daemon: sync in this process, as before there was one.
+            Err(ControlError::NoDaemon { .. }) => {}
+            Err(e) => return Err(e).context("asking the daemon to sync"),
+        }
+    }
     let (peer, pc) = peer_of(&a.root, a.peer)?;
     let client = ClientConfig::new(
         peer.clone(),
@@ -231,5 +327,58 @@ pub fn pin(a: PinArgs) -> Result<()> {
         transport::keys::fingerprint(&key),
         kh.display()
     );
+    Ok(())
+}
+
+pub fn watch(a: WatchArgs) -> Result<()> {
+    let (peer, pc) = peer_of(&a.root, a.peer)?;
+    let client = ClientConfig::new(
+        peer,
+        a.key.unwrap_or(pc.key),
+        a.known_hosts
+            .unwrap_or_else(|| config::known_hosts(&a.root)),
+    );
+    let mut cfg = DaemonConfig::new(a.root.clone(), client);
+    cfg.reconcile = Duration::from_secs(a.interval);
+    if let Some(s) = a.socket {
+        cfg.socket = s;
+    }
+    // One thread drives the daemon; scans and sessions run on tokio's blocking threads.
+    // An idle daemon then holds few threads and little memory.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            match term {
+                Ok(mut term) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = tokio::signal::ctrl_c() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        };
+        tracing::info!("ha-sync daemon starting for {}", cfg.root.display());
+        daemon::run(cfg, Arc::new(SystemRunner), shutdown).await
+    })?;
+    Ok(())
+}
+
+pub fn status(a: StatusArgs) -> Result<()> {
+    let socket = a.socket.unwrap_or_else(|| status::default_socket(&a.root));
+    let live = control::status(&socket).ok();
+    status::refresh_keepalived_json(&a.root, &SystemRunner);
+    let st = status::collect(&a.root, live);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&st.to_json())?);
+    } else {
+        print!("{}", st.render());
+    }
     Ok(())
 }

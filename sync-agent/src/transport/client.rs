@@ -1,6 +1,11 @@
 //! The primary's side: connect, check the pinned host key, log in with a key, run the
 //! `ha-sync` subsystem and hand its stream to synchronous code.
+//!
+//! Two ways to use it: [`run`] connects, runs one session and disconnects (`ha-sync now`);
+//! [`Connection`] stays connected and opens one channel per session (the daemon), which
+//! saves the TCP and SSH handshakes, key exchange and login on every sync after the first.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -96,15 +101,21 @@ enum HostCheck {
     Capture(Arc<Mutex<Option<PublicKey>>>),
 }
 
+/// Cancellation tokens of the open channels, by id.
+type ChannelTokens = Arc<Mutex<HashMap<ChannelId, CancellationToken>>>;
+
 struct Handler {
     check: HostCheck,
-    /// Cancelled when the server closes a channel or the connection ends.
-    closed: CancellationToken,
+    /// Cancelled when the connection ends (russh drops the handler with it).
+    gone: CancellationToken,
+    /// Each channel's token, cancelled when the server closes that channel, so a write
+    /// waiting for window space on it gives up; the other channels go on.
+    channels: ChannelTokens,
 }
 
 impl Drop for Handler {
     fn drop(&mut self) {
-        self.closed.cancel();
+        self.gone.cancel();
     }
 }
 
@@ -158,11 +169,16 @@ impl client::Handler for Handler {
 
     async fn channel_close(
         &mut self,
-        _channel: ChannelId,
+        channel: ChannelId,
         _session: &mut client::Session,
     ) -> Result<(), TransportError> {
-        // One channel per connection: its close ends any wait for window space.
-        self.closed.cancel();
+        let token = match self.channels.lock() {
+            Ok(mut c) => c.remove(&channel),
+            Err(p) => p.into_inner().remove(&channel),
+        };
+        if let Some(t) = token {
+            t.cancel();
+        }
         Ok(())
     }
 }
@@ -319,36 +335,133 @@ where
     F: FnOnce(&mut dyn ReadWrite) -> T + Send + 'static,
     T: Send + 'static,
 {
-    let (host, port) = parse_peer(&cfg.peer)?;
-    let key = {
-        let path = cfg.key.clone();
-        tokio::task::spawn_blocking(move || load_private_key(&path))
-            .await
-            .map_err(|e| TransportError::Internal(e.to_string()))??
-    };
-    let closed = CancellationToken::new();
-    let handler = Handler {
-        check: HostCheck::Pinned {
-            known_hosts: cfg.known_hosts.clone(),
-            host: host.clone(),
-            port,
-            peer: cfg.peer.clone(),
-        },
-        closed: closed.clone(),
-    };
-    let setup = async {
-        let mut session = connect(cfg, &host, port, handler).await?;
-        authenticate(&mut session, cfg, key).await?;
-        let (channel, early) = open_subsystem(&session, &cfg.peer).await?;
-        Ok::<_, TransportError>((session, channel, early))
-    };
-    let (session, channel, early) = tokio::time::timeout(cfg.connect_timeout, setup)
-        .await
-        .map_err(|_| TransportError::ConnectTimeout {
-            peer: cfg.peer.clone(),
-            timeout: cfg.connect_timeout,
-        })??;
+    let conn = Connection::open(cfg).await?;
+    let result = conn.session(f).await;
+    conn.disconnect().await;
+    result
+}
 
+/// A logged-in connection to the backup, kept open between sessions: each
+/// [`session`](Connection::session) is a new channel on it. russh sends a keepalive every
+/// 15 s and drops the connection after 3 unanswered ones; [`closed`](Connection::closed)
+/// resolves then, or as soon as the peer closes the TCP connection.
+pub struct Connection {
+    handle: client::Handle<Handler>,
+    peer: String,
+    /// Bound on opening a channel and starting the subsystem on it.
+    open_timeout: Duration,
+    gone: CancellationToken,
+    channels: ChannelTokens,
+}
+
+impl Connection {
+    /// Connects, checks the pinned host key and logs in, all within `cfg.connect_timeout`.
+    pub async fn open(cfg: &ClientConfig) -> Result<Connection> {
+        let (host, port) = parse_peer(&cfg.peer)?;
+        let key = {
+            let path = cfg.key.clone();
+            tokio::task::spawn_blocking(move || load_private_key(&path))
+                .await
+                .map_err(|e| TransportError::Internal(e.to_string()))??
+        };
+        let gone = CancellationToken::new();
+        let channels = ChannelTokens::default();
+        let handler = Handler {
+            check: HostCheck::Pinned {
+                known_hosts: cfg.known_hosts.clone(),
+                host: host.clone(),
+                port,
+                peer: cfg.peer.clone(),
+            },
+            gone: gone.clone(),
+            channels: channels.clone(),
+        };
+        let setup = async {
+            let mut session = connect(cfg, &host, port, handler).await?;
+            authenticate(&mut session, cfg, key).await?;
+            Ok::<_, TransportError>(session)
+        };
+        let handle = tokio::time::timeout(cfg.connect_timeout, setup)
+            .await
+            .map_err(|_| TransportError::ConnectTimeout {
+                peer: cfg.peer.clone(),
+                timeout: cfg.connect_timeout,
+            })??;
+        Ok(Connection {
+            handle,
+            peer: cfg.peer.clone(),
+            open_timeout: cfg.connect_timeout,
+            gone,
+            channels,
+        })
+    }
+
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Whether the connection is gone (closed by either side, or dead by keepalive).
+    pub fn is_closed(&self) -> bool {
+        self.gone.is_cancelled() || self.handle.is_closed()
+    }
+
+    /// Resolves when the connection is gone.
+    pub async fn closed(&self) {
+        self.gone.cancelled().await
+    }
+
+    /// Runs `f` on a new `ha-sync` channel, as [`run`] does on a new connection.
+    pub async fn session<F, T>(&self, f: F) -> Result<T, TransportError>
+    where
+        F: FnOnce(&mut dyn ReadWrite) -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (channel, early) =
+            tokio::time::timeout(self.open_timeout, open_subsystem(&self.handle, &self.peer))
+                .await
+                .map_err(|_| TransportError::ConnectTimeout {
+                    peer: self.peer.clone(),
+                    timeout: self.open_timeout,
+                })??;
+        let id = channel.id();
+        let closed = self.gone.child_token();
+        self.with_channels(|c| c.insert(id, closed.clone()));
+        let result = run_channel(channel, early, closed, &self.peer, f).await;
+        self.with_channels(|c| c.remove(&id));
+        result
+    }
+
+    fn with_channels<R>(
+        &self,
+        f: impl FnOnce(&mut HashMap<ChannelId, CancellationToken>) -> R,
+    ) -> R {
+        match self.channels.lock() {
+            Ok(mut c) => f(&mut c),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    /// Says goodbye to the server (best effort) and drops the connection.
+    pub async fn disconnect(self) {
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "session done", "en")
+            .await;
+    }
+}
+
+/// Runs `f` on an open `ha-sync` channel and turns the remote's report into the result.
+async fn run_channel<F, T>(
+    channel: Channel<Msg>,
+    early: Vec<ChannelMsg>,
+    closed: CancellationToken,
+    peer: &str,
+    f: F,
+) -> Result<T, TransportError>
+where
+    F: FnOnce(&mut dyn ReadWrite) -> T + Send + 'static,
+    T: Send + 'static,
+{
     let (mut stream, write, shared, pump) = bridge::start(channel, early, closed.clone());
     let value = tokio::task::spawn_blocking(move || {
         let value = f(&mut stream);
@@ -359,16 +472,18 @@ where
     bridge::send_or_closed(&closed, write.eof()).await;
     let finished = tokio::time::timeout(RESULT_WAIT, pump).await.is_ok();
     let report = shared.report();
-    let _ = session
-        .disconnect(Disconnect::ByApplication, "session done", "en")
-        .await;
+    if !finished {
+        // russh answers the server's close by itself; a channel the server never closed is
+        // closed from here so it does not linger on a connection that stays open.
+        bridge::send_or_closed(&closed, write.close()).await;
+    }
 
     let value = value.map_err(|e| TransportError::Internal(format!("sync code failed: {e}")))?;
     let stderr = report.stderr_text();
     match (report.exit_status, &report.exit_signal) {
         (Some(0), _) => {
             if !stderr.is_empty() {
-                tracing::warn!("{}: {stderr}", cfg.peer);
+                tracing::warn!("{peer}: {stderr}");
             }
             Ok(value)
         }
@@ -387,7 +502,7 @@ where
                 .to_string(),
         }),
         (None, None) => Err(TransportError::ConnectionLost {
-            peer: cfg.peer.clone(),
+            peer: peer.to_string(),
             detail: match (finished, stderr.is_empty()) {
                 (false, _) => format!(" (no answer within {RESULT_WAIT:?})"),
                 (true, true) => String::new(),
@@ -404,7 +519,8 @@ pub async fn fetch_host_key(peer: &str) -> Result<PublicKey> {
     let slot = Arc::new(Mutex::new(None));
     let handler = Handler {
         check: HostCheck::Capture(slot.clone()),
-        closed: CancellationToken::new(),
+        gone: CancellationToken::new(),
+        channels: ChannelTokens::default(),
     };
     let cfg = ClientConfig::new(peer, PathBuf::new(), PathBuf::new());
     let result = tokio::time::timeout(cfg.connect_timeout, connect(&cfg, &host, port, handler))

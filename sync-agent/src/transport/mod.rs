@@ -1,7 +1,8 @@
 //! SSH transport between the two nodes.
 //!
 //! The backup runs [`server::Server`] (key-only SSH on port 65022, one subsystem named
-//! [`SUBSYSTEM`]); the primary calls [`client::run`]. Both sides hand the sync protocol a
+//! [`SUBSYSTEM`]); the primary calls [`client::run`], or keeps a [`client::Connection`] open
+//! and runs one session per channel on it (the daemon). Both sides hand the sync protocol a
 //! plain blocking byte stream ([`ReadWrite`]) on a blocking thread: the protocol code never
 //! sees SSH or tokio.
 //!
@@ -24,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::{fetch_host_key, run, ClientConfig};
+pub use client::{fetch_host_key, run, ClientConfig, Connection};
 pub use keys::{
     check_known_host, generate_keypair, load_or_create_host_key, load_private_key, pin_known_host,
     AuthorizedKeys, HostKeyStatus,
@@ -44,7 +45,7 @@ pub const EXIT_ERROR: u32 = 1;
 /// Size of the read and write buffers around the channel.
 pub(crate) const STREAM_BUFFER: usize = 64 * 1024;
 /// SSH channel window offered to the peer (bytes in flight before it waits for us).
-pub(crate) const CHANNEL_WINDOW: u32 = 8 * 1024 * 1024;
+pub(crate) const CHANNEL_WINDOW: u32 = 2 * 1024 * 1024;
 /// Largest SSH packet we accept; russh warns above 65535.
 pub(crate) const MAX_PACKET: u32 = 65535;
 /// Longest stderr text kept from the remote side.

@@ -374,7 +374,7 @@ async fn serve_channel(
         peer.addr,
         peer.key_fingerprint
     );
-    let (mut stream, write, _shared, _pump) = bridge::start(channel, Vec::new(), closed.clone());
+    let (mut stream, write, _shared, pump) = bridge::start(channel, Vec::new(), closed.clone());
     let peer2 = peer.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let result = handler.handle(&mut stream, &peer2);
@@ -410,6 +410,12 @@ async fn serve_channel(
     bridge::send_or_closed(&closed, write.eof()).await;
     bridge::send_or_closed(&closed, write.exit_status(status)).await;
     bridge::send_or_closed(&closed, write.close()).await;
+    // Closed from this side, the channel is no longer "established" for russh, which then
+    // drops the client's closing reply without telling the handler or the pump: stop the
+    // pump and free the channel's slot here, or a connection kept open for many sessions
+    // (the primary's daemon) runs out of channels after MAX_CHANNELS of them.
+    pump.abort();
+    closed.cancel();
 }
 
 fn closed_error(e: &std::io::Error) -> bool {

@@ -1,0 +1,761 @@
+//! The `ns-ha-config` actions. Each reads and writes files under `ctx.root` and runs commands
+//! through `ctx.runner` only, so the same code runs a router and a test on a temporary root.
+//!
+//! Actions that change the cluster run on the primary: they change its UCI, hand the whole
+//! spec to the backup (`configure`, when the backup is initialized: `peer` is `None` before
+//! `init-backup-node`) and reload keepalived. The backup's half of each remote action is
+//! [`serve`].
+
+use std::fmt::Write as _;
+use std::fs;
+use std::net::Ipv4Addr;
+
+use serde_json::{json, Value};
+use sync_core::runner::Cmd;
+use sync_core::uci::Package;
+
+use super::addr::Cidr;
+use super::keepalived::{self, Alias, HaIface, Spec};
+use super::network::{self, Iface};
+use super::{conntrackd, ClusterError, Ctx, Peer, RemoteAction, Role, KEEPALIVED_UCI};
+use crate::config;
+
+/// Services the cluster enables, starts, stops and disables together.
+pub const SERVICES: &[&str] = &["keepalived", "conntrackd"];
+
+fn parse_vip(value: &str) -> Result<Cidr, ClusterError> {
+    value.parse().map_err(|why| ClusterError::BadCidr {
+        value: value.to_string(),
+        why,
+    })
+}
+
+fn parse_ip(value: &str, what: &'static str) -> Result<Ipv4Addr, ClusterError> {
+    value.parse().map_err(|_| ClusterError::BadAddress {
+        value: value.to_string(),
+        what,
+    })
+}
+
+fn load_uci(ctx: &Ctx) -> Result<Package, ClusterError> {
+    Ok(Package::load_or_empty(&ctx.path(KEEPALIVED_UCI))?)
+}
+
+/// This node's configured cluster, or `NotConfigured`.
+fn configured(ctx: &Ctx) -> Result<(Package, Role, Spec), ClusterError> {
+    let pkg = load_uci(ctx)?;
+    match keepalived::read(&pkg)? {
+        Some((role, spec)) => Ok((pkg, role, spec)),
+        None => Err(ClusterError::NotConfigured(
+            "HA is not configured on this node: run `ns-ha-config init-primary-node` first".into(),
+        )),
+    }
+}
+
+/// As [`configured`], and refuses on the backup (changes are made on the primary).
+fn configured_primary(ctx: &Ctx) -> Result<(Package, Spec), ClusterError> {
+    match configured(ctx)? {
+        (pkg, Role::Primary, spec) => Ok((pkg, spec)),
+        (_, Role::Backup, _) => Err(ClusterError::Invalid(
+            "this node is the backup: run this action on the primary node".into(),
+        )),
+    }
+}
+
+/// This node's device of an HA interface: from its own network configuration, else the
+/// one the spec carries.
+fn own_device<'a>(ctx: &Ctx<'a>) -> impl Fn(&HaIface) -> String + 'a {
+    let root = ctx.root;
+    move |i: &HaIface| match network::interface(root, &i.name) {
+        Ok(n) if !n.device.is_empty() => n.device,
+        _ => i.device.clone(),
+    }
+}
+
+/// Writes UCI and conntrackd.conf for `spec` on this node.
+fn write_node(ctx: &Ctx, mut pkg: Package, spec: &Spec, role: Role) -> Result<(), ClusterError> {
+    let device = own_device(ctx);
+    keepalived::write(&mut pkg, spec, role, &device)?;
+    let main_dev = spec.main().map(&device).unwrap_or_default();
+    if let Some(text) = conntrackd::render(spec, role, &main_dev, &conntrackd::Paths::default()) {
+        let path = ctx.path(conntrackd::CONF);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(ClusterError::io(dir))?;
+        }
+        write_text(&path, &text)?;
+    }
+    let path = ctx.path(KEEPALIVED_UCI);
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(ClusterError::io(dir))?;
+    }
+    pkg.write_atomic(&path)?;
+    Ok(())
+}
+
+/// Replaces a small file atomically (temp file + rename), mode 0644.
+fn write_text(path: &std::path::Path, text: &str) -> Result<(), ClusterError> {
+    let mut pkg_tmp = path.as_os_str().to_os_string();
+    pkg_tmp.push(format!(".ha-sync-tmp.{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(pkg_tmp);
+    let res = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, path));
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res.map_err(ClusterError::io(path))
+}
+
+fn service(ctx: &Ctx, svc: &str, action: &'static str) -> Result<(), ClusterError> {
+    let cmd = Cmd::new(format!("/etc/init.d/{svc}")).arg(action);
+    let out = ctx.runner.run(&cmd).map_err(|e| ClusterError::Command {
+        action,
+        cmd: cmd.line(),
+        detail: e.to_string(),
+    })?;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(ClusterError::Command {
+            action,
+            cmd: cmd.line(),
+            detail: format!(
+                "exit status {:?}: {}",
+                out.code,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
+    }
+}
+
+fn start_services(ctx: &Ctx) -> Result<(), ClusterError> {
+    for svc in SERVICES {
+        service(ctx, svc, "enable")?;
+        service(ctx, svc, "restart")?;
+    }
+    Ok(())
+}
+
+fn stop_services(ctx: &Ctx) -> Result<(), ClusterError> {
+    for svc in SERVICES {
+        service(ctx, svc, "stop")?;
+        service(ctx, svc, "disable")?;
+    }
+    Ok(())
+}
+
+/// After a change of the VIPs: keepalived reloads (SIGHUP keeps its state, so the primary
+/// keeps the VIPs; a restart would hand them to the backup for a moment), conntrackd
+/// restarts with its new ignore list. Only when the cluster is enabled.
+fn reload(ctx: &Ctx) -> Result<(), ClusterError> {
+    if !enabled(ctx) {
+        return Ok(());
+    }
+    service(ctx, "keepalived", "reload")?;
+    service(ctx, "conntrackd", "restart")
+}
+
+/// Whether ha-sync's own init script is installed (on a router; not on a test root).
+pub fn has_agent_service(ctx: &Ctx) -> bool {
+    ctx.path("etc/init.d/ha-sync").is_file()
+}
+
+/// Whether keepalived is enabled at boot (`/etc/init.d/keepalived enabled`).
+pub fn enabled(ctx: &Ctx) -> bool {
+    ctx.runner
+        .run(&Cmd::new("/etc/init.d/keepalived").arg("enabled"))
+        .is_ok_and(|o| o.success())
+}
+
+fn push(peer: Option<&dyn Peer>, spec: &Spec, start: bool) -> Result<(), ClusterError> {
+    if let Some(p) = peer {
+        p.call(
+            RemoteAction::Configure,
+            &json!({ "spec": spec, "start": start }),
+        )?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks
+
+/// `check-primary-node <lan>`: static address, DHCP options 3 and 6.
+pub fn check_primary_node(ctx: &Ctx, lan: &str) -> Result<Iface, ClusterError> {
+    network::check_lan(ctx.root, lan, None, false)
+}
+
+/// The backup's half of `check-backup-node` (and of `validate`): each interface exists and
+/// is static, with `address` when one is expected.
+pub fn check_backup_local(
+    ctx: &Ctx,
+    wanted: &[(String, Option<Ipv4Addr>)],
+) -> Result<Vec<Iface>, ClusterError> {
+    let mut problems = Vec::new();
+    let mut found = Vec::new();
+    for (name, want) in wanted {
+        let iface = match network::interface(ctx.root, name) {
+            Ok(i) => i,
+            Err(e) => {
+                problems.push(e.to_string());
+                continue;
+            }
+        };
+        match (iface.proto.as_str(), iface.addr) {
+            ("static", Some(a)) => {
+                if want.is_some_and(|w| w != a.addr) {
+                    problems.push(format!(
+                        "interface {name} has address {}, not {}: give the backup's own \
+                         address on {name}",
+                        a.addr,
+                        want.map(|w| w.to_string()).unwrap_or_default()
+                    ));
+                }
+            }
+            (proto, _) => problems.push(format!(
+                "interface {name} uses proto {proto}{}: HA needs a static IPv4 address on it; \
+                 set network.{name}.proto=static with an ipaddr and netmask on the backup",
+                if proto == "static" {
+                    " without an address"
+                } else {
+                    ""
+                }
+            )),
+        }
+        found.push(iface);
+    }
+    if problems.is_empty() {
+        Ok(found)
+    } else {
+        Err(ClusterError::Requirements(problems))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Init
+
+/// `init-primary-node <primary_ip> <backup_ip> <vip/len> <lan>`: keepalived (role primary)
+/// and conntrackd configured and started, the cluster key generated.
+pub fn init_primary_node(
+    ctx: &Ctx,
+    primary_ip: &str,
+    backup_ip: &str,
+    vip: &str,
+    lan: &str,
+) -> Result<Spec, ClusterError> {
+    let pkg = load_uci(ctx)?;
+    if let Some(role) = keepalived::role_of(&pkg) {
+        return Err(ClusterError::AlreadyConfigured(format!(
+            "HA is already configured on this node (role {}): run `ns-ha-config reset` first \
+             to start over",
+            super::role_section(role)
+        )));
+    }
+    let primary = parse_ip(primary_ip, "the primary node")?;
+    let backup = parse_ip(backup_ip, "the backup node")?;
+    let vip = parse_vip(vip)?;
+    let iface = network::check_lan(ctx.root, lan, Some(vip), false)?;
+    let addr = iface
+        .addr
+        .ok_or_else(|| ClusterError::Invalid(format!("{lan} has no address")))?;
+    check_node_addresses(lan, addr, primary, backup, vip)?;
+    keepalived::check_label(&iface.device)?;
+    // Generated here only: every later change carries it over in the spec, so the two nodes
+    // never disagree on it.
+    let auth_pass = keepalived::generate_password();
+    let spec = Spec {
+        vrid: keepalived::VRID,
+        auth_pass,
+        interfaces: vec![HaIface {
+            name: lan.to_string(),
+            device: iface.device.clone(),
+            vip,
+            primary,
+            backup,
+        }],
+        aliases: Vec::new(),
+    };
+    ensure_cluster_key(ctx)?;
+    write_node(ctx, pkg, &spec, Role::Primary)?;
+    start_services(ctx)?;
+    Ok(spec)
+}
+
+fn check_node_addresses(
+    name: &str,
+    addr: Cidr,
+    primary: Ipv4Addr,
+    backup: Ipv4Addr,
+    vip: Cidr,
+) -> Result<(), ClusterError> {
+    let mut problems = Vec::new();
+    if addr.addr != primary {
+        problems.push(format!(
+            "{primary} is not this node's address on {name} ({}): give the primary's own \
+             address first",
+            addr.addr
+        ));
+    }
+    if !addr.contains(backup) {
+        problems.push(format!(
+            "backup address {backup} is not in the subnet of {name} ({}/{}): both nodes must \
+             be on the same LAN",
+            addr.network(),
+            addr.prefix
+        ));
+    }
+    if backup == primary || backup == vip.addr {
+        problems.push(format!(
+            "backup address {backup} is the primary's address or the virtual IP: give the \
+             backup's own address"
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ClusterError::Requirements(problems))
+    }
+}
+
+/// The cluster key (ed25519) the primary logs in to the backup's agent with; generated once.
+pub fn ensure_cluster_key(ctx: &Ctx) -> Result<std::path::PathBuf, ClusterError> {
+    let key = config::default_key(ctx.root);
+    if !key.exists() {
+        crate::transport::generate_keypair(&key)?;
+    }
+    Ok(key)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Interfaces and VIPs
+
+/// `add-lan-interface <primary_ip> <backup_ip> <vip/len>`: the interface holding
+/// `primary_ip` becomes an HA interface.
+pub fn add_lan_interface(
+    ctx: &Ctx,
+    peer: Option<&dyn Peer>,
+    primary_ip: &str,
+    backup_ip: &str,
+    vip: &str,
+) -> Result<HaIface, ClusterError> {
+    let (pkg, mut spec) = configured_primary(ctx)?;
+    let primary = parse_ip(primary_ip, "the primary node")?;
+    let backup = parse_ip(backup_ip, "the backup node")?;
+    let vip = parse_vip(vip)?;
+    let iface = network::interface_with_address(ctx.root, primary)?.ok_or_else(|| {
+        ClusterError::Invalid(format!(
+            "no interface of this node has the static address {primary}: configure the \
+             interface with a static address first, then give that address"
+        ))
+    })?;
+    if let Some(i) = spec.interface(&iface.name) {
+        return Err(ClusterError::AlreadyConfigured(format!(
+            "interface {} is already an HA interface (virtual IP {}); remove it first with \
+             `ns-ha-config remove-interface {}`",
+            i.name, i.vip, i.name
+        )));
+    }
+    if spec.vips().iter().any(|v| v.addr == vip.addr) {
+        return Err(ClusterError::AlreadyConfigured(format!(
+            "virtual IP {vip} is already configured"
+        )));
+    }
+    let checked = network::check_lan(ctx.root, &iface.name, Some(vip), true)?;
+    let addr = checked
+        .addr
+        .ok_or_else(|| ClusterError::Invalid(format!("{} has no address", iface.name)))?;
+    check_node_addresses(&iface.name, addr, primary, backup, vip)?;
+    keepalived::check_label(&checked.device)?;
+    if let Some(p) = peer {
+        p.call(
+            RemoteAction::Validate,
+            &json!({ "interfaces": [{ "name": iface.name, "address": backup.to_string() }] }),
+        )?;
+    }
+    let new = HaIface {
+        name: iface.name.clone(),
+        device: checked.device.clone(),
+        vip,
+        primary,
+        backup,
+    };
+    spec.interfaces.push(new.clone());
+    write_node(ctx, pkg, &spec, Role::Primary)?;
+    push(peer, &spec, false)?;
+    reload(ctx)?;
+    Ok(new)
+}
+
+/// `remove-interface <if>`: its VIP and extra VIPs leave keepalived, on both nodes. The main
+/// LAN carries VRRP and the sync: removing it is `reset`.
+pub fn remove_interface(
+    ctx: &Ctx,
+    peer: Option<&dyn Peer>,
+    name: &str,
+) -> Result<HaIface, ClusterError> {
+    let (pkg, mut spec) = configured_primary(ctx)?;
+    let Some(pos) = spec.interfaces.iter().position(|i| i.name == name) else {
+        network::interface(ctx.root, name)?;
+        return Err(not_ha(name, &spec));
+    };
+    if pos == 0 {
+        return Err(ClusterError::Invalid(format!(
+            "{name} is the main LAN of the cluster (it carries VRRP and the sync): to remove \
+             it, tear the cluster down with `ns-ha-config reset`"
+        )));
+    }
+    let removed = spec.interfaces.remove(pos);
+    spec.aliases.retain(|a| a.interface != name);
+    write_node(ctx, pkg, &spec, Role::Primary)?;
+    push(peer, &spec, false)?;
+    reload(ctx)?;
+    Ok(removed)
+}
+
+fn not_ha(name: &str, spec: &Spec) -> ClusterError {
+    ClusterError::NotConfigured(format!(
+        "interface {name} is not an HA interface (HA interfaces: {}); add it with \
+         `ns-ha-config add-lan-interface`",
+        spec.interfaces
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// `add-vip <if> <vip/len>`: an extra virtual IP on an HA interface.
+pub fn add_vip(
+    ctx: &Ctx,
+    peer: Option<&dyn Peer>,
+    name: &str,
+    vip: &str,
+) -> Result<Alias, ClusterError> {
+    let (pkg, mut spec) = configured_primary(ctx)?;
+    let vip = parse_vip(vip)?;
+    let iface = network::interface(ctx.root, name)?;
+    if spec.interface(name).is_none() {
+        return Err(not_ha(name, &spec));
+    }
+    let subnet = iface
+        .addr
+        .ok_or_else(|| ClusterError::Invalid(format!("{name} has no static address")))?;
+    if !subnet.contains(vip.addr) || vip.prefix != subnet.prefix {
+        return Err(ClusterError::Invalid(format!(
+            "virtual IP {vip} is not in the subnet of {name} ({}/{}): pick an unused address \
+             of that subnet, with the same prefix length",
+            subnet.network(),
+            subnet.prefix
+        )));
+    }
+    let taken = spec
+        .interfaces
+        .iter()
+        .flat_map(|i| [i.primary, i.backup])
+        .any(|a| a == vip.addr);
+    if taken || vip.addr == subnet.network() || vip.addr == subnet.broadcast() {
+        return Err(ClusterError::Invalid(format!(
+            "{} is a node's own address or the network/broadcast address of {name}: pick an \
+             unused address",
+            vip.addr
+        )));
+    }
+    if spec.vips().iter().any(|v| v.addr == vip.addr) {
+        return Err(ClusterError::AlreadyConfigured(format!(
+            "virtual IP {} is already configured; remove it first with `ns-ha-config \
+             remove-vip`",
+            vip.addr
+        )));
+    }
+    let alias = Alias {
+        interface: name.to_string(),
+        address: vip,
+    };
+    spec.aliases.push(alias.clone());
+    write_node(ctx, pkg, &spec, Role::Primary)?;
+    push(peer, &spec, false)?;
+    reload(ctx)?;
+    Ok(alias)
+}
+
+/// `remove-vip <if> <vip/len>`.
+pub fn remove_vip(
+    ctx: &Ctx,
+    peer: Option<&dyn Peer>,
+    name: &str,
+    vip: &str,
+) -> Result<Alias, ClusterError> {
+    let (pkg, mut spec) = configured_primary(ctx)?;
+    let vip = parse_vip(vip)?;
+    let Some(pos) = spec
+        .aliases
+        .iter()
+        .position(|a| a.interface == name && a.address.addr == vip.addr)
+    else {
+        let known: Vec<String> = spec
+            .aliases
+            .iter()
+            .map(|a| format!("{} on {}", a.address, a.interface))
+            .collect();
+        return Err(ClusterError::NotConfigured(format!(
+            "no extra virtual IP {vip} on {name} (configured: {})",
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        )));
+    };
+    let removed = spec.aliases.remove(pos);
+    write_node(ctx, pkg, &spec, Role::Primary)?;
+    push(peer, &spec, false)?;
+    reload(ctx)?;
+    Ok(removed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inspect
+
+/// `show-config`, in the spec's layout.
+pub fn show_config(ctx: &Ctx) -> Result<String, ClusterError> {
+    let pkg = load_uci(ctx)?;
+    let spec = keepalived::read(&pkg)?.map(|(_, s)| s);
+    let ifaces = network::interfaces(ctx.root)?;
+    let mut o = String::new();
+    let _ = writeln!(o, "Current configuration\n");
+    let _ = writeln!(o, "Interfaces:");
+    let ha: Vec<&HaIface> = spec.iter().flat_map(|s| &s.interfaces).collect();
+    if ha.is_empty() {
+        let _ = writeln!(o, "  None");
+    }
+    let device = own_device(ctx);
+    for i in &ha {
+        let _ = writeln!(
+            o,
+            "  Interface: {}, Device: {}, Virtual IP: {}",
+            i.name,
+            device(i),
+            i.vip
+        );
+    }
+    let _ = writeln!(o, "\nAliases:");
+    let aliases: Vec<&Alias> = spec.iter().flat_map(|s| &s.aliases).collect();
+    if aliases.is_empty() {
+        let _ = writeln!(o, "  None");
+    }
+    for a in aliases {
+        let _ = writeln!(
+            o,
+            "  Interface: {}, Virtual Alias IP: {}",
+            a.interface, a.address
+        );
+    }
+    let _ = writeln!(
+        o,
+        "\n-----------------------------------------------------------------\n"
+    );
+    let _ = writeln!(o, "Not configured\n");
+    let _ = writeln!(o, "Interfaces:");
+    let rest: Vec<&Iface> = ifaces
+        .iter()
+        .filter(|i| !ha.iter().any(|h| h.name == i.name))
+        .collect();
+    if rest.is_empty() {
+        let _ = writeln!(o, "  None");
+    }
+    for i in rest {
+        // The trailing space is the incumbent's; scripts may match the line whole.
+        let _ = writeln!(o, "  Interface: {}, Device: {} ", i.name, i.device);
+    }
+    Ok(o)
+}
+
+/// `show-config --render`: the `keepalived.conf` this node's UCI gives.
+pub fn render_config(ctx: &Ctx, opts: &keepalived::RenderOptions) -> Result<String, ClusterError> {
+    Ok(keepalived::render(&load_uci(ctx)?, opts))
+}
+
+/// `status`, in the spec's layout. `Status` is `enabled` when a role is configured and
+/// keepalived is enabled.
+pub fn status(ctx: &Ctx) -> String {
+    let mut st = crate::status::collect(ctx.root, None);
+    if st.status == "enabled" && !enabled(ctx) {
+        st.status = "disabled".into();
+    }
+    st.render()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Enable, disable, reset
+
+/// `enable`: keepalived and conntrackd enabled and started here (the primary takes the VIPs
+/// first), then on the backup.
+pub fn enable(ctx: &Ctx, peer: Option<&dyn Peer>) -> Result<(), ClusterError> {
+    configured_primary(ctx)?;
+    start_services(ctx)?;
+    if let Some(p) = peer {
+        p.call(RemoteAction::Enable, &json!({}))?;
+    }
+    Ok(())
+}
+
+/// `disable`: the backup first (so it does not take over), then here.
+pub fn disable(ctx: &Ctx, peer: Option<&dyn Peer>) -> Result<(), ClusterError> {
+    configured_primary(ctx)?;
+    if let Some(p) = peer {
+        p.call(RemoteAction::Disable, &json!({}))?;
+    }
+    stop_services(ctx)
+}
+
+/// What `reset` did; `peer_error` when the backup could not be reset (do it there by hand).
+#[derive(Debug, Default)]
+pub struct ResetReport {
+    pub peer_error: Option<String>,
+}
+
+/// `reset`: undoes init on the backup, then here: keepalived and conntrackd stopped and
+/// disabled, their configuration, the agent's keys and the staging tree removed. The network
+/// configuration is left as it is.
+pub fn reset(ctx: &Ctx, peer: Option<&dyn Peer>) -> Result<ResetReport, ClusterError> {
+    let pkg = load_uci(ctx)?;
+    if keepalived::role_of(&pkg).is_none() {
+        return Err(ClusterError::NotConfigured(
+            "HA is not configured on this node: nothing to reset".into(),
+        ));
+    }
+    let mut report = ResetReport::default();
+    if let Some(p) = peer {
+        if let Err(e) = p.call(RemoteAction::Reset, &json!({})) {
+            report.peer_error = Some(e.to_string());
+        }
+    }
+    reset_local(ctx, pkg)?;
+    Ok(report)
+}
+
+fn reset_local(ctx: &Ctx, mut pkg: Package) -> Result<(), ClusterError> {
+    stop_services(ctx)?;
+    let staging = pkg
+        .get(keepalived::PEER_SECTION, "sync_dir")
+        .unwrap_or(keepalived::STAGING)
+        .to_string();
+    keepalived::clear(&mut pkg);
+    pkg.write_atomic(&ctx.path(KEEPALIVED_UCI))?;
+    let mut gone = vec![
+        ctx.path(conntrackd::CONF),
+        config::default_key(ctx.root),
+        config::known_hosts(ctx.root),
+        config::authorized_keys(ctx.root),
+        config::host_key(ctx.root),
+        super::remote::cluster_pub(ctx.root),
+    ];
+    for k in gone.clone() {
+        let mut p = k.into_os_string();
+        p.push(".pub");
+        gone.push(p.into());
+    }
+    for f in gone {
+        match fs::remove_file(&f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ClusterError::Io { path: f, source: e })
+            }
+            _ => {}
+        }
+    }
+    let staging = config::under_root(ctx.root, &staging);
+    // Never remove the root itself, whatever sync_dir says.
+    if staging != ctx.root && staging.starts_with(ctx.root) {
+        match fs::remove_dir_all(&staging) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ClusterError::Io {
+                    path: staging,
+                    source: e,
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The backup's side of the remote actions
+
+fn field<'a>(req: &'a Value, name: &str) -> Result<&'a Value, ClusterError> {
+    req.get(name)
+        .ok_or_else(|| ClusterError::Invalid(format!("request without {name:?}")))
+}
+
+/// Runs `action` for the primary on this (backup) node; the agent calls it for the cluster
+/// key only.
+pub fn serve(ctx: &Ctx, action: RemoteAction, req: &Value) -> Result<Value, ClusterError> {
+    let pkg = load_uci(ctx)?;
+    let role = keepalived::role_of(&pkg);
+    if role == Some(Role::Primary) {
+        return Err(ClusterError::Invalid(
+            "this node is configured as the primary; a primary takes no orders from its peer"
+                .into(),
+        ));
+    }
+    match action {
+        RemoteAction::Validate => {
+            let wanted: Vec<(String, Option<Ipv4Addr>)> = field(req, "interfaces")?
+                .as_array()
+                .map(|a| a.as_slice())
+                .unwrap_or_default()
+                .iter()
+                .map(|i| {
+                    (
+                        i["name"].as_str().unwrap_or_default().to_string(),
+                        i["address"].as_str().and_then(|a| a.parse().ok()),
+                    )
+                })
+                .collect();
+            let found = check_backup_local(ctx, &wanted)?;
+            Ok(json!({
+                "configured": role.is_some(),
+                "interfaces": found.iter().map(|i| json!({
+                    "name": i.name,
+                    "device": i.device,
+                    "address": i.addr.map(|a| a.to_string()),
+                })).collect::<Vec<_>>(),
+            }))
+        }
+        RemoteAction::Configure => {
+            let spec: Spec = serde_json::from_value(field(req, "spec")?.clone())
+                .map_err(|e| ClusterError::Invalid(format!("bad cluster spec: {e}")))?;
+            let wanted: Vec<(String, Option<Ipv4Addr>)> = spec
+                .interfaces
+                .iter()
+                .map(|i| (i.name.clone(), Some(i.backup)))
+                .collect();
+            check_backup_local(ctx, &wanted)?;
+            write_node(ctx, pkg, &spec, Role::Backup)?;
+            if req["start"].as_bool() == Some(true) {
+                start_services(ctx)?;
+            } else {
+                reload(ctx)?;
+            }
+            Ok(json!({ "configured": true }))
+        }
+        RemoteAction::Enable => {
+            if role.is_none() {
+                return Err(ClusterError::NotConfigured(
+                    "HA is not configured on the backup: run `ns-ha-config init-backup-node`"
+                        .into(),
+                ));
+            }
+            start_services(ctx)?;
+            Ok(json!({}))
+        }
+        RemoteAction::Disable => {
+            stop_services(ctx)?;
+            Ok(json!({}))
+        }
+        RemoteAction::Reset => {
+            if role.is_some() {
+                reset_local(ctx, pkg)?;
+            }
+            Ok(json!({}))
+        }
+    }
+}

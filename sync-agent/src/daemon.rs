@@ -1,0 +1,1178 @@
+//! `ha-sync watch`: the primary's daemon. A change on the primary reaches the backup about
+//! a quarter of a second later, by itself.
+//!
+//! - **One connection.** The SSH connection to the backup stays open; every sync is a new
+//!   channel on it ([`Connection`]), so a sync costs no TCP or SSH handshake, no key exchange
+//!   and no login. russh's keepalive (15 s) notices a dead peer; a lost connection is
+//!   re-opened with capped exponential backoff, and the first sync on the new one catches up
+//!   whatever changed meanwhile.
+//! - **Triggers.** inotify on everything that decides what is synced ([`crate::triggers`]),
+//!   debounced into bursts (200 ms of quiet, at most 2 s); a periodic reconcile (default 60 s)
+//!   as the safety net; `ha-sync now` over the control socket ([`crate::control`]).
+//!   Between them the daemon sleeps: no polling.
+//! - **Cheap syncs.** The stat cache stays in memory, so a sync of an unchanged tree reads
+//!   no file. A change-triggered sync whose manifest equals what the backup committed on this
+//!   connection sends nothing at all (e.g. a file saved with the same content and mtime).
+//! - **Never from a backup.** It syncs only while the node is the configured primary (UCI
+//!   section `keepalived.primary`) and VRRP master (the hooks' record of keepalived's last
+//!   event, else keepalived's own dumps). A change of either is an inotify event too.
+//! - **Status and alerts** after every sync: [`crate::status`] (UCI state as the incumbent,
+//!   plus `status.json`) and [`crate::alerts`] (`ha:sync:failed` after N failures in a row or
+//!   a change left waiting too long; cleared by a success). Sync health never touches VRRP.
+//!
+//! Logs go to stderr through `tracing`; under procd (`procd_set_param stderr 1`) they reach
+//! syslog as `ha-sync[pid]`.
+
+use crate::agent::{self, NowError};
+use crate::alerts::{self, Alert, AlertConfig};
+use crate::control::{self, ControlError, NowReply};
+use crate::status::{self, DaemonStatus, ErrorRecord, Outcome, RestoreRecord, SyncRecord};
+use crate::transport::{ClientConfig, Connection, TransportError};
+use crate::triggers::{self, Debounce, Plan, RawEvent, Relevance, Watcher};
+use restore_hooks::Role;
+use std::collections::HashSet;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use sync_core::local::{Prepared, STATE_DIR};
+use sync_core::manifest::{Hash, Kind};
+use sync_core::runner::Runner;
+use sync_core::scan::StatCache;
+use sync_core::wire::RestoreReport;
+use tokio::sync::{mpsc, oneshot};
+
+/// Default period of the reconcile sync.
+pub const RECONCILE: Duration = Duration::from_secs(60);
+/// First and longest wait before retrying after a failure.
+pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Distinct changed paths remembered between syncs (beyond it the count saturates).
+const MAX_PENDING: usize = 100_000;
+/// How long a fence (see `Engine::fence`) may take before the daemon scans instead.
+const FENCE_WAIT: Duration = Duration::from_secs(1);
+
+/// What the daemon needs; [`DaemonConfig::new`] gives the defaults.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub root: PathBuf,
+    pub client: ClientConfig,
+    /// Control socket (default `<root>/var/run/ha-sync.sock`).
+    pub socket: PathBuf,
+    /// Period of the reconcile sync; zero: none.
+    pub reconcile: Duration,
+    pub quiet: Duration,
+    pub max_delay: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Alert settings; `None`: from `keepalived.ha_peer` (read again when that file changes).
+    pub alerts: Option<AlertConfig>,
+}
+
+impl DaemonConfig {
+    pub fn new(root: PathBuf, client: ClientConfig) -> DaemonConfig {
+        DaemonConfig {
+            socket: status::default_socket(&root),
+            root,
+            client,
+            reconcile: RECONCILE,
+            quiet: triggers::QUIET,
+            max_delay: triggers::MAX_DELAY,
+            backoff_min: BACKOFF_MIN,
+            backoff_max: BACKOFF_MAX,
+            alerts: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("another ha-sync daemon runs for this root (it holds {})", path.display())]
+    AlreadyRunning { path: PathBuf },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Control(#[from] ControlError),
+    #[error(transparent)]
+    Triggers(#[from] triggers::TriggerError),
+    #[error("daemon task failed: {0}")]
+    Task(String),
+}
+
+/// Why a sync ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Start,
+    Change,
+    Rescan,
+    Reconcile,
+    Now,
+    Retry,
+    Reconnect,
+    /// The node became the active primary.
+    Activated,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Change => "change",
+            Trigger::Rescan => "rescan",
+            Trigger::Reconcile => "reconcile",
+            Trigger::Now => "now",
+            Trigger::Retry => "retry",
+            Trigger::Reconnect => "reconnect",
+            Trigger::Activated => "activated",
+        }
+    }
+}
+
+enum Request {
+    Now(oneshot::Sender<NowReply>),
+    Inject(RawEvent),
+    Stop,
+}
+
+/// Talks to a running daemon (the control socket uses it; so can tests).
+#[derive(Clone)]
+pub struct DaemonHandle {
+    tx: mpsc::Sender<Request>,
+    status: Arc<Mutex<DaemonStatus>>,
+    peer: String,
+}
+
+impl DaemonHandle {
+    /// Syncs now and returns the result.
+    pub async fn now(&self) -> NowReply {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || NowReply {
+            ok: false,
+            peer: self.peer.clone(),
+            sync: None,
+            error: Some("the daemon is stopping".into()),
+        };
+        if self.tx.send(Request::Now(tx)).await.is_err() {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
+    }
+
+    /// The live status.
+    pub fn status(&self) -> DaemonStatus {
+        match self.status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Feeds an event as if notify had sent it (tests: a queue overflow).
+    pub async fn inject(&self, ev: RawEvent) -> bool {
+        self.tx.send(Request::Inject(ev)).await.is_ok()
+    }
+
+    /// Asks the daemon to stop; [`Daemon::wait`] returns once it has.
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Request::Stop).await;
+    }
+}
+
+/// A started daemon.
+pub struct Daemon {
+    handle: DaemonHandle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Daemon {
+    pub fn handle(&self) -> DaemonHandle {
+        self.handle.clone()
+    }
+
+    /// Waits until the daemon stopped.
+    pub async fn wait(self) -> Result<(), DaemonError> {
+        self.task
+            .await
+            .map_err(|e| DaemonError::Task(e.to_string()))
+    }
+}
+
+/// Runs the daemon until `shutdown` completes (or a `stop` request).
+pub async fn run(
+    cfg: DaemonConfig,
+    runner: Arc<dyn Runner>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let d = start(cfg, runner).await?;
+    let h = d.handle();
+    let mut wait = std::pin::pin!(d.wait());
+    tokio::select! {
+        r = &mut wait => return r,
+        () = shutdown => h.stop().await,
+    }
+    wait.await
+}
+
+/// An exclusive, non-blocking `flock` held for the daemon's life.
+fn daemon_lock(path: &Path) -> Result<File, DaemonError> {
+    let io = |source| DaemonError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    // SAFETY: flock on a descriptor owned by `f`, which outlives the call.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Err(DaemonError::AlreadyRunning {
+                path: path.to_path_buf(),
+            });
+        }
+        return Err(io(e));
+    }
+    Ok(f)
+}
+
+/// Takes the daemon lock, binds the control socket, sets the watches and starts the loop.
+/// The first sync runs at once when this node is the active primary.
+pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon, DaemonError> {
+    let state_dir = cfg.root.join(STATE_DIR);
+    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::Io {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let lock = daemon_lock(&state_dir.join("watch.lock"))?;
+    let listener = control::bind(&cfg.socket)?;
+    let (watcher, events, overflow) = Watcher::new()?;
+    let cache = StatCache::load(&state_dir.join("statcache"));
+    let (tx, requests) = mpsc::channel(16);
+    let status = Arc::new(Mutex::new(DaemonStatus {
+        pid: std::process::id(),
+        started: status::epoch_now(),
+        peer: cfg.client.peer.clone(),
+        socket: cfg.socket.display().to_string(),
+        ..DaemonStatus::default()
+    }));
+    let handle = DaemonHandle {
+        tx,
+        status: status.clone(),
+        peer: cfg.client.peer.clone(),
+    };
+    let alerts_cfg = cfg
+        .alerts
+        .clone()
+        .unwrap_or_else(|| AlertConfig::load(&cfg.root));
+    let mut engine = Engine {
+        alert_raised: alerts::is_raised(&cfg.root, Alert::SyncFailed),
+        alerts: alerts_cfg,
+        debounce: Debounce::new(cfg.quiet, cfg.max_delay),
+        backoff: cfg.backoff_min,
+        cfg,
+        runner,
+        cache: Arc::new(Mutex::new(cache)),
+        prepared: None,
+        confirmed: None,
+        restore_failed: None,
+        conn: None,
+        connected_since: None,
+        watcher,
+        events: Some(events),
+        overflow,
+        fences: 0,
+        dirty: true,
+        plan: Plan::default(),
+        pending: HashSet::new(),
+        pending_since: None,
+        rescan: false,
+        wake: None,
+        next_reconcile: None,
+        gate: Gate::default(),
+        status,
+        consecutive_failures: 0,
+        degraded: false,
+        rescans: 0,
+        history: History::default(),
+        _lock: lock,
+    };
+    // Watch the list's inputs and the gate from the start, before the first sync.
+    match sync_core::restore_list::compute(&engine.cfg.root, engine.runner.as_ref()) {
+        Ok(list) => engine.replan(&list, false),
+        Err(e) => tracing::warn!("restore list: {e}; watches follow the first sync"),
+    }
+    engine.refresh_gate(true);
+    engine.commit();
+    let serve = tokio::spawn(control::serve(listener, handle.clone()));
+    let task = tokio::spawn(async move {
+        engine.run(requests).await;
+        serve.abort();
+        engine.shutdown().await;
+    });
+    Ok(Daemon { handle, task })
+}
+
+/// Whether this node may send.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Gate {
+    role: Option<String>,
+    state: Option<String>,
+    active: bool,
+    reason: Option<String>,
+}
+
+fn gate(root: &Path) -> Gate {
+    let role = restore_hooks::role(root);
+    let state = status::vrrp_state(root);
+    let reason = match (role, state.as_deref()) {
+        (Some(Role::Primary), Some("master")) => None,
+        (None, _) => Some("HA is not configured here (no keepalived.primary section)".into()),
+        (Some(Role::Backup), _) => {
+            Some("this node is the backup (keepalived.backup): it never sends".into())
+        }
+        (Some(Role::Primary), None) => {
+            Some("VRRP state unknown (no keepalived event recorded since boot)".into())
+        }
+        (Some(Role::Primary), Some(s)) => Some(format!(
+            "this primary is VRRP {s}: the backup is active, nothing is sent to it"
+        )),
+    };
+    Gate {
+        role: role.map(|r| match r {
+            Role::Primary => "primary".to_string(),
+            Role::Backup => "backup".to_string(),
+        }),
+        state,
+        active: reason.is_none(),
+        reason,
+    }
+}
+
+/// The outcome of one sync attempt, before it is recorded.
+struct Attempt {
+    outcome: Outcome,
+    record: SyncRecord,
+    error: Option<String>,
+}
+
+struct Engine {
+    cfg: DaemonConfig,
+    runner: Arc<dyn Runner>,
+    /// Shared with the blocking scan task.
+    cache: Arc<Mutex<StatCache>>,
+    prepared: Option<Prepared>,
+    /// The generation the backup committed on the current connection.
+    confirmed: Option<Hash>,
+    /// A generation whose restore on the backup failed, and the report.
+    restore_failed: Option<(Hash, RestoreRecord)>,
+    conn: Option<Arc<Connection>>,
+    connected_since: Option<u64>,
+    watcher: Watcher,
+    /// notify's events; `None` once its thread is gone.
+    events: Option<mpsc::Receiver<RawEvent>>,
+    overflow: Arc<triggers::Overflow>,
+    /// Fences written (see `fence`).
+    fences: u64,
+    /// A relevant event came since the last scan began: the manifest in `prepared` may be
+    /// stale.
+    dirty: bool,
+    plan: Plan,
+    debounce: Debounce,
+    /// Changed paths not yet carried by a successful sync, and since when.
+    pending: HashSet<PathBuf>,
+    pending_since: Option<(Instant, u64)>,
+    /// Events were lost: the next sync re-establishes every watch.
+    rescan: bool,
+    /// A scheduled sync (retry, reconnect, start) and its trigger.
+    wake: Option<(Instant, Trigger)>,
+    next_reconcile: Option<Instant>,
+    gate: Gate,
+    status: Arc<Mutex<DaemonStatus>>,
+    alerts: AlertConfig,
+    alert_raised: bool,
+    consecutive_failures: u32,
+    backoff: Duration,
+    degraded: bool,
+    rescans: u64,
+    /// What syncs did; reaches the shared status only with status.json (see `commit`).
+    history: History,
+    _lock: File,
+}
+
+#[derive(Default)]
+struct History {
+    syncs: status::Counters,
+    last_sync: Option<SyncRecord>,
+    last_success: Option<u64>,
+    last_error: Option<ErrorRecord>,
+}
+
+impl Engine {
+    async fn run(&mut self, mut requests: mpsc::Receiver<Request>) {
+        loop {
+            let deadline = self.deadline();
+            let conn = self.conn.clone();
+            let lost = async move {
+                match conn {
+                    Some(c) => c.closed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let overflow = self.overflow.clone();
+            tokio::select! {
+                req = requests.recv() => match req {
+                    Some(Request::Now(reply)) => {
+                        let r = self.sync(Trigger::Now).await;
+                        let _ = reply.send(r);
+                    }
+                    Some(Request::Inject(ev)) => self.on_event(ev),
+                    Some(Request::Stop) | None => break,
+                },
+                ev = recv(&mut self.events) => {
+                    let Some(ev) = ev else {
+                        tracing::error!("the inotify thread stopped; only the reconcile timer is left");
+                        self.events = None;
+                        self.degraded = true;
+                        continue;
+                    };
+                    self.on_event(ev);
+                    // Take what is queued in one go: a burst is classified, not slept on.
+                    while let Some(ev) = self.events.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                        self.on_event(ev);
+                    }
+                    self.after_events();
+                }
+                () = overflow.wait() => {
+                    self.on_event(RawEvent::Rescan("the daemon fell behind the events".into()));
+                    self.after_events();
+                }
+                () = lost => self.on_connection_lost(),
+                () = sleep_until(deadline) => self.on_timer().await,
+            }
+        }
+    }
+
+    /// Makes sure every event the kernel queued so far has been handled: writes a file in a
+    /// watched directory and handles events until its own comes through (inotify keeps the
+    /// order of one instance's events). False when that cannot be known (no watcher, lost
+    /// events, no answer within a second): the caller then scans.
+    async fn fence(&mut self) -> bool {
+        let state_dir = self.cfg.root.join(STATE_DIR);
+        if self.overflow.is_set() || !self.plan.watches.contains_key(&state_dir) {
+            return false;
+        }
+        let Some(mut rx) = self.events.take() else {
+            return false;
+        };
+        self.fences += 1;
+        let fence = state_dir.join(".fence");
+        let mut seen = std::fs::write(&fence, self.fences.to_string()).is_err();
+        let deadline = tokio::time::Instant::now() + FENCE_WAIT;
+        let mut ok = false;
+        while !seen {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(ev)) => {
+                    seen = matches!(&ev, RawEvent::Paths(ps) if ps.contains(&fence));
+                    ok = seen;
+                    self.on_event(ev);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.events = Some(rx);
+        ok && !self.overflow.is_set()
+    }
+
+    async fn shutdown(&mut self) {
+        let _ = std::fs::remove_file(&self.cfg.socket);
+        self.drop_connection();
+        self.save_cache().await;
+        self.commit();
+        tracing::info!("ha-sync daemon stopped");
+    }
+
+    /// The next time something is due, if anything.
+    fn deadline(&self) -> Option<Instant> {
+        if !self.gate.active {
+            return None;
+        }
+        let alert = match (self.pending_since, self.alert_raised) {
+            (Some((t, _)), false) => Some(t + self.alerts.max_wait),
+            _ => None,
+        };
+        [
+            self.debounce.deadline(),
+            self.wake.map(|w| w.0),
+            self.next_reconcile,
+            alert,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.debounce.deadline().is_some_and(|d| d <= now) {
+            let t = if self.rescan {
+                Trigger::Rescan
+            } else {
+                Trigger::Change
+            };
+            self.sync(t).await;
+        } else if let Some((_, t)) = self.wake.filter(|w| w.0 <= now) {
+            self.sync(t).await;
+        } else if self.next_reconcile.is_some_and(|d| d <= now) {
+            self.sync(Trigger::Reconcile).await;
+        }
+        if let (Some((t, _)), false) = (self.pending_since, self.alert_raised) {
+            if t.elapsed() >= self.alerts.max_wait && self.gate.active {
+                let msg = format!(
+                    "a change has waited {} s for the backup",
+                    t.elapsed().as_secs()
+                );
+                self.set_alert(true, msg).await;
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: RawEvent) {
+        let now = Instant::now();
+        match ev {
+            RawEvent::Paths(paths) => {
+                for p in paths {
+                    match self.plan.classify(&p) {
+                        Relevance::Ignore => {}
+                        Relevance::Change => self.note_change(p, now),
+                        Relevance::ListInput => {
+                            tracing::debug!("{}: restore list input changed", p.display());
+                            if self.cfg.alerts.is_none() {
+                                self.alerts = AlertConfig::load(&self.cfg.root);
+                            }
+                            self.note_change(p, now);
+                        }
+                        // Acted on once the queue is drained (after_events).
+                        Relevance::Gate => {}
+                    }
+                }
+            }
+            RawEvent::Rescan(why) => {
+                tracing::warn!("{why}: events may have been lost; rescanning everything");
+                self.rescan = true;
+                self.dirty = true;
+                self.debounce.note(now);
+                self.rescans += 1;
+            }
+            RawEvent::WatchError { message, limit } => {
+                if limit {
+                    tracing::warn!(
+                        "inotify watch limit reached ({message}): some changes are only seen \
+                         by the reconcile every {:?}; raise fs.inotify.max_user_watches",
+                        self.cfg.reconcile
+                    );
+                    self.degraded = true;
+                } else {
+                    tracing::warn!("watch error: {message}; rescanning");
+                }
+                self.rescan = true;
+                self.dirty = true;
+                self.debounce.note(now);
+                self.rescans += 1;
+            }
+        }
+    }
+
+    fn note_change(&mut self, p: PathBuf, now: Instant) {
+        tracing::trace!("changed: {}", p.display());
+        self.dirty = true;
+        if self.pending.len() < MAX_PENDING {
+            self.pending.insert(p);
+        }
+        self.pending_since.get_or_insert((now, status::epoch_now()));
+        self.debounce.note(now);
+    }
+
+    fn after_events(&mut self) {
+        self.refresh_gate(false);
+        self.publish();
+    }
+
+    /// Re-reads role and VRRP state; acts on a change (start sending, or stop and hang up).
+    fn refresh_gate(&mut self, first: bool) {
+        let g = gate(&self.cfg.root);
+        if g == self.gate && !first {
+            return;
+        }
+        let was = self.gate.active;
+        self.gate = g;
+        match (was, self.gate.active) {
+            (false, true) => {
+                tracing::info!(
+                    "this node is the active primary: sending to {}",
+                    self.cfg.client.peer
+                );
+                let t = if first {
+                    Trigger::Start
+                } else {
+                    Trigger::Activated
+                };
+                self.wake = Some((Instant::now(), t));
+                self.backoff = self.cfg.backoff_min;
+            }
+            (true, false) | (false, false) => {
+                if was || first {
+                    tracing::info!(
+                        "not sending: {}",
+                        self.gate.reason.as_deref().unwrap_or("inactive")
+                    );
+                }
+                self.drop_connection();
+                self.wake = None;
+                self.next_reconcile = None;
+                // Bursts wait for the node to be active again; `pending` keeps them.
+                self.debounce.take();
+            }
+            (true, true) => {}
+        }
+        self.commit();
+    }
+
+    fn on_connection_lost(&mut self) {
+        tracing::warn!("connection to {} lost", self.cfg.client.peer);
+        self.drop_connection();
+        if self.gate.active && self.wake.is_none() {
+            self.wake = Some((Instant::now() + self.backoff, Trigger::Reconnect));
+        }
+        self.publish();
+    }
+
+    fn drop_connection(&mut self) {
+        self.confirmed = None;
+        self.connected_since = None;
+        if let Some(c) = self.conn.take() {
+            tokio::spawn(async move {
+                if let Ok(c) = Arc::try_unwrap(c) {
+                    c.disconnect().await;
+                }
+            });
+        }
+    }
+
+    async fn connection(&mut self) -> Result<Arc<Connection>, TransportError> {
+        if let Some(c) = self.conn.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        self.drop_connection();
+        let c = Arc::new(Connection::open(&self.cfg.client).await?);
+        tracing::info!("connected to {}", self.cfg.client.peer);
+        self.conn = Some(c.clone());
+        self.connected_since = Some(status::epoch_now());
+        Ok(c)
+    }
+
+    /// Sets the watches of `list`'s plan (all of them again after lost events).
+    fn replan(&mut self, list: &sync_core::restore_list::RestoreList, reset: bool) {
+        let plan = Plan::compute(&self.cfg.root, list, &self.cfg.socket);
+        if plan == self.plan && !reset {
+            return;
+        }
+        let rep = if reset {
+            self.watcher.reset(&plan)
+        } else {
+            self.watcher.apply(&plan)
+        };
+        if rep.limit {
+            tracing::warn!(
+                "inotify watch limit reached: some changes are only seen by the reconcile; \
+                 raise fs.inotify.max_user_watches"
+            );
+            self.degraded = true;
+        } else if reset {
+            self.degraded = false;
+        }
+        for (p, e) in &rep.failed {
+            tracing::warn!("cannot watch {}: {e}", p.display());
+        }
+        tracing::debug!(
+            "watches: {} directories (+{} -{})",
+            self.watcher.len(),
+            rep.added,
+            rep.removed
+        );
+        self.plan = plan;
+    }
+
+    /// One sync, recorded; the reply `now` gets.
+    async fn sync(&mut self, trigger: Trigger) -> NowReply {
+        self.refresh_gate(false);
+        if !self.gate.active {
+            return NowReply {
+                ok: false,
+                peer: self.cfg.client.peer.clone(),
+                sync: None,
+                error: self.gate.reason.clone(),
+            };
+        }
+        let started = Instant::now();
+        // The burst this sync carries: the first of its events starts the latency clock.
+        let burst = self.debounce.take().or(self.pending_since.map(|p| p.0));
+        let reset = std::mem::take(&mut self.rescan);
+        self.wake = None;
+        let a = self.attempt(trigger, burst, reset).await;
+        self.finish(trigger, started, a).await
+    }
+
+    async fn attempt(&mut self, trigger: Trigger, burst: Option<Instant>, reset: bool) -> Attempt {
+        let mut record = SyncRecord {
+            trigger: trigger.as_str().into(),
+            ..SyncRecord::default()
+        };
+        let fail = |outcome: Outcome, e: String, record: SyncRecord| Attempt {
+            outcome,
+            record,
+            error: Some(e),
+        };
+        // Serialises with a standalone `ha-sync now` on the same root.
+        let _lock = match agent::lock_async(agent::sync_lock_path(&self.cfg.root)).await {
+            Ok(l) => l,
+            Err(e) => return fail(Outcome::LocalFailed, e.to_string(), record),
+        };
+        let scan_start = Instant::now();
+        // Nothing relevant happened since the last scan began, as far as a fence shows: its
+        // manifest is the tree's, and `now` costs one round trip. The reconcile (the safety
+        // net for what inotify cannot see) and syncs after lost events always scan.
+        let mut reuse = matches!(trigger, Trigger::Now | Trigger::Retry | Trigger::Reconnect)
+            && !reset
+            && !self.degraded
+            && !self.dirty
+            && self.prepared.is_some();
+        if reuse {
+            // The fence handles the events still queued, which may set `dirty`.
+            reuse = self.fence().await && !self.dirty;
+        }
+        if !reuse {
+            self.dirty = false;
+            let (root, runner, cache) = (
+                self.cfg.root.clone(),
+                self.runner.clone(),
+                self.cache.clone(),
+            );
+            let prepared = tokio::task::spawn_blocking(move || {
+                let mut c = match cache.lock() {
+                    Ok(c) => c,
+                    Err(p) => p.into_inner(),
+                };
+                agent::prepare_cached(&root, runner.as_ref(), &mut c)
+            })
+            .await;
+            let error = match prepared {
+                Ok(Ok(p)) => {
+                    self.replan(&p.list, reset);
+                    record.files_read = p.stats.files_hashed;
+                    record.bytes_read = p.stats.bytes_hashed;
+                    self.prepared = Some(p);
+                    None
+                }
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(format!("scan task: {e}")),
+            };
+            if let Some(e) = error {
+                self.prepared = None;
+                self.dirty = true;
+                return fail(Outcome::LocalFailed, e, record);
+            }
+            record.scanned = true;
+        }
+        record.scan_ms = scan_start.elapsed().as_secs_f64() * 1e3;
+        let Some(prepared) = self.prepared.as_ref() else {
+            return fail(Outcome::LocalFailed, "no manifest".into(), record);
+        };
+        let m = &prepared.manifest;
+        record.entries = m.entries.len() as u64;
+        record.files = m
+            .entries
+            .iter()
+            .filter(|e| matches!(e.kind, Kind::File { .. }))
+            .count() as u64;
+        record.bytes = m.file_bytes();
+        let root_hash = m.root_hash();
+        let manifest = m.clone();
+
+        // Nothing changed since the backup committed on this very connection: a change event
+        // that changed nothing (same content, same metadata) costs no message.
+        let alive = self.conn.as_ref().is_some_and(|c| !c.is_closed());
+        if trigger == Trigger::Change && alive && self.confirmed == Some(root_hash) {
+            record.generation = Some(root_hash.to_hex());
+            record.up_to_date = true;
+            return self.restore_outcome(record, None);
+        }
+        let conn = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => return fail(Outcome::of_transport(&e), e.to_string(), record),
+        };
+        record.network = true;
+        let session = agent::primary_session(self.cfg.root.clone(), manifest, Box::new(|_, _| {}));
+        let session_start = Instant::now();
+        let result = conn.session(session).await;
+        record.session_ms = session_start.elapsed().as_secs_f64() * 1e3;
+        let rep = match result {
+            Ok(Ok(rep)) => rep,
+            Ok(Err(e)) => {
+                let e = NowError::Sync(e);
+                return fail(Outcome::of_error(&e), e.to_string(), record);
+            }
+            Err(e) => {
+                let o = Outcome::of_transport(&e);
+                if !o.keeps_connection() || conn.is_closed() {
+                    self.drop_connection();
+                }
+                return fail(o, e.to_string(), record);
+            }
+        };
+        record.up_to_date = rep.up_to_date;
+        record.changed = rep.commit.as_ref().map_or(0, |c| c.changed.len() as u64);
+        record.files_sent = rep.files_sent;
+        record.payload_bytes = rep.payload_bytes;
+        record.wire_sent = rep.traffic.sent;
+        record.wire_received = rep.traffic.received;
+        record.round_trips = rep.traffic.round_trips;
+        record.restore = rep.restore.as_ref().map(RestoreRecord::from);
+        self.confirmed = match &rep.commit {
+            Some(c) => Some(c.root),
+            None if rep.up_to_date => Some(rep.root),
+            None => None,
+        };
+        record.generation = self.confirmed.map(|h| h.to_hex());
+        if let Err(e) = agent::check_committed(&rep) {
+            // A file changed while it was read: the backup holds a consistent generation,
+            // and the change's own event (or this nudge) brings the next sync.
+            tracing::info!("{e}");
+            self.debounce.note(Instant::now());
+        }
+        if !rep.up_to_date {
+            record.latency_ms = burst.map(|b| b.elapsed().as_secs_f64() * 1e3);
+        }
+        self.restore_outcome(record, rep.restore.as_ref())
+    }
+
+    /// The outcome of a sync the backup holds, by its restore. A sync that found the backup
+    /// up to date ran no restore (`report` is `None`): if the restore of that same generation
+    /// failed before, live still lacks it, and the failure stands until a generation restores.
+    fn restore_outcome(
+        &mut self,
+        mut record: SyncRecord,
+        report: Option<&RestoreReport>,
+    ) -> Attempt {
+        let generation = self.confirmed;
+        if report.is_none() {
+            if let Some((_, r)) = self
+                .restore_failed
+                .as_ref()
+                .filter(|f| Some(f.0) == generation)
+            {
+                record.restore = Some(r.clone());
+                return Attempt {
+                    outcome: Outcome::RestoreFailed,
+                    record,
+                    error: Some(
+                        "the backup holds this generation, but its restore to live failed (see \
+                         restore); a new generation, or the NOTIFY_SYNC hook on the backup, \
+                         restores it"
+                            .into(),
+                    ),
+                };
+            }
+            return Attempt {
+                outcome: Outcome::Successful,
+                record,
+                error: None,
+            };
+        }
+        let outcome = Outcome::of_restore(report);
+        self.restore_failed = match (outcome, generation, &record.restore) {
+            (Outcome::RestoreFailed, Some(g), Some(r)) => Some((g, r.clone())),
+            _ => None,
+        };
+        let error = report
+            .filter(|_| !outcome.is_ok())
+            .map(|r| match &r.refused {
+                Some(why) => format!("the backup did not restore: {why}"),
+                None => format!(
+                    "the backup's restore failed for {} paths: {}",
+                    r.errors.len(),
+                    r.errors
+                        .iter()
+                        .take(3)
+                        .map(|(p, e)| format!("{p}: {e}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ),
+            });
+        Attempt {
+            outcome,
+            record,
+            error,
+        }
+    }
+
+    /// Records an attempt: UCI state, status, alerts, the next retry or reconcile.
+    async fn finish(&mut self, trigger: Trigger, started: Instant, a: Attempt) -> NowReply {
+        let Attempt {
+            outcome,
+            mut record,
+            error,
+        } = a;
+        let now = status::epoch_now();
+        record.status = outcome.as_str().into();
+        record.ok = outcome.is_ok();
+        record.time = now;
+        record.duration_ms = started.elapsed().as_secs_f64() * 1e3;
+        record.error = error.clone();
+        if let Err(e) = status::write_uci(&self.cfg.root, outcome.as_str(), now) {
+            tracing::warn!("cannot record the sync status: {e}");
+        }
+        {
+            let h = &mut self.history;
+            h.syncs.total += 1;
+            if outcome.is_ok() {
+                h.syncs.ok += 1;
+                if record.up_to_date {
+                    h.syncs.unchanged += 1;
+                }
+                h.last_success = Some(now);
+            } else {
+                h.syncs.failed += 1;
+                h.last_error = Some(ErrorRecord {
+                    time: now,
+                    status: outcome.as_str().into(),
+                    message: error.clone().unwrap_or_default(),
+                });
+            }
+            h.last_sync = Some(record.clone());
+        }
+        if outcome.is_ok() {
+            match (record.network, record.up_to_date) {
+                (false, _) => tracing::debug!("{}: nothing changed", trigger.as_str()),
+                (true, true) => tracing::debug!(
+                    "{}: {} up to date ({:.1} ms: scan {:.1}, session {:.1})",
+                    trigger.as_str(),
+                    self.cfg.client.peer,
+                    record.duration_ms,
+                    record.scan_ms,
+                    record.session_ms
+                ),
+                (true, false) => tracing::info!(
+                    "{}: {} changed, {} files sent; {} round trips; {:.1} ms{}",
+                    trigger.as_str(),
+                    record.changed,
+                    record.files_sent,
+                    record.round_trips,
+                    record.duration_ms,
+                    record
+                        .latency_ms
+                        .map(|l| format!("; change to backup {l:.0} ms"))
+                        .unwrap_or_default()
+                ),
+            }
+            self.consecutive_failures = 0;
+            self.backoff = self.cfg.backoff_min;
+            self.wake = None;
+            self.pending.clear();
+            self.pending_since = None;
+            if self.alert_raised {
+                self.set_alert(false, "sync succeeded".into()).await;
+            }
+        } else {
+            self.consecutive_failures += 1;
+            tracing::warn!(
+                "sync ({}) failed: {}: {}; retry in {:?}",
+                trigger.as_str(),
+                outcome.as_str(),
+                error.as_deref().unwrap_or(""),
+                self.backoff
+            );
+            self.wake = Some((Instant::now() + self.backoff, Trigger::Retry));
+            self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
+            if self.consecutive_failures >= self.alerts.failures && !self.alert_raised {
+                let msg = format!(
+                    "{} syncs in a row failed; last: {}: {}",
+                    self.consecutive_failures,
+                    outcome.as_str(),
+                    error.as_deref().unwrap_or("")
+                );
+                self.set_alert(true, msg).await;
+            }
+        }
+        if !self.cfg.reconcile.is_zero() {
+            self.next_reconcile = Some(Instant::now() + self.cfg.reconcile);
+        }
+        self.save_cache().await;
+        release_free_memory();
+        self.commit();
+        NowReply {
+            ok: outcome.is_ok(),
+            peer: self.cfg.client.peer.clone(),
+            sync: Some(record),
+            error,
+        }
+    }
+
+    async fn set_alert(&mut self, failing: bool, message: String) {
+        self.alert_raised = failing;
+        let (root, runner, cmd) = (
+            self.cfg.root.clone(),
+            self.runner.clone(),
+            self.alerts.command.clone(),
+        );
+        let r = tokio::task::spawn_blocking(move || {
+            alerts::record(
+                &root,
+                runner.as_ref(),
+                cmd.as_deref(),
+                Alert::SyncFailed,
+                failing,
+                &message,
+            )
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("{e}"),
+            Err(e) => tracing::warn!("alert task: {e}"),
+        }
+        self.commit();
+    }
+
+    async fn save_cache(&self) {
+        let cache = self.cache.clone();
+        let path = self.cfg.root.join(STATE_DIR).join("statcache");
+        let r = tokio::task::spawn_blocking(move || {
+            let mut c = match cache.lock() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            c.save(&path)
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!("stat cache: {e}"),
+            // Only when the runtime shuts down: the cache is rebuildable.
+            Err(e) => tracing::debug!("stat cache task: {e}"),
+        }
+    }
+
+    fn lock_status(&self) -> std::sync::MutexGuard<'_, DaemonStatus> {
+        match self.status.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Copies the live state (connection, gate, pending changes) into the shared status.
+    fn publish(&self) {
+        let mut s = self.lock_status();
+        self.fill_live(&mut s);
+    }
+
+    fn fill_live(&self, s: &mut DaemonStatus) {
+        let connected = self.conn.as_ref().is_some_and(|c| !c.is_closed());
+        s.role = self.gate.role.clone();
+        s.vrrp_state = self.gate.state.clone();
+        s.active = self.gate.active;
+        s.inactive_reason = self.gate.reason.clone();
+        s.connected = connected;
+        s.connected_since = if connected {
+            self.connected_since
+        } else {
+            None
+        };
+        s.consecutive_failures = self.consecutive_failures;
+        s.pending_changes = self.pending.len() as u64 + u64::from(self.rescan);
+        s.pending_since = self.pending_since.map(|p| p.1);
+        s.watches.dirs = self.watcher.len() as u64;
+        s.watches.degraded = self.degraded;
+        s.watches.rescans = self.rescans;
+        s.alert_sync_failed = self.alert_raised;
+    }
+
+    /// Publishes everything and writes status.json, under the status lock: whoever sees a
+    /// sync in the live status finds it in the file too.
+    fn commit(&self) {
+        let mut s = self.lock_status();
+        self.fill_live(&mut s);
+        let h = &self.history;
+        s.syncs = h.syncs.clone();
+        s.last_sync = h.last_sync.clone();
+        s.last_success = h.last_success;
+        s.last_error = h.last_error.clone();
+        if let Err(e) = status::write_json(&self.cfg.root, &s) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// Hands the heap a sync freed back to the kernel: a full sync peaks at many MB of file
+/// buffers, which glibc would otherwise keep for the daemon's whole life.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+async fn recv(rx: &mut Option<mpsc::Receiver<RawEvent>>) -> Option<RawEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gate_needs_primary_and_master() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        assert!(!gate(r).active);
+        std::fs::create_dir_all(r.join("etc/config")).unwrap();
+        std::fs::write(
+            r.join("etc/config/keepalived"),
+            "config vrrp_instance 'backup'\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(r.join(STATE_DIR)).unwrap();
+        std::fs::write(r.join(STATE_DIR).join("vrrp_state"), "master\n").unwrap();
+        let g = gate(r);
+        assert!(!g.active, "a backup that is master never sends");
+        assert_eq!(g.role.as_deref(), Some("backup"));
+        std::fs::write(
+            r.join("etc/config/keepalived"),
+            "config vrrp_instance 'primary'\n",
+        )
+        .unwrap();
+        assert!(gate(r).active);
+        std::fs::write(r.join(STATE_DIR).join("vrrp_state"), "backup\n").unwrap();
+        let g = gate(r);
+        assert!(!g.active);
+        assert!(g.reason.unwrap().contains("VRRP backup"));
+        std::fs::remove_file(r.join(STATE_DIR).join("vrrp_state")).unwrap();
+        assert!(gate(r).reason.unwrap().contains("unknown"));
+    }
+}

@@ -1,0 +1,890 @@
+//! Status: what the daemon records after every sync, and what `ha-sync status` shows.
+//!
+//! After every sync the daemon writes, as the incumbent did, `keepalived.ha_peer.last_sync_status`
+//! and `last_sync_time` (epoch) in the UCI state (`<root>/var/state/keepalived`), and its own
+//! figures in [`STATUS_FILE`] (JSON, RAM on a router). The status strings keep the incumbent's
+//! `Successful` and `SSH Connection Failed` and replace its catch-all `Rsync Transfer Failed`
+//! with precise ones ([`Outcome`]); every failure string contains "Failed", which is what
+//! `ns-ha-config status` colours red.
+//!
+//! `ha-sync status` ([`collect`], [`render`]) prints the incumbent's layout (Status, Role,
+//! Current State, Last Sync Status, Last Sync Time, Virtual IPs, Keepalived Statistics) and its
+//! JSON keys (`role`, `state`, `status`, `last_sync_status`, `last_sync_time`, `virtual_ips`,
+//! `keepalived_stats`), plus a `sync` section with the daemon's figures.
+//!
+//! Where each value comes from: the role from the UCI sections `keepalived.primary` /
+//! `keepalived.backup`; the VRRP state from the hooks' record (`var/run/ha-sync/vrrp_state`),
+//! else keepalived's own dumps (`/tmp/keepalived.json`, `/tmp/keepalived.data`); the virtual
+//! IPs from the UCI `ipaddress` sections; the statistics from `/tmp/keepalived.json` (what
+//! keepalived writes on its JSON signal, as the incumbent reads it) or `/tmp/keepalived.stats`
+//! (its SIGUSR2 text dump).
+
+use crate::agent::NowError;
+use crate::transport::TransportError;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+use sync_core::uci::{self, Package, UciError};
+use sync_core::wire::RestoreReport;
+
+/// The daemon's status file, relative to the root.
+pub const STATUS_FILE: &str = "var/run/ha-sync/status.json";
+
+/// How a sync ended, as `keepalived.ha_peer.last_sync_status` says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The backup holds this generation and restored it (or restores are off there).
+    Successful,
+    /// No TCP connection or SSH session (refused, timed out, lost, handshake failed).
+    ConnectionFailed,
+    /// The backup's host key is not the pinned one (changed, unknown, a certificate).
+    HostKeyFailed,
+    /// The backup refused our key, or it could not be loaded.
+    AuthFailed,
+    /// The session ran but failed: the backup refused it (busy) or its handler failed, or
+    /// the protocol broke off.
+    TransferFailed,
+    /// The backup committed the generation, but its restore to live failed or was refused.
+    RestoreFailed,
+    /// The restore list or the scan failed here, before any connection.
+    LocalFailed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Successful => "Successful",
+            Outcome::ConnectionFailed => "SSH Connection Failed",
+            Outcome::HostKeyFailed => "SSH Host Key Check Failed",
+            Outcome::AuthFailed => "SSH Authentication Failed",
+            Outcome::TransferFailed => "Transfer Failed",
+            Outcome::RestoreFailed => "Restore Failed",
+            Outcome::LocalFailed => "Local Scan Failed",
+        }
+    }
+
+    pub fn is_ok(self) -> bool {
+        self == Outcome::Successful
+    }
+
+    /// Whether the SSH connection is worth keeping after this outcome.
+    pub fn keeps_connection(self) -> bool {
+        matches!(
+            self,
+            Outcome::Successful
+                | Outcome::TransferFailed
+                | Outcome::RestoreFailed
+                | Outcome::LocalFailed
+        )
+    }
+
+    pub fn of_transport(e: &TransportError) -> Outcome {
+        use TransportError as T;
+        match e {
+            T::HostKeyUnknown { .. } | T::HostKeyChanged { .. } | T::HostCertificate { .. } => {
+                Outcome::HostKeyFailed
+            }
+            T::AuthRejected { .. } | T::KeyLoad { .. } => Outcome::AuthFailed,
+            T::Remote { .. } | T::SubsystemRefused { .. } | T::Internal(_) => {
+                Outcome::TransferFailed
+            }
+            _ => Outcome::ConnectionFailed,
+        }
+    }
+
+    pub fn of_error(e: &NowError) -> Outcome {
+        match e {
+            NowError::Transport(t) => Outcome::of_transport(t),
+            NowError::Prepare(_) | NowError::Lock { .. } => Outcome::LocalFailed,
+            NowError::Sync(_) | NowError::NotCommitted(_) => Outcome::TransferFailed,
+        }
+    }
+
+    /// The outcome of a sync the backup committed, by its restore report. A refusal because
+    /// the agent only stages (`serve --staging-only`) is the configured behaviour, not a
+    /// failure; any other refusal (the backup is VRRP master or configured as primary) is.
+    pub fn of_restore(r: Option<&RestoreReport>) -> Outcome {
+        match r {
+            None => Outcome::Successful,
+            Some(r) if !r.errors.is_empty() => Outcome::RestoreFailed,
+            Some(r) => match &r.refused {
+                Some(why) if !why.starts_with("staging only") => Outcome::RestoreFailed,
+                _ => Outcome::Successful,
+            },
+        }
+    }
+}
+
+/// The backup's restore, as reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRecord {
+    pub applied: bool,
+    pub refused: Option<String>,
+    pub changed: u64,
+    pub errors: Vec<(String, String)>,
+}
+
+impl From<&RestoreReport> for RestoreRecord {
+    fn from(r: &RestoreReport) -> Self {
+        RestoreRecord {
+            applied: r.applied,
+            refused: r.refused.clone(),
+            changed: r.changed.len() as u64,
+            errors: r.errors.clone(),
+        }
+    }
+}
+
+/// One sync, as `status.json` and `ha-sync now` report it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SyncRecord {
+    /// The `last_sync_status` string.
+    pub status: String,
+    pub ok: bool,
+    /// When it ended (epoch seconds).
+    pub time: u64,
+    /// What started it: `change`, `reconcile`, `now`, `reconnect`, `retry`, `rescan`, `start`.
+    pub trigger: String,
+    pub duration_ms: f64,
+    /// Of which: restore list and scan here, and the session with the backup.
+    pub scan_ms: f64,
+    pub session_ms: f64,
+    /// From the first change of the burst it carried to the backup's restore report.
+    pub latency_ms: Option<f64>,
+    /// Root hash of the generation the backup holds after it (on success).
+    pub generation: Option<String>,
+    /// Entries, regular files and their bytes in the manifest.
+    pub entries: u64,
+    pub files: u64,
+    pub bytes: u64,
+    /// Whether the tree was scanned; false when nothing had changed since the last scan
+    /// (the daemon's watches say so) and its manifest was used.
+    pub scanned: bool,
+    /// Files the scan read (the others were known by their stat).
+    pub files_read: u64,
+    pub bytes_read: u64,
+    /// False when nothing changed since the backup's last commit on this connection, so
+    /// no message was sent.
+    pub network: bool,
+    pub up_to_date: bool,
+    pub changed: u64,
+    pub files_sent: u64,
+    pub payload_bytes: u64,
+    pub wire_sent: u64,
+    pub wire_received: u64,
+    pub round_trips: u64,
+    pub restore: Option<RestoreRecord>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorRecord {
+    pub time: u64,
+    pub status: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Syncs attempted (whether or not they reached the network).
+    pub total: u64,
+    pub ok: u64,
+    pub failed: u64,
+    /// Successful syncs that found nothing changed and sent nothing.
+    pub unchanged: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchRecord {
+    /// Directories watched (a recursive watch counts once).
+    pub dirs: u64,
+    /// Some watch could not be set (inotify limit): only the reconcile timer covers it.
+    pub degraded: bool,
+    /// Full rescans after an event overflow or a watch error.
+    pub rescans: u64,
+}
+
+/// `status.json`: the daemon's state after its last sync.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub started: u64,
+    pub peer: String,
+    pub socket: String,
+    pub role: Option<String>,
+    pub vrrp_state: Option<String>,
+    /// Whether this node may send now (primary and VRRP master).
+    pub active: bool,
+    pub inactive_reason: Option<String>,
+    pub connected: bool,
+    pub connected_since: Option<u64>,
+    pub last_sync: Option<SyncRecord>,
+    pub last_success: Option<u64>,
+    pub last_error: Option<ErrorRecord>,
+    pub consecutive_failures: u32,
+    /// Paths changed since the last successful sync, and since when.
+    pub pending_changes: u64,
+    pub pending_since: Option<u64>,
+    pub syncs: Counters,
+    pub watches: WatchRecord,
+    pub alert_sync_failed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error(transparent)]
+    Uci(#[from] UciError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    Bad { path: PathBuf, msg: String },
+}
+
+pub fn epoch_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Writes `last_sync_status` and `last_sync_time` in the UCI state, as the incumbent did.
+pub fn write_uci(root: &Path, status: &str, time: u64) -> Result<(), StatusError> {
+    uci::state_set(root, "keepalived", "ha_peer", "last_sync_status", status)?;
+    uci::state_set(
+        root,
+        "keepalived",
+        "ha_peer",
+        "last_sync_time",
+        &time.to_string(),
+    )?;
+    Ok(())
+}
+
+/// Writes [`STATUS_FILE`] atomically (temp file + rename: a reader never sees half of it).
+pub fn write_json(root: &Path, s: &DaemonStatus) -> Result<(), StatusError> {
+    let path = root.join(STATUS_FILE);
+    let io = |source| StatusError::Io {
+        path: path.clone(),
+        source,
+    };
+    let text = serde_json::to_vec_pretty(s).map_err(|e| StatusError::Bad {
+        path: path.clone(),
+        msg: e.to_string(),
+    })?;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(io)?;
+    }
+    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)
+}
+
+/// Reads [`STATUS_FILE`]; `None` when there is none (no daemon ever ran since boot).
+pub fn read_json(root: &Path) -> Result<Option<DaemonStatus>, StatusError> {
+    let path = root.join(STATUS_FILE);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| StatusError::Bad {
+                path,
+                msg: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StatusError::Io { path, source }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// VRRP state and keepalived's dumps
+
+const KEEPALIVED_JSON: &str = "tmp/keepalived.json";
+const KEEPALIVED_DATA: &str = "tmp/keepalived.data";
+const KEEPALIVED_STATS: &str = "tmp/keepalived.stats";
+
+/// keepalived's numeric states in its JSON dump.
+fn json_state_name(n: i64) -> Option<&'static str> {
+    match n {
+        0 => Some("init"),
+        1 => Some("backup"),
+        2 => Some("master"),
+        3 => Some("fault"),
+        _ => None,
+    }
+}
+
+/// The first VRRP instance of `<root>/tmp/keepalived.json`, if the file is there and parses.
+fn keepalived_json_instance(root: &Path) -> Option<Value> {
+    let b = std::fs::read(root.join(KEEPALIVED_JSON)).ok()?;
+    let v: Value = serde_json::from_slice(&b).ok()?;
+    v.as_array()?.first().cloned()
+}
+
+/// `State = MASTER` of the first VRRP instance in keepalived's text dump.
+fn keepalived_data_state(root: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(root.join(KEEPALIVED_DATA)).ok()?;
+    let mut in_instance = false;
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with("VRRP Instance =") {
+            in_instance = true;
+        } else if in_instance {
+            if let Some(v) = l.strip_prefix("State = ") {
+                let s = v.trim().to_ascii_lowercase();
+                if ["master", "backup", "fault", "init", "stop"].contains(&s.as_str()) {
+                    return Some(s);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// This node's VRRP state: the hooks' record of keepalived's last event, else keepalived's
+/// own dumps when present (they are only as fresh as keepalived's last dump).
+pub fn vrrp_state(root: &Path) -> Option<String> {
+    if let Some(s) = restore_hooks::vrrp_state(root) {
+        return Some(s.as_str().to_string());
+    }
+    if let Some(n) = keepalived_json_instance(root)
+        .and_then(|i| i.get("data")?.get("state")?.as_i64())
+        .and_then(json_state_name)
+    {
+        return Some(n.to_string());
+    }
+    keepalived_data_state(root)
+}
+
+/// keepalived's statistics, in keepalived's order: the `stats` of the first instance in its
+/// JSON dump, else its SIGUSR2 text dump under the same names; empty when neither exists.
+pub fn keepalived_stats(root: &Path) -> Vec<(String, Value)> {
+    if let Some(Value::Object(m)) =
+        keepalived_json_instance(root).and_then(|i| i.get("stats").cloned())
+    {
+        // serde_json's map is sorted: put the known counters back in keepalived's order.
+        let mut out: Vec<(String, Value)> = STATS_KEYS
+            .iter()
+            .filter_map(|(_, _, k)| m.get(*k).map(|v| (k.to_string(), v.clone())))
+            .collect();
+        for (k, v) in &m {
+            if !STATS_KEYS.iter().any(|(_, _, known)| known == k) {
+                out.push((k.clone(), v.clone()));
+            }
+        }
+        return out;
+    }
+    match std::fs::read_to_string(root.join(KEEPALIVED_STATS)) {
+        Ok(text) => parse_stats_text(&text),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The text dump's `section / label` pairs in the JSON dump's names and order.
+const STATS_KEYS: &[(&str, &str, &str)] = &[
+    ("Advertisements", "Received", "advert_rcvd"),
+    ("Advertisements", "Sent", "advert_sent"),
+    ("", "Became master", "become_master"),
+    ("", "Released master", "release_master"),
+    ("Packet Errors", "Length", "packet_len_err"),
+    (
+        "Packet Errors",
+        "Advertisement Interval",
+        "advert_interval_err",
+    ),
+    ("Packet Errors", "TTL", "ip_ttl_err"),
+    ("Packet Errors", "Invalid Type", "invalid_type_rcvd"),
+    ("Packet Errors", "Address List", "addr_list_err"),
+    ("Authentication Errors", "Invalid Type", "invalid_authtype"),
+    (
+        "Authentication Errors",
+        "Type Mismatch",
+        "authtype_mismatch",
+    ),
+    ("Authentication Errors", "Failure", "auth_failure"),
+    ("Priority Zero", "Received", "pri_zero_rcvd"),
+    ("Priority Zero", "Sent", "pri_zero_sent"),
+];
+
+/// Parses the first instance of keepalived's `/tmp/keepalived.stats`.
+pub fn parse_stats_text(text: &str) -> Vec<(String, Value)> {
+    let mut found: Vec<(String, String, u64)> = Vec::new();
+    let mut section = String::new();
+    let mut instances = 0;
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if line.starts_with("VRRP Instance:") {
+            instances += 1;
+            if instances > 1 {
+                break;
+            }
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        let Some((label, value)) = line.trim().split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if value.is_empty() {
+            section = label.to_string();
+            continue;
+        }
+        if indent <= 2 {
+            section.clear();
+        }
+        if let Ok(n) = value.parse() {
+            found.push((section.clone(), label.to_string(), n));
+        }
+    }
+    STATS_KEYS
+        .iter()
+        .filter_map(|(sec, label, key)| {
+            found
+                .iter()
+                .find(|(s, l, _)| s == sec && l == label)
+                .map(|(_, _, n)| ((*key).to_string(), json!(n)))
+        })
+        .collect()
+}
+
+/// Asks the running keepalived for a fresh JSON dump, as the incumbent's status does: its
+/// "JSON" signal (the number comes from `keepalived --signum=JSON`: it differs between
+/// builds), then up to half a second for `/tmp/keepalived.json` to change. Only on the real
+/// root, and only to a process that is keepalived: never a signal to a stale pid.
+pub fn refresh_keepalived_json(root: &Path, runner: &dyn sync_core::runner::Runner) {
+    if root != Path::new("/") {
+        return;
+    }
+    let pid = ["var/run/keepalived.pid", "run/keepalived.pid"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(root.join(p)).ok())
+        .and_then(|t| t.trim().parse::<i32>().ok())
+        .filter(|pid| *pid > 1);
+    let Some(pid) = pid else { return };
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "keepalived" {
+        return;
+    }
+    let Ok(out) = runner.run(&sync_core::runner::Cmd::new("keepalived").arg("--signum=JSON"))
+    else {
+        return;
+    };
+    let Some(sig) = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<i32>()
+        .ok()
+    else {
+        return;
+    };
+    let path = root.join(KEEPALIVED_JSON);
+    let before = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    // SAFETY: kill has no memory effects; pid was checked to be keepalived just above.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return;
+    }
+    for _ in 0..25 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        if std::fs::metadata(&path).and_then(|m| m.modified()).ok() != before {
+            // Written by keepalived with fprintf: give it a moment to finish the file.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `ha-sync status`
+
+/// The UCI `ipaddress` sections of keepalived, in file order: name -> options.
+pub fn virtual_ips(root: &Path) -> Vec<(String, Vec<(String, uci::Value)>)> {
+    let Ok(p) = Package::load_or_empty(&root.join("etc/config/keepalived")) else {
+        return Vec::new();
+    };
+    p.sections_of_kind("ipaddress")
+        .filter_map(|s| Some((s.name.clone()?, s.options.clone())))
+        .collect()
+}
+
+/// The alert timestamps of the UCI state (`keepalived.ha_alert.*_at`).
+fn alert_times(root: &Path) -> Vec<(String, u64)> {
+    [
+        "sync_failed_at",
+        "sync_recovered_at",
+        "primary_failed_at",
+        "primary_recovered_at",
+    ]
+    .into_iter()
+    .filter_map(|opt| {
+        let v = uci::state_get(root, "keepalived", "ha_alert", opt)
+            .ok()
+            .flatten()?;
+        Some((opt.to_string(), v.trim().parse().ok()?))
+    })
+    .collect()
+}
+
+/// What `ha-sync status` shows.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    /// `primary`, `backup` or `unknown`.
+    pub role: String,
+    /// VRRP state (`master`, `backup`, `fault`, `stop`, `init`) or `unknown`.
+    pub state: String,
+    /// `enabled` when a role is configured, else `disabled`.
+    pub status: String,
+    pub last_sync_status: String,
+    pub last_sync_time: Option<u64>,
+    pub virtual_ips: Vec<(String, Vec<(String, uci::Value)>)>,
+    pub keepalived_stats: Vec<(String, Value)>,
+    pub alerts: Vec<(String, u64)>,
+    /// Whether the daemon answered on its socket.
+    pub daemon_running: bool,
+    /// Its live status, else the `status.json` of its last run.
+    pub sync: Option<DaemonStatus>,
+}
+
+/// Gathers [`NodeStatus`]. `daemon`: the running daemon's live status, if it answered.
+pub fn collect(root: &Path, daemon: Option<DaemonStatus>) -> NodeStatus {
+    let (role, status) = match restore_hooks::role(root) {
+        Some(restore_hooks::Role::Primary) => ("primary", "enabled"),
+        Some(restore_hooks::Role::Backup) => ("backup", "enabled"),
+        None => ("unknown", "disabled"),
+    };
+    let state_get = |opt| {
+        uci::state_get(root, "keepalived", "ha_peer", opt)
+            .ok()
+            .flatten()
+    };
+    let daemon_running = daemon.is_some();
+    NodeStatus {
+        role: role.into(),
+        state: vrrp_state(root).unwrap_or_else(|| "unknown".into()),
+        status: status.into(),
+        last_sync_status: state_get("last_sync_status").unwrap_or_default(),
+        last_sync_time: state_get("last_sync_time").and_then(|v| v.trim().parse().ok()),
+        virtual_ips: virtual_ips(root),
+        keepalived_stats: keepalived_stats(root),
+        alerts: alert_times(root),
+        daemon_running,
+        sync: daemon.or_else(|| read_json(root).ok().flatten()),
+    }
+}
+
+/// `date -d @T`'s format (`Mon Jun  9 07:21:15 UTC 2025`), in the local time zone.
+pub fn format_time(epoch: u64) -> String {
+    let t = epoch as libc::time_t;
+    // SAFETY: localtime_r and strftime write only into the buffers given; tm is plain data.
+    unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return epoch.to_string();
+        }
+        let mut buf = [0u8; 64];
+        let n = libc::strftime(
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            c"%a %b %e %H:%M:%S %Z %Y".as_ptr(),
+            &tm,
+        );
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+fn ms(x: Option<f64>) -> String {
+    match x {
+        Some(x) if x >= 1000.0 => format!("{:.2} s", x / 1000.0),
+        Some(x) => format!("{x:.0} ms"),
+        None => "-".into(),
+    }
+}
+
+impl NodeStatus {
+    /// The incumbent's JSON keys, plus `daemon`, `alerts` and `sync`.
+    pub fn to_json(&self) -> Value {
+        let vips: Map<String, Value> = self
+            .virtual_ips
+            .iter()
+            .map(|(name, opts)| {
+                let o: Map<String, Value> = opts
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::to_value(v).unwrap_or(Value::Null)))
+                    .collect();
+                (name.clone(), Value::Object(o))
+            })
+            .collect();
+        let stats: Map<String, Value> = self.keepalived_stats.iter().cloned().collect();
+        let alerts: Map<String, Value> = self
+            .alerts
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        json!({
+            "role": self.role,
+            "state": self.state,
+            "status": self.status,
+            "last_sync_status": self.last_sync_status,
+            // The incumbent gives "" when there is none.
+            "last_sync_time": self.last_sync_time.map_or(json!(""), |t| json!(t)),
+            "virtual_ips": vips,
+            "keepalived_stats": stats,
+            "daemon": if self.daemon_running { "running" } else { "not running" },
+            "alerts": alerts,
+            "sync": self.sync,
+        })
+    }
+
+    /// The incumbent's layout, then ha-sync's own section (on a primary, or wherever a
+    /// daemon left figures).
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut o = String::new();
+        let _ = writeln!(o, "Status: {}", self.status);
+        if self.status == "enabled" {
+            let _ = writeln!(o, "Role: {}", self.role);
+            let _ = writeln!(o, "Current State: {}", self.state);
+            if self.state == "master" && self.role == "primary" {
+                let _ = writeln!(o, "Last Sync Status: {}", self.last_sync_status);
+                let _ = writeln!(
+                    o,
+                    "Last Sync Time: {}",
+                    self.last_sync_time.map(format_time).unwrap_or_default()
+                );
+            }
+            let _ = writeln!(o, "\nVirtual IPs:");
+            for (name, opts) in &self.virtual_ips {
+                let get = |k: &str| {
+                    opts.iter()
+                        .find(|(o, _)| o == k)
+                        .map_or(String::new(), |(_, v)| match v {
+                            uci::Value::Single(s) => s.clone(),
+                            uci::Value::List(l) => l.join(" "),
+                        })
+                };
+                let _ = writeln!(o, "  {name}: {} ({})", get("address"), get("device"));
+            }
+            let _ = writeln!(o, "\nKeepalived Statistics:");
+            if self.keepalived_stats.is_empty() {
+                let _ = writeln!(o, "No keepalived statistics available.");
+            }
+            for (k, v) in &self.keepalived_stats {
+                let _ = writeln!(o, "  {k}: {v}");
+            }
+        }
+        match &self.sync {
+            Some(s) => self.render_sync(&mut o, s),
+            None if self.role == "primary" => {
+                let _ = writeln!(o, "\nSync:\n  Daemon: not running");
+            }
+            None => {}
+        }
+        o
+    }
+
+    fn render_sync(&self, o: &mut String, s: &DaemonStatus) {
+        use std::fmt::Write;
+        let _ = writeln!(o, "\nSync:");
+        if self.daemon_running {
+            let _ = writeln!(o, "  Daemon: running (pid {})", s.pid);
+        } else {
+            let _ = writeln!(o, "  Daemon: not running (figures of its last run)");
+        }
+        let _ = writeln!(o, "  Peer: {}", s.peer);
+        if !s.active {
+            let _ = writeln!(
+                o,
+                "  Sending: no ({})",
+                s.inactive_reason.as_deref().unwrap_or("inactive")
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  Connection: {}",
+            if s.connected { "open" } else { "closed" }
+        );
+        if let Some(l) = &s.last_sync {
+            let _ = writeln!(
+                o,
+                "  Last sync: {} ({}), {}",
+                l.status,
+                l.trigger,
+                format_time(l.time)
+            );
+            if let Some(g) = &l.generation {
+                let _ = writeln!(o, "  Generation: {g}");
+            }
+            let _ = writeln!(
+                o,
+                "  Files: {} ({} bytes), {} entries",
+                l.files, l.bytes, l.entries
+            );
+            let _ = writeln!(
+                o,
+                "  Duration: {}; change-to-live latency: {}",
+                ms(Some(l.duration_ms)),
+                ms(l.latency_ms)
+            );
+            let _ = writeln!(
+                o,
+                "  Sent: {} files, {} bytes of protocol, {} round trips",
+                l.files_sent,
+                l.wire_sent + l.wire_received,
+                l.round_trips
+            );
+            let restore = match &l.restore {
+                None => "-".to_string(),
+                Some(r) => match &r.refused {
+                    Some(why) => format!("not applied: {why}"),
+                    None if r.errors.is_empty() => format!("applied, {} changed", r.changed),
+                    None => format!("applied, {} changed, {} errors", r.changed, r.errors.len()),
+                },
+            };
+            let _ = writeln!(o, "  Backup restore: {restore}");
+        }
+        let _ = writeln!(o, "  Pending changes: {}", s.pending_changes);
+        if let Some(e) = &s.last_error {
+            let _ = writeln!(
+                o,
+                "  Last error: {}: {} ({})",
+                e.status,
+                e.message,
+                format_time(e.time)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "  Consecutive failures: {}; alert ha:sync:failed: {}",
+            s.consecutive_failures,
+            if s.alert_sync_failed {
+                "raised"
+            } else {
+                "clear"
+            }
+        );
+    }
+}
+
+/// Where the daemon's control socket is by default: `<root>/var/run/ha-sync.sock`.
+pub fn default_socket(root: &Path) -> PathBuf {
+    root.join("var/run/ha-sync.sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync_core::local::STATE_DIR;
+
+    // Dumped by keepalived 2.2.7 (Debian 12) on its SIGUSR2 and JSON signals, master state.
+    const STATS_TXT: &str = "VRRP Instance: VI_100\n  Advertisements:\n    Received: 0\n    Sent: 7\n  Became master: 1\n  Released master: 0\n  Packet Errors:\n    Length: 0\n    TTL: 0\n    Invalid Type: 0\n    Advertisement Interval: 0\n    Address List: 0\n  Authentication Errors:\n    Invalid Type: 0\n    Type Mismatch: 0\n    Failure: 0\n  Priority Zero:\n    Received: 0\n    Sent: 0\n";
+    const STATS_JSON: &str = r#"[{"data":{"iname":"VI_100","vrid":100,"state":2,"wantstate":2},"stats":{"advert_rcvd":0,"advert_sent":7,"become_master":1,"release_master":0,"packet_len_err":0,"advert_interval_err":0,"ip_ttl_err":0,"invalid_type_rcvd":0,"addr_list_err":0,"invalid_authtype":0,"authtype_mismatch":0,"auth_failure":0,"pri_zero_rcvd":0,"pri_zero_sent":0}}]"#;
+    const DATA_TXT: &str = "------< VRRP Topology >------\n VRRP Instance = VI_100\n   VRRP Version = 2\n   State = MASTER\n   Wantstate = MASTER\n------< Interfaces >------\n Name = lo\n   State = UP, RUNNING\n";
+
+    #[test]
+    fn text_stats_parse_to_the_json_names_and_order() {
+        let from_text = parse_stats_text(STATS_TXT);
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("tmp")).unwrap();
+        std::fs::write(d.path().join(KEEPALIVED_JSON), STATS_JSON).unwrap();
+        let from_json = keepalived_stats(d.path());
+        assert_eq!(from_text, from_json);
+        assert_eq!(from_text.len(), 14);
+        // keepalived's own order, which the incumbent's status prints.
+        assert_eq!(from_text[0], ("advert_rcvd".to_string(), json!(0)));
+        assert_eq!(from_text[1], ("advert_sent".to_string(), json!(7)));
+        assert_eq!(from_text[13].0, "pri_zero_sent");
+    }
+
+    #[test]
+    fn state_from_hooks_then_json_then_data() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        assert_eq!(vrrp_state(r), None);
+        std::fs::create_dir_all(r.join("tmp")).unwrap();
+        std::fs::write(r.join(KEEPALIVED_DATA), DATA_TXT).unwrap();
+        assert_eq!(vrrp_state(r).as_deref(), Some("master"));
+        std::fs::write(
+            r.join(KEEPALIVED_JSON),
+            STATS_JSON.replace("\"state\":2", "\"state\":1"),
+        )
+        .unwrap();
+        assert_eq!(vrrp_state(r).as_deref(), Some("backup"));
+        std::fs::create_dir_all(r.join(STATE_DIR)).unwrap();
+        std::fs::write(r.join(STATE_DIR).join("vrrp_state"), "fault\n").unwrap();
+        assert_eq!(vrrp_state(r).as_deref(), Some("fault"));
+    }
+
+    #[test]
+    fn layout_of_a_primary() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        std::fs::create_dir_all(r.join("etc/config")).unwrap();
+        std::fs::write(
+            r.join("etc/config/keepalived"),
+            "config vrrp_instance 'primary'\n\toption name 'master'\n\nconfig ipaddress 'lan_ipaddress'\n\toption name 'lan_ha'\n\toption address '192.168.100.240/24'\n\toption device 'br-lan'\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(r.join("tmp")).unwrap();
+        std::fs::write(r.join(KEEPALIVED_JSON), STATS_JSON).unwrap();
+        write_uci(r, "Successful", 1_749_453_675).unwrap();
+        let st = collect(r, None);
+        let v = st.to_json();
+        assert_eq!(v["role"], "primary");
+        assert_eq!(v["state"], "master");
+        assert_eq!(v["status"], "enabled");
+        assert_eq!(v["last_sync_status"], "Successful");
+        assert_eq!(v["last_sync_time"], json!(1_749_453_675u64));
+        assert_eq!(v["virtual_ips"]["lan_ipaddress"]["device"], "br-lan");
+        assert_eq!(v["keepalived_stats"]["advert_sent"], json!(7));
+        let out = st.render();
+        let expected_head = format!(
+            "Status: enabled\nRole: primary\nCurrent State: master\nLast Sync Status: Successful\nLast Sync Time: {}\n\nVirtual IPs:\n  lan_ipaddress: 192.168.100.240/24 (br-lan)\n\nKeepalived Statistics:\n  advert_rcvd: 0\n  advert_sent: 7\n",
+            format_time(1_749_453_675)
+        );
+        assert!(out.starts_with(&expected_head), "{out}");
+        assert!(out.contains("  pri_zero_sent: 0\n"), "{out}");
+        assert!(out.contains("Sync:\n  Daemon: not running"), "{out}");
+    }
+
+    #[test]
+    fn disabled_when_no_role() {
+        let d = tempfile::tempdir().unwrap();
+        let st = collect(d.path(), None);
+        assert_eq!(st.to_json()["status"], "disabled");
+        assert_eq!(st.render(), "Status: disabled\n");
+    }
+
+    #[test]
+    fn restore_refusals() {
+        let staging_only = RestoreReport {
+            refused: Some("staging only: no restore configured".into()),
+            ..RestoreReport::default()
+        };
+        assert_eq!(
+            Outcome::of_restore(Some(&staging_only)),
+            Outcome::Successful
+        );
+        let master = RestoreReport {
+            refused: Some("this node is the VRRP master".into()),
+            ..RestoreReport::default()
+        };
+        assert_eq!(Outcome::of_restore(Some(&master)), Outcome::RestoreFailed);
+        let errors = RestoreReport {
+            applied: true,
+            errors: vec![("/etc/x".into(), "EACCES".into())],
+            ..RestoreReport::default()
+        };
+        assert_eq!(Outcome::of_restore(Some(&errors)), Outcome::RestoreFailed);
+        for o in [
+            Outcome::ConnectionFailed,
+            Outcome::HostKeyFailed,
+            Outcome::AuthFailed,
+            Outcome::TransferFailed,
+            Outcome::RestoreFailed,
+            Outcome::LocalFailed,
+        ] {
+            assert!(o.as_str().contains("Failed"), "{o:?}");
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! `ha-sync cluster ACTION ...` and the `ns-ha-config` entry (the same words, when the binary
+//! is run through a link or wrapper named `ns-ha-config`). Parsing and printing only: the
+//! actions live in `sync_agent::cluster`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use sync_agent::cluster::keepalived::{Notify, RenderOptions};
+use sync_agent::cluster::remote::SshPeer;
+use sync_agent::cluster::{actions, bootstrap, Ctx, Peer};
+use sync_core::runner::SystemRunner;
+
+#[derive(Args)]
+pub struct ClusterArgs {
+    /// The router's root directory.
+    #[arg(long, default_value = "/", global = true)]
+    root: PathBuf,
+    #[command(subcommand)]
+    action: Action,
+}
+
+/// `ns-ha-config <action> [<option1> <option2>]`
+#[derive(Parser)]
+#[command(
+    name = "ns-ha-config",
+    version,
+    about = "Set up and run the HA cluster (ha-sync's ns-ha-config)"
+)]
+struct NsHaConfig {
+    #[command(flatten)]
+    args: ClusterArgs,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// Check this node's requirements as the primary: static LAN address, DHCP options 3 and 6.
+    CheckPrimaryNode {
+        #[arg(default_value = "lan")]
+        lan_interface: String,
+    },
+    /// Check the backup over SSH on port 22 (root password from the terminal or stdin).
+    CheckBackupNode {
+        backup_node_ip: String,
+        #[arg(default_value = "lan")]
+        lan_interface: String,
+    },
+    /// Initialize this node as the primary: keepalived, conntrackd, the cluster key.
+    InitPrimaryNode {
+        primary_node_ip: String,
+        backup_node_ip: String,
+        /// In CIDR notation: 192.168.100.240/24
+        virtual_ip: String,
+        #[arg(default_value = "lan")]
+        lan_interface: String,
+    },
+    /// Initialize the backup over SSH on port 22 (root password from the terminal or stdin).
+    InitBackupNode {
+        #[arg(default_value = "lan")]
+        lan_interface: String,
+    },
+    /// Add the interface holding PRIMARY_NODE_IP to the cluster, with its virtual IP.
+    AddLanInterface {
+        primary_node_ip: String,
+        backup_node_ip: String,
+        virtual_ip: String,
+    },
+    /// Remove an interface (and its extra VIPs) from the cluster.
+    RemoveInterface { interface: String },
+    /// Add an extra virtual IP (CIDR) on an HA interface.
+    AddVip { interface: String, vip: String },
+    /// Remove an extra virtual IP.
+    RemoveVip { interface: String, vip: String },
+    /// Show the HA interfaces and virtual IPs.
+    ShowConfig {
+        /// Print the keepalived.conf this node's configuration gives instead.
+        #[arg(long)]
+        render: bool,
+        /// With --render: notify lines run OpenWrt's hotplug-call (as its init script
+        /// writes them) instead of calling `ha-sync hook` directly.
+        #[arg(long)]
+        hotplug: bool,
+    },
+    /// Show the cluster status.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enable and start keepalived and conntrackd here, then on the backup.
+    Enable,
+    /// Disable keepalived and conntrackd on the backup, then here.
+    Disable,
+    /// Undo init on both nodes (the network configuration is left as it is).
+    Reset {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Open a shell on the backup (not available yet).
+    SshRemote,
+    /// Upgrade the backup with an image (not available yet).
+    UpgradeRemote { image: Option<PathBuf> },
+    /// Run by init-backup-node and check-backup-node on the backup over SSH (reads a JSON
+    /// request on stdin).
+    #[command(hide = true)]
+    ServeBootstrap { step: String },
+}
+
+/// Whether the program was started as `ns-ha-config` (a link or wrapper of that name).
+pub fn invoked_as_ns_ha_config() -> bool {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .is_some_and(|n| n.ends_with("ns-ha-config"))
+}
+
+/// The `ns-ha-config` entry: parses its words and runs the action.
+pub fn ns_ha_config_main() -> Result<()> {
+    run(NsHaConfig::parse().args)
+}
+
+fn peer(root: &Path) -> Result<Option<SshPeer>> {
+    SshPeer::from_config(root).context("reading the backup's address and keys")
+}
+
+fn note_no_peer(p: &Option<SshPeer>) {
+    if p.is_none() {
+        println!(
+            "Backup node not initialized yet: it gets this configuration at init-backup-node."
+        );
+    }
+}
+
+pub fn run(a: ClusterArgs) -> Result<()> {
+    let root = a.root.as_path();
+    let ctx = Ctx {
+        root,
+        runner: &SystemRunner,
+    };
+    match a.action {
+        Action::CheckPrimaryNode { lan_interface } => {
+            let i = actions::check_primary_node(&ctx, &lan_interface)?;
+            println!(
+                "Primary node requirements met on {} (device {}, address {}).",
+                i.name,
+                i.device,
+                i.addr.map(|a| a.to_string()).unwrap_or_default()
+            );
+        }
+        Action::CheckBackupNode {
+            backup_node_ip,
+            lan_interface,
+        } => {
+            let password = read_password(&backup_node_ip)?;
+            let c = runtime()?.block_on(bootstrap::call(
+                &backup_node_ip,
+                22,
+                &password,
+                "check",
+                &bootstrap::check_request(&lan_interface),
+            ))?;
+            println!("Backup node SSH host key: {}", c.ssh_fingerprint);
+            println!("Backup node requirements met on {lan_interface}.");
+        }
+        Action::InitPrimaryNode {
+            primary_node_ip,
+            backup_node_ip,
+            virtual_ip,
+            lan_interface,
+        } => {
+            let spec = actions::init_primary_node(
+                &ctx,
+                &primary_node_ip,
+                &backup_node_ip,
+                &virtual_ip,
+                &lan_interface,
+            )?;
+            println!(
+                "Primary node initialized: {} carries virtual IP {}; now run `ns-ha-config \
+                 init-backup-node {lan_interface}`.",
+                lan_interface,
+                spec.main().map(|m| m.vip.to_string()).unwrap_or_default()
+            );
+        }
+        Action::InitBackupNode { lan_interface: _ } => {
+            let (backup, req) = bootstrap::init_request(&ctx)?;
+            let password = read_password(&backup.to_string())?;
+            let c = runtime()?.block_on(bootstrap::call(
+                &backup.to_string(),
+                22,
+                &password,
+                "init",
+                &req,
+            ))?;
+            let fp = bootstrap::pin_agent(&ctx, backup, &c.answer)?;
+            println!("Backup node SSH host key (port 22): {}", c.ssh_fingerprint);
+            println!("Backup agent host key (port 65022) pinned: {fp}");
+            println!("Backup node setup completed.");
+        }
+        Action::AddLanInterface {
+            primary_node_ip,
+            backup_node_ip,
+            virtual_ip,
+        } => {
+            let p = peer(root)?;
+            note_no_peer(&p);
+            let i = actions::add_lan_interface(
+                &ctx,
+                p.as_ref().map(|p| p as &dyn Peer),
+                &primary_node_ip,
+                &backup_node_ip,
+                &virtual_ip,
+            )?;
+            println!("Interface {} added with virtual IP {}.", i.name, i.vip);
+        }
+        Action::RemoveInterface { interface } => {
+            let p = peer(root)?;
+            note_no_peer(&p);
+            let i =
+                actions::remove_interface(&ctx, p.as_ref().map(|p| p as &dyn Peer), &interface)?;
+            println!("Interface {} removed from the cluster.", i.name);
+        }
+        Action::AddVip { interface, vip } => {
+            let p = peer(root)?;
+            note_no_peer(&p);
+            let v = actions::add_vip(&ctx, p.as_ref().map(|p| p as &dyn Peer), &interface, &vip)?;
+            println!("Virtual IP {} added on {}.", v.address, v.interface);
+        }
+        Action::RemoveVip { interface, vip } => {
+            let p = peer(root)?;
+            note_no_peer(&p);
+            let v =
+                actions::remove_vip(&ctx, p.as_ref().map(|p| p as &dyn Peer), &interface, &vip)?;
+            println!("Virtual IP {} removed from {}.", v.address, v.interface);
+        }
+        Action::ShowConfig { render, hotplug } => {
+            if render {
+                let opts = RenderOptions {
+                    notify: if hotplug {
+                        Notify::Hotplug
+                    } else {
+                        RenderOptions::default().notify
+                    },
+                    router_id: None,
+                };
+                print!("{}", actions::render_config(&ctx, &opts)?);
+            } else {
+                print!("{}", actions::show_config(&ctx)?);
+            }
+        }
+        Action::Status { json } => {
+            if json {
+                let st = sync_agent::status::collect(root, None);
+                println!("{}", serde_json::to_string_pretty(&st.to_json())?);
+            } else {
+                print!("{}", actions::status(&ctx));
+            }
+        }
+        Action::Enable => {
+            let p = peer(root)?;
+            actions::enable(&ctx, p.as_ref().map(|p| p as &dyn Peer))?;
+            println!("HA cluster enabled.");
+        }
+        Action::Disable => {
+            let p = peer(root)?;
+            actions::disable(&ctx, p.as_ref().map(|p| p as &dyn Peer))?;
+            println!("HA cluster disabled.");
+        }
+        Action::Reset { yes } => {
+            if !yes && !confirm()? {
+                println!("Reset operation canceled.");
+                return Ok(());
+            }
+            let p = peer(root)?;
+            let r = actions::reset(&ctx, p.as_ref().map(|p| p as &dyn Peer))?;
+            if let Some(e) = r.peer_error {
+                eprintln!(
+                    "warning: the backup could not be reset ({e}); run `ns-ha-config reset` on \
+                     it directly"
+                );
+            }
+            println!("HA configuration reset.");
+        }
+        Action::SshRemote => bail!(
+            "ssh-remote is not available yet in ha-sync: the agent offers no shell; log in to \
+             the backup on its management address (ssh root@<backup LAN IP>)"
+        ),
+        Action::UpgradeRemote { .. } => bail!(
+            "upgrade-remote is not available yet in ha-sync: copy the image to the backup on \
+             its management address and run sysupgrade there"
+        ),
+        Action::ServeBootstrap { step } => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .take(1 << 20)
+                .read_to_end(&mut buf)
+                .context("reading the request")?;
+            let req: serde_json::Value =
+                serde_json::from_slice(&buf).context("the request is not JSON")?;
+            let answer = bootstrap::serve(&ctx, &step, &req)?;
+            println!("{answer}");
+        }
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")
+}
+
+/// The incumbent's confirmation: the word `yes`.
+fn confirm() -> Result<bool> {
+    print!("Are you sure you want to reset the HA configuration? This action cannot be undone. (yes/no): ");
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim() == "yes")
+}
+
+/// The backup's root password: typed on the terminal without echo, or the first line of
+/// stdin when it is not a terminal (`echo pw | ns-ha-config init-backup-node lan`). Never
+/// from argv or the environment.
+fn read_password(host: &str) -> Result<String> {
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    if stdin.is_terminal() {
+        eprint!("Enter password for root@{host}: ");
+        std::io::stderr().flush()?;
+        let fd = libc::STDIN_FILENO;
+        // SAFETY: termios is plain data; tcgetattr/tcsetattr only touch it and the tty.
+        let saved = unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut t) != 0 {
+                bail!("cannot read the terminal settings");
+            }
+            let mut quiet = t;
+            quiet.c_lflag &= !libc::ECHO;
+            libc::tcsetattr(fd, libc::TCSANOW, &quiet);
+            t
+        };
+        let r = stdin.lock().read_line(&mut line);
+        // SAFETY: restores the settings saved above.
+        unsafe {
+            libc::tcsetattr(fd, libc::TCSANOW, &saved);
+        }
+        eprintln!();
+        r?;
+    } else {
+        stdin.lock().read_line(&mut line)?;
+    }
+    let pw = line.trim_end_matches(['\r', '\n']).to_string();
+    if pw.is_empty() {
+        bail!("no password given: type it, or pipe it on stdin (echo PASSWORD | ns-ha-config ...)");
+    }
+    Ok(pw)
+}

@@ -1,0 +1,297 @@
+//! The cluster's remote actions over the agent's real SSH server (loopback): they run for the
+//! cluster key only, no other command runs, passwords are refused.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ha_sync_tests::cluster::Keys;
+use serde_json::json;
+use sync_agent::cluster::remote::{self, HostKey, Login, SshPeer};
+use sync_agent::cluster::{actions, bootstrap, keepalived, ClusterError, Ctx, Peer, RemoteAction};
+use sync_agent::transport::{self, ServerConfig};
+use sync_core::runner::RecordingRunner;
+use sync_core::uci::Package;
+
+const NETWORK: &str = "
+config interface 'lan'
+	option device 'br-lan'
+	option proto 'static'
+	option ipaddr '192.168.100.239'
+	option netmask '255.255.255.0'
+
+config interface 'wan'
+	option device 'eth1'
+	option proto 'dhcp'
+";
+
+/// A backup root with an agent serving the cluster actions on loopback.
+struct Backup {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    keys: Keys,
+    addr: std::net::SocketAddr,
+    /// A second key the agent accepts for logins, but that is not the cluster key.
+    other: PathBuf,
+}
+
+fn backup() -> Backup {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    fs::create_dir_all(root.join("etc/config")).expect("mkdir");
+    fs::write(root.join("etc/config/network"), NETWORK).expect("network");
+    let keys = Keys::new(&dir.path().join("keys"));
+    let other = dir.path().join("keys/other");
+    transport::generate_keypair(&other).expect("other key");
+    let mut ak = fs::read_to_string(&keys.authorized).expect("ak");
+    ak.push_str(&fs::read_to_string(dir.path().join("keys/other.pub")).expect("other.pub"));
+    fs::write(&keys.authorized, ak).expect("ak");
+    // what init-backup-node leaves: the cluster key's public half
+    fs::create_dir_all(root.join("etc/ha-sync")).expect("mkdir");
+    fs::copy(
+        dir.path().join("keys/id_ed25519.pub"),
+        remote::cluster_pub(&root),
+    )
+    .expect("cluster pub");
+
+    let cfg = ServerConfig::new(
+        "127.0.0.1:0".parse().expect("addr"),
+        keys.host_key.clone(),
+        keys.authorized.clone(),
+    );
+    let r = root.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let sync = Arc::new(
+                |_: &mut dyn sync_agent::transport::ReadWrite,
+                 _: &sync_agent::transport::PeerInfo|
+                 -> Result<(), String> { Err("no sync in this test".into()) },
+            );
+            let server = transport::bind(cfg, sync).await.expect("bind");
+            let server = remote::register(server, &r, Arc::new(RecordingRunner::new()));
+            tx.send(server.local_addr().expect("addr")).expect("send");
+            let _ = server.run().await;
+        });
+    });
+    let addr = rx.recv().expect("server address");
+    keys.pin("127.0.0.1", addr.port());
+    Backup {
+        _dir: dir,
+        root,
+        keys,
+        addr,
+        other,
+    }
+}
+
+fn peer(b: &Backup, key: &Path) -> SshPeer {
+    SshPeer::new(
+        "127.0.0.1",
+        b.addr.port(),
+        key.to_path_buf(),
+        b.keys.known_hosts.clone(),
+    )
+    .expect("peer")
+}
+
+#[test]
+fn cluster_key_runs_the_actions() {
+    let b = backup();
+    let p = peer(&b, &b.keys.id);
+    let answer = p
+        .call(
+            RemoteAction::Validate,
+            &json!({ "interfaces": [{ "name": "lan", "address": "192.168.100.239" }] }),
+        )
+        .expect("validate");
+    assert_eq!(answer["interfaces"][0]["device"], "br-lan");
+    assert_eq!(answer["configured"], false);
+
+    // configure from a real primary's spec: the backup's sections are written
+    let primary = tempfile::tempdir().expect("tempdir");
+    fs::create_dir_all(primary.path().join("etc/config")).expect("mkdir");
+    fs::write(
+        primary.path().join("etc/config/network"),
+        NETWORK.replace("192.168.100.239", "192.168.100.238"),
+    )
+    .expect("network");
+    let runner = RecordingRunner::new();
+    let ctx = Ctx {
+        root: primary.path(),
+        runner: &runner,
+    };
+    actions::init_primary_node(
+        &ctx,
+        "192.168.100.238",
+        "192.168.100.239",
+        "192.168.100.240/24",
+        "lan",
+    )
+    .expect("init");
+    actions::add_vip(&ctx, Some(&p), "lan", "192.168.100.66/24").expect("add-vip through ssh");
+    let k = Package::load(&b.root.join("etc/config/keepalived")).expect("backup uci");
+    assert_eq!(k.get("backup", "priority"), Some("50"));
+    assert_eq!(
+        k.get_list("backup", "virtual_ipaddress"),
+        vec!["lan_ha", "lan_192_168_100_66_24_ha"]
+    );
+
+    // a refusal on the backup comes back as its message
+    let e = p
+        .call(
+            RemoteAction::Validate,
+            &json!({ "interfaces": [{ "name": "wan" }] }),
+        )
+        .expect_err("wan is dhcp");
+    assert!(
+        e.to_string().contains("interface wan uses proto dhcp"),
+        "{e}"
+    );
+}
+
+#[test]
+fn other_keys_are_refused_for_every_action() {
+    let b = backup();
+    let p = peer(&b, &b.other);
+    for action in RemoteAction::ALL {
+        let e = p.call(action, &json!({})).expect_err("refused");
+        let text = e.to_string();
+        assert!(
+            text.contains("cluster actions are refused for key")
+                && text.contains("only the cluster key"),
+            "{action:?}: {text}"
+        );
+    }
+    // nothing was written on the backup
+    assert!(!b.root.join("etc/config/keepalived").exists());
+
+    // without the cluster key's public half (before init-backup-node) nobody may
+    fs::remove_file(remote::cluster_pub(&b.root)).expect("rm");
+    let e = peer(&b, &b.keys.id)
+        .call(RemoteAction::Enable, &json!({}))
+        .expect_err("refused");
+    assert!(e.to_string().contains("no cluster key on this node"), "{e}");
+}
+
+#[test]
+fn no_other_command_and_no_password() {
+    let b = backup();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    for cmd in [
+        "sh -c id",
+        "ha-sync-cluster",
+        "ha-sync-cluster validate; id",
+    ] {
+        let e = rt
+            .block_on(remote::exec(
+                remote::Target {
+                    host: "127.0.0.1",
+                    port: b.addr.port(),
+                    user: "root",
+                    login: &Login::Key(b.keys.id.clone()),
+                    check: HostKey::Pinned(b.keys.known_hosts.clone()),
+                    timeout: Duration::from_secs(20),
+                },
+                cmd,
+                b"{}",
+            ))
+            .expect_err("refused");
+        assert!(e.to_string().contains("refused to run"), "{cmd}: {e}");
+    }
+    // bootstrap with a wrong password: refused, and the password is in no message
+    let e = rt
+        .block_on(bootstrap::call(
+            "127.0.0.1",
+            b.addr.port(),
+            "Wrong,Password-1234",
+            "check",
+            &bootstrap::check_request("lan"),
+        ))
+        .expect_err("refused");
+    let text = e.to_string();
+    assert!(text.contains("refused the password of root"), "{text}");
+    assert!(!text.contains("Wrong,Password-1234"), "{text}");
+    assert!(matches!(e, ClusterError::Peer(_)));
+    // an unknown host key is refused with the pinning hint
+    fs::write(&b.keys.known_hosts, "").expect("unpin");
+    let e = peer(&b, &b.keys.id)
+        .call(RemoteAction::Validate, &json!({"interfaces": []}))
+        .expect_err("unknown host key");
+    assert!(e.to_string().contains("not in"), "{e}");
+}
+
+#[test]
+fn bootstrap_init_installs_the_cluster_key_and_answers_the_agent_host_key() {
+    // the backup's half of init-backup-node, as `ha-sync cluster serve-bootstrap init` runs it
+    let backup = tempfile::tempdir().expect("tempdir");
+    let broot = backup.path();
+    fs::create_dir_all(broot.join("etc/config")).expect("mkdir");
+    fs::write(broot.join("etc/config/network"), NETWORK).expect("network");
+    let primary = tempfile::tempdir().expect("tempdir");
+    fs::create_dir_all(primary.path().join("etc/config")).expect("mkdir");
+    fs::write(
+        primary.path().join("etc/config/network"),
+        NETWORK.replace("192.168.100.239", "192.168.100.238"),
+    )
+    .expect("network");
+    let runner = RecordingRunner::new();
+    let pctx = Ctx {
+        root: primary.path(),
+        runner: &runner,
+    };
+    actions::init_primary_node(
+        &pctx,
+        "192.168.100.238",
+        "192.168.100.239",
+        "192.168.100.240/24",
+        "lan",
+    )
+    .expect("init");
+    let (ip, req) = bootstrap::init_request(&pctx).expect("request");
+    assert_eq!(ip.to_string(), "192.168.100.239");
+    let brunner = RecordingRunner::new();
+    let bctx = Ctx {
+        root: broot,
+        runner: &brunner,
+    };
+    let answer = bootstrap::serve(&bctx, "init", &req).expect("serve init");
+    let fp = bootstrap::pin_agent(&pctx, ip, &answer).expect("pin");
+    assert!(fp.starts_with("SHA256:"));
+    let known = fs::read_to_string(primary.path().join("etc/ha-sync/known_hosts")).expect("kh");
+    assert!(
+        known.starts_with("[192.168.100.239]:65022 ssh-ed25519 "),
+        "{known}"
+    );
+    let ak = fs::read_to_string(broot.join("etc/ha-sync/authorized_keys")).expect("ak");
+    let cluster_pub =
+        fs::read_to_string(primary.path().join("etc/ha-sync/id_ed25519.pub")).expect("pub");
+    let key_b64 = cluster_pub.split_whitespace().nth(1).expect("b64");
+    assert!(ak.contains(key_b64));
+    assert!(fs::read_to_string(remote::cluster_pub(broot))
+        .expect("cluster pub")
+        .contains(key_b64));
+    let k = Package::load(&broot.join("etc/config/keepalived")).expect("uci");
+    assert_eq!(keepalived::role_of(&k), Some(restore_hooks::Role::Backup));
+    assert_eq!(
+        brunner.lines(),
+        vec![
+            "/etc/init.d/keepalived enable",
+            "/etc/init.d/keepalived restart",
+            "/etc/init.d/conntrackd enable",
+            "/etc/init.d/conntrackd restart",
+        ]
+    );
+    // run twice: the key is not added twice
+    bootstrap::serve(&bctx, "init", &req).expect("again");
+    let ak2 = fs::read_to_string(broot.join("etc/ha-sync/authorized_keys")).expect("ak");
+    assert_eq!(ak2.matches(key_b64).count(), 1);
+}
