@@ -10,7 +10,7 @@ use std::sync::Arc;
 use sync_core::apply::Staging;
 use sync_core::local::{self, PrepareError, Prepared, STATE_DIR};
 use sync_core::manifest::Manifest;
-use sync_core::restore_list;
+use sync_core::restore_list::{self, RestoreList};
 use sync_core::runner::Runner;
 use sync_core::scan::{Scanner, StatCache};
 use sync_core::session::{Backup, Primary, PrimaryState, SyncError, SyncReport};
@@ -125,7 +125,16 @@ pub fn prepare_cached(
     runner: &dyn Runner,
     cache: &mut StatCache,
 ) -> Result<Prepared, PrepareError> {
-    let list = restore_list::compute(root, runner)?;
+    scan_list(root, restore_list::compute(root, runner)?, cache)
+}
+
+/// Scans the paths of `list` (computed earlier: the daemon computes it again only when an
+/// event may have changed it, since on a router that runs `sysupgrade -l`).
+pub fn scan_list(
+    root: &Path,
+    list: RestoreList,
+    cache: &mut StatCache,
+) -> Result<Prepared, PrepareError> {
     let items = local::list_items(&list)?;
     let excl = |p: &str| list.excludes.is_excluded(p);
     let (manifest, stats) = Scanner {

@@ -201,6 +201,15 @@ pub fn run_command(runner: &dyn Runner, command: &str, alert: Alert, failing: bo
     }
 }
 
+/// Runs the configured alert command (if any) for a transition recorded elsewhere: the
+/// keepalived hooks write `primary_failed_at` / `primary_recovered_at` themselves, under their
+/// lock, and then call this.
+pub fn announce(root: &Path, runner: &dyn Runner, alert: Alert, failing: bool, message: &str) {
+    if let Some(cmd) = AlertConfig::load(root).command {
+        run_command(runner, &cmd, alert, failing, message);
+    }
+}
+
 /// `ha:primary:failed` for the keepalived hooks: `failed` on the backup when it becomes
 /// master, `!failed` on the primary when it is master again. Records only a transition
 /// (per the UCI state); returns whether it was one.

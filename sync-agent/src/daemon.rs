@@ -288,6 +288,8 @@ pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon,
         overflow,
         fences: 0,
         dirty: true,
+        list_dirty: true,
+        gate_dirty: false,
         plan: Plan::default(),
         pending: HashSet::new(),
         pending_since: None,
@@ -382,6 +384,10 @@ struct Engine {
     /// A relevant event came since the last scan began: the manifest in `prepared` may be
     /// stale.
     dirty: bool,
+    /// ... and one that may change the restore list itself (see `Plan::list_may_change`).
+    list_dirty: bool,
+    /// The role or the VRRP state may have changed: read them again.
+    gate_dirty: bool,
     plan: Plan,
     debounce: Debounce,
     /// Changed paths not yet carried by a successful sync, and since when.
@@ -549,16 +555,24 @@ impl Engine {
                 for p in paths {
                     match self.plan.classify(&p) {
                         Relevance::Ignore => {}
-                        Relevance::Change => self.note_change(p, now),
+                        Relevance::Change => {
+                            if !self.list_dirty && self.plan.list_may_change(&p) {
+                                self.list_dirty = true;
+                            }
+                            self.note_change(p, now);
+                        }
                         Relevance::ListInput => {
                             tracing::debug!("{}: restore list input changed", p.display());
                             if self.cfg.alerts.is_none() {
                                 self.alerts = AlertConfig::load(&self.cfg.root);
                             }
+                            // keepalived's config also holds the role.
+                            self.list_dirty = true;
+                            self.gate_dirty = true;
                             self.note_change(p, now);
                         }
                         // Acted on once the queue is drained (after_events).
-                        Relevance::Gate => {}
+                        Relevance::Gate => self.gate_dirty = true,
                     }
                 }
             }
@@ -566,6 +580,8 @@ impl Engine {
                 tracing::warn!("{why}: events may have been lost; rescanning everything");
                 self.rescan = true;
                 self.dirty = true;
+                self.list_dirty = true;
+                self.gate_dirty = true;
                 self.debounce.note(now);
                 self.rescans += 1;
             }
@@ -582,6 +598,7 @@ impl Engine {
                 }
                 self.rescan = true;
                 self.dirty = true;
+                self.list_dirty = true;
                 self.debounce.note(now);
                 self.rescans += 1;
             }
@@ -599,7 +616,9 @@ impl Engine {
     }
 
     fn after_events(&mut self) {
-        self.refresh_gate(false);
+        if std::mem::take(&mut self.gate_dirty) {
+            self.refresh_gate(false);
+        }
         self.publish();
     }
 
@@ -757,7 +776,20 @@ impl Engine {
             reuse = self.fence().await && !self.dirty;
         }
         if !reuse {
+            // The list is computed again after an event that may change it, and by every sync
+            // that does not follow events (start, reconcile, rescan); otherwise only scanned.
+            let old_list = self
+                .prepared
+                .as_ref()
+                .filter(|_| {
+                    !self.list_dirty
+                        && !reset
+                        && matches!(trigger, Trigger::Change | Trigger::Now | Trigger::Retry)
+                })
+                .map(|p| p.list.clone());
+            let new_list = old_list.is_none();
             self.dirty = false;
+            self.list_dirty = false;
             let (root, runner, cache) = (
                 self.cfg.root.clone(),
                 self.runner.clone(),
@@ -768,12 +800,18 @@ impl Engine {
                     Ok(c) => c,
                     Err(p) => p.into_inner(),
                 };
-                agent::prepare_cached(&root, runner.as_ref(), &mut c)
+                match old_list {
+                    Some(list) => agent::scan_list(&root, list, &mut c),
+                    None => agent::prepare_cached(&root, runner.as_ref(), &mut c),
+                }
             })
             .await;
             let error = match prepared {
                 Ok(Ok(p)) => {
-                    self.replan(&p.list, reset);
+                    // The watches follow the list (what else they depend on sets list_dirty).
+                    if new_list {
+                        self.replan(&p.list, reset);
+                    }
                     record.files_read = p.stats.files_hashed;
                     record.bytes_read = p.stats.bytes_hashed;
                     self.prepared = Some(p);
@@ -785,6 +823,7 @@ impl Engine {
             if let Some(e) = error {
                 self.prepared = None;
                 self.dirty = true;
+                self.list_dirty = true;
                 return fail(Outcome::LocalFailed, e, record);
             }
             record.scanned = true;

@@ -107,6 +107,9 @@ pub struct Plan {
     pub watches: BTreeMap<PathBuf, bool>,
     /// Host paths whose change, creation or removal may change the manifest.
     specs: BTreeSet<PathBuf>,
+    /// The restore list's entries (host paths): files, and directories mirrored whole.
+    listed_files: BTreeSet<PathBuf>,
+    listed_dirs: BTreeSet<PathBuf>,
     inputs: BTreeSet<PathBuf>,
     /// `lib/upgrade/keep.d`: anything inside is an input.
     input_dirs: Vec<PathBuf>,
@@ -216,9 +219,14 @@ impl Plan {
     /// control socket, never a reason to sync.
     pub fn compute(root: &Path, list: &RestoreList, socket: &Path) -> Plan {
         let mut specs = BTreeSet::new();
+        let (mut listed_files, mut listed_dirs) = (BTreeSet::new(), BTreeSet::new());
         for e in &list.entries {
             if let Some(h) = host(root, &e.path) {
-                specs.insert(h);
+                specs.insert(h.clone());
+                match e.kind {
+                    restore_list::EntryKind::Dir => listed_dirs.insert(h),
+                    restore_list::EntryKind::File => listed_files.insert(h),
+                };
             }
         }
         let uci = Package::load_or_empty(&root.join("etc/config/keepalived")).unwrap_or_default();
@@ -250,6 +258,8 @@ impl Plan {
         Plan {
             watches: normalize(wanted),
             specs,
+            listed_files,
+            listed_dirs,
             inputs,
             input_dirs: vec![root.join(KEEP_D)],
             gate,
@@ -280,6 +290,25 @@ impl Plan {
             return Relevance::Change;
         }
         Relevance::Ignore
+    }
+}
+
+impl Plan {
+    /// Whether a change of `path` may change the restore list itself (not only the manifest),
+    /// so that it must be computed again: a path inside a listed directory never does (the
+    /// directory is one entry), nor a listed file that is still there; anything else may
+    /// (a new file below a kept directory, a first edit of a conffile, a listed file gone).
+    pub fn list_may_change(&self, path: &Path) -> bool {
+        if path
+            .ancestors()
+            .any(|a| a != path && self.listed_dirs.contains(a))
+        {
+            return false;
+        }
+        if self.listed_files.contains(path) || self.listed_dirs.contains(path) {
+            return std::fs::symlink_metadata(path).is_err();
+        }
+        true
     }
 }
 
@@ -574,6 +603,20 @@ mod tests {
         assert_eq!(c("var/run/ha-sync/vrrp_state"), Relevance::Gate);
         assert_eq!(c("var/run/ha-sync/status.json"), Relevance::Ignore);
         assert_eq!(c("tmp/other"), Relevance::Ignore);
+    }
+
+    #[test]
+    fn what_may_change_the_list() {
+        let d = root();
+        let r = d.path();
+        let plan = Plan::compute(r, &list(), &r.join("var/run/ha-sync.sock"));
+        let m = |p: &str| plan.list_may_change(&r.join(p));
+        assert!(!m("etc/config/firewall"), "a listed file, still there");
+        assert!(!m("etc/ha/sub/new"), "inside a listed directory");
+        assert!(m("etc/keep/a.conf"), "a new file below a kept directory");
+        assert!(m("etc/config/keepalived"));
+        std::fs::remove_file(r.join("etc/config/firewall")).unwrap();
+        assert!(m("etc/config/firewall"), "a listed file that is gone");
     }
 
     #[test]

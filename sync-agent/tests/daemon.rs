@@ -198,8 +198,9 @@ impl Cluster {
         write(&primary.join("etc/config/firewall"), "config defaults\n");
         write(
             &primary.join("etc/sysupgrade.conf"),
-            "/etc/config/firewall\n",
+            "/etc/config/firewall\n/etc/keepdir/\n",
         );
+        write(&primary.join("etc/keepdir/a.conf"), "a\n");
         write(&primary.join("etc/ha/wan_interfaces"), "{}\n");
         write(&primary.join("etc/ha/routes"), "{}\n");
         write(
@@ -356,6 +357,12 @@ async fn changes_reach_the_backup_by_themselves() {
     write(&c.p("/etc/ha/new/hotspot"), "{\"device\": \"eth4\"}\n");
     c.wait_staged("/etc/ha/new/hotspot", "{\"device\": \"eth4\"}\n")
         .await;
+
+    // A new file below a directory of sysupgrade.conf: the keep list (and so the restore
+    // list) grows by one file.
+    c.wait_staged("/etc/keepdir/a.conf", "a\n").await;
+    write(&c.p("/etc/keepdir/b.conf"), "b\n");
+    c.wait_staged("/etc/keepdir/b.conf", "b\n").await;
 
     // A delete.
     std::fs::remove_file(c.p("/etc/ha/wan_interfaces")).unwrap();
@@ -523,6 +530,24 @@ async fn now_and_status_over_the_control_socket() {
         .unwrap();
     assert_eq!(st.pid, std::process::id());
     assert!(st.active && st.connected);
+
+    // A second daemon on the same root is refused, and the first keeps its socket.
+    let client = ClientConfig::new(
+        st.peer.clone(),
+        c.keys.join("id_ed25519"),
+        c.keys.join("known_hosts"),
+    );
+    let second = daemon::start(
+        DaemonConfig::new(c.primary.clone(), client),
+        Arc::new(RecordingRunner::new()),
+    )
+    .await;
+    assert!(
+        matches!(second, Err(daemon::DaemonError::AlreadyRunning { .. })),
+        "{:?}",
+        second.err()
+    );
+    assert!(socket.exists());
     c.stop().await;
     // Gone with the daemon: `ha-sync now` falls back to syncing by itself.
     assert!(!socket.exists());
@@ -556,7 +581,7 @@ async fn status_after_success() {
     let staging = Staging::open(&local::staging_dir(&c.backup_root)).unwrap();
     assert_eq!(l.generation, staging.root().map(|h| h.to_hex()));
     assert_eq!(l.status, "Successful");
-    assert!(l.files >= 3 && l.bytes > 0, "{l:?}");
+    assert!(l.files >= 4 && l.bytes > 0, "{l:?}");
     let r = l.restore.unwrap();
     assert!(r.refused.unwrap().starts_with("staging only"));
     assert_eq!(f.pending_changes, 0);

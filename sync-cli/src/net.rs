@@ -210,12 +210,11 @@ fn daemon_now(reply: NowReply, json: bool) -> Result<()> {
             }
         }
     }
-    if !reply.ok {
-        bail!(
-            "the daemon's sync to {} failed: {}",
-            reply.peer,
-            reply.error.as_deref().unwrap_or("unknown error")
-        );
+    let why = reply.error.as_deref().unwrap_or("unknown error");
+    match (&reply.sync, reply.ok) {
+        (_, true) => {}
+        (None, false) => bail!("the daemon did not sync: {why}"),
+        (Some(_), false) => bail!("the daemon's sync to {} failed: {why}", reply.peer),
     }
     Ok(())
 }
