@@ -199,7 +199,8 @@ impl Dir {
         Ok(Some(stat_from(unsafe { &st.assume_init() })))
     }
 
-    /// Opens a regular file for reading, refusing a symlink.
+    /// Opens a file or directory for reading (or for fchmod/fchown/futimens), refusing a
+    /// symlink.
     pub fn open_file(&self, name: &str) -> io::Result<File> {
         let c = cstr(name)?;
         // SAFETY: valid fd and C string.
@@ -375,25 +376,10 @@ impl Dir {
         if is_symlink {
             set_owner_at(self.raw(), &c, m)?;
         } else {
-            let d = self.open_any(name)?;
+            let d = self.open_file(name)?;
             return set_meta_fd(&d, m);
         }
         set_mtime_at(self.raw(), &c, m.mtime_ns)
-    }
-
-    /// Opens a file or directory (not a symlink) for fchmod/fchown/futimens.
-    fn open_any(&self, name: &str) -> io::Result<File> {
-        let c = cstr(name)?;
-        // SAFETY: valid fd and C string. O_PATH can't fchmod, so plain O_RDONLY.
-        let fd = check(unsafe {
-            libc::openat(
-                self.raw(),
-                c.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        })?;
-        // SAFETY: fresh fd.
-        Ok(unsafe { File::from_raw_fd(fd) })
     }
 
     pub fn read_link(&self, name: &str) -> io::Result<String> {
@@ -422,7 +408,7 @@ impl Dir {
     }
 
     pub fn set_own_meta(&self, m: Meta) -> io::Result<()> {
-        let f = self.open_any(".")?;
+        let f = self.open_file(".")?;
         set_meta_fd(&f, m)
     }
 }

@@ -17,8 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ha_sync_tests::cluster::{enter_netns, Keys};
-use sync_agent::agent::{self, BackupHandler, NowOptions};
+use ha_sync_tests::cluster::{self, enter_netns, Keys};
+use sync_agent::agent::BackupHandler;
 use sync_agent::cluster::keepalived::{self, Notify, RenderOptions};
 use sync_agent::cluster::{actions, Ctx, RemoteAction};
 use sync_agent::transport::{self, ServerConfig};
@@ -304,26 +304,9 @@ fn spawn_agent(root: &Path, keys: &Keys, listen: String, ns: String) -> std::net
 }
 
 fn sync(primary: &Path, keys: &Keys, peer: &str, ns: &str) -> SyncReport {
-    let root = primary.to_path_buf();
-    let client = keys.client(peer);
-    let ns = ns.to_string();
-    std::thread::spawn(move || {
-        enter_netns(&ns).expect("enter netns");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(agent::now(NowOptions {
-            root,
-            client,
-            runner: Arc::new(RecordingRunner::new()),
-            progress: Box::new(|_, _| {}),
-        }))
-    })
-    .join()
-    .expect("sync thread")
-    .expect("sync")
-    .1
+    cluster::now(primary, keys.client(peer), Some(ns))
+        .expect("sync")
+        .1
 }
 
 #[test]
