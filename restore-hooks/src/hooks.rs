@@ -306,8 +306,21 @@ pub(crate) fn notify_sync(
     }
     let list = ctx.root.join(CHANGED_FILE);
     let text: String = changed.iter().map(|c| format!("{c}\n")).collect();
-    if s.check(state::write_small(&list, text.as_bytes()))
-        .is_some()
+    // Like the init scripts: only when the node has it (a Debian test bed has no hotplug
+    // scripts to run, and a missing program would fail every restore there).
+    let has_hotplug = ctx
+        .root
+        .join(HOTPLUG_CALL.trim_start_matches('/'))
+        .is_file();
+    if !has_hotplug {
+        tracing::info!(
+            "{HOTPLUG_CALL} not installed under {}: no NOTIFY_SYNC scripts to run",
+            ctx.root.display()
+        );
+    }
+    if has_hotplug
+        && s.check(state::write_small(&list, text.as_bytes()))
+            .is_some()
     {
         let mut cmd = Cmd::new(HOTPLUG_CALL)
             .arg("keepalived")

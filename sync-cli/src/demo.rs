@@ -24,6 +24,9 @@ pub fn run(scale: u64, dir: Option<&Path>) -> Result<()> {
     let t = Instant::now();
     sample::write_router_config(&a, "fw-primary")?;
     sample::write_router_config(&b, "fw-backup")?;
+    // The backup is an OpenWrt root: its hotplug-call is what NOTIFY_SYNC runs (recorded here).
+    std::fs::create_dir_all(b.join("sbin"))?;
+    std::fs::write(b.join("sbin/hotplug-call"), "#!/bin/sh\n")?;
     sample::generate(&a, scale).context("generating the sample tree")?;
     println!(
         "sample tree generated in {} ({:.0} ms)",

@@ -226,6 +226,8 @@ pub fn backup_root(root: &Path) {
         );
         chmod(root, &format!("etc/init.d/{s}"), 0o755);
     }
+    write(root, "sbin/hotplug-call", "#!/bin/sh\n");
+    chmod(root, "sbin/hotplug-call", 0o755);
     write(
         root,
         "usr/lib/opkg/status",
