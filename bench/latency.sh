@@ -270,7 +270,7 @@ cp "$CSV" "$OUT/latency.csv"
   echo "Tree: mkdata.py scale $SCALE, \`sync_list /etc\` ($FIRST at the first sync); namespaces $NS_P/$NS_B on a veth, no delay;"
   if [ $LIVE = 1 ]; then
     echo "tmpfs. \`--live\`: the backup agent restores each commit to its live tree, which is what is polled"
-    echo "(its NOTIFY_SYNC hotplug-call is missing on this Debian host: reported, the files land all the same)."
+    echo "(this Debian host has no hotplug-call: the NOTIFY_SYNC scripts step is skipped, the files land all the same)."
   else
     echo "tmpfs. The backup agent runs \`--staging-only\` (no hotplug-call here): \"live\" below is the backup's staged copy,"
     echo "committed atomically in the same session that then restores."
