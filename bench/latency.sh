@@ -3,8 +3,8 @@
 # See "latency.sh" in bench/README.md. Run as root:
 #   bench/latency.sh [--edits N] [--burst N] [--now-runs N] [--idle SECONDS] [--scale N]
 #                    [--bin PATH] [--out DIR] [--force] [--keep] [--live]
-# --live: the backup restores each commit to its live tree (its NOTIFY_SYNC hotplug-call fails
-# on a Debian host and is reported, the files land all the same) and the live copy is polled.
+# --live: the backup restores each commit to its live tree (where the host has no hotplug-call,
+# as on a Debian host, the NOTIFY_SYNC scripts step is skipped) and the live copy is polled.
 # Writes OUT/latency.md (the report) and OUT/latency.csv (one row per edit).
 set -uo pipefail
 
