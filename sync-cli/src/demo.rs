@@ -106,7 +106,13 @@ pub fn run(scale: u64, dir: Option<&Path>) -> Result<()> {
                 };
                 println!("{name:>9}: {}", crate::summary(&s, t.elapsed()));
                 if let Some(r) = &s.primary.restore {
-                    let cmds = runner.lines();
+                    // Program and arguments; the environment (ACTION=NOTIFY_SYNC, the list of
+                    // changed paths, the generation) would fill the line.
+                    let cmds: Vec<String> = runner
+                        .calls()
+                        .iter()
+                        .map(|c| format!("{} {}", c.program, c.args.join(" ")))
+                        .collect();
                     runner.clear();
                     println!(
                         "           restored on the backup: {} live paths changed{}{}",
