@@ -5,12 +5,12 @@ mod common;
 
 use common::*;
 use restore_hooks::{restore_after_commit, run_hook, Event};
-use serde::Serialize;
 use std::os::unix::fs::symlink;
 use std::path::PathBuf;
 use sync_core::manifest::{Entry, Hash, Kind, ListItem, Manifest};
 use sync_core::path::RelPath;
 use sync_core::runner::RecordingRunner;
+use sync_core::testing::{RawEntry, RawItem, RawKind, RawManifest};
 use sync_core::wire::Commit;
 
 /// A directory beside the backup root, with something to steal in it.
@@ -116,68 +116,26 @@ fn symlinks_in_live_are_replaced_or_refused_never_followed() {
         .is_symlink());
 }
 
-/// The shapes of `Manifest` with plain strings for paths, to write what `RelPath` refuses.
-#[derive(Serialize)]
-struct RawItem {
-    path: String,
-    dir: bool,
-}
-
-#[derive(Serialize)]
-#[allow(dead_code)]
-enum RawKind {
-    File { size: u64, hash: Hash },
-    Dir,
-    Symlink { target: String },
-}
-
-#[derive(Serialize)]
-struct RawEntry {
-    path: String,
-    kind: RawKind,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime_ns: i64,
-}
-
-#[derive(Serialize)]
-struct RawManifest {
-    list: Vec<RawItem>,
-    excludes: Vec<String>,
-    entries: Vec<RawEntry>,
-}
-
+/// A manifest listing the directory `list` with one file `file`, paths unchecked.
 fn raw(list: &str, file: &str) -> Vec<u8> {
-    let m = RawManifest {
+    RawManifest {
         list: vec![RawItem {
             path: list.into(),
             dir: true,
         }],
         excludes: vec![],
         entries: vec![
-            RawEntry {
-                path: list.into(),
-                kind: RawKind::Dir,
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime_ns: 1,
-            },
-            RawEntry {
-                path: file.into(),
-                kind: RawKind::File {
+            RawEntry::new(list, RawKind::Dir),
+            RawEntry::new(
+                file,
+                RawKind::File {
                     size: 6,
                     hash: Hash::of(b"pwned\n"),
                 },
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime_ns: 1,
-            },
+            ),
         ],
-    };
-    postcard::to_allocvec(&m).unwrap()
+    }
+    .encode()
 }
 
 #[test]

@@ -13,5 +13,6 @@ pub mod runner;
 pub mod sample;
 pub mod scan;
 pub mod session;
+pub mod testing;
 pub mod uci;
 pub mod wire;

@@ -1,13 +1,13 @@
 //! A hostile primary speaking the protocol directly to a backup: every bad input is a clear
 //! error and nothing is written outside the staging tree.
 
-use serde::Serialize;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use sync_core::apply::Staging;
 use sync_core::manifest::{Entry, Hash, Kind, ListItem, Manifest};
 use sync_core::path::RelPath;
 use sync_core::session::{Backup, SyncError};
+use sync_core::testing::{RawEntry, RawItem, RawKind, RawManifest};
 use sync_core::wire::{Conn, FileHeader, Hello, ManifestForm, Msg, MAGIC, PROTOCOL_VERSION};
 
 /// Runs a backup on `staging` against a scripted primary; returns the backup's result and
@@ -61,32 +61,6 @@ fn send_manifest_bytes(c: &mut Conn<&UnixStream>, root: Hash, body: &[u8]) {
     let _ = c.flush();
 }
 
-/// The manifest's wire shape with unchecked string paths.
-#[derive(Serialize)]
-struct RawItem {
-    path: String,
-    dir: bool,
-}
-#[derive(Serialize)]
-enum RawKind {
-    File { size: u64, hash: [u8; 32] },
-}
-#[derive(Serialize)]
-struct RawEntry {
-    path: String,
-    kind: RawKind,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime_ns: i64,
-}
-#[derive(Serialize)]
-struct RawManifest {
-    list: Vec<RawItem>,
-    excludes: Vec<String>,
-    entries: Vec<RawEntry>,
-}
-
 fn outside_is_untouched(outside: &Path) {
     assert_eq!(
         std::fs::read_dir(outside).unwrap().count(),
@@ -124,19 +98,15 @@ fn manifests_with_escaping_paths_are_refused() {
                 dir: false,
             }],
             excludes: vec![],
-            entries: vec![RawEntry {
-                path: bad.into(),
-                kind: RawKind::File {
+            entries: vec![RawEntry::new(
+                bad,
+                RawKind::File {
                     size: 1,
-                    hash: [0; 32],
+                    hash: Hash::default(),
                 },
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime_ns: 0,
-            }],
+            )],
         };
-        let body = postcard::to_allocvec(&m).unwrap();
+        let body = m.encode();
         let err = against_backup(&staging, |c| send_manifest_bytes(c, Hash::of(&body), &body))
             .unwrap_err();
         assert!(err.to_string().contains("manifest"), "{bad}: {err}");

@@ -175,28 +175,26 @@ fn a_hostile_client_gets_errors_and_the_agent_serves_the_next_honest_one() {
         let target = outside.to_string_lossy().into_owned();
         let err = raw_session(&keys, &peer, move |s| {
             let mut c = Conn::new(s);
-            #[derive(serde::Serialize)]
-            struct Item(String, bool);
-            #[derive(serde::Serialize)]
-            enum K {
-                _F,
-                Dir,
-                Symlink { target: String },
-            }
-            #[derive(serde::Serialize)]
-            struct E(String, K, u32, u32, u32, i64);
-            #[derive(serde::Serialize)]
-            struct M(Vec<Item>, Vec<String>, Vec<E>);
-            let m = M(
-                vec![Item("etc".into(), true), Item(bad.clone(), false)],
-                vec![],
-                vec![
-                    E("etc".into(), K::Dir, 0o755, 0, 0, 0),
-                    E("etc/l".into(), K::Symlink { target }, 0o777, 0, 0, 0),
-                    E(bad, K::Dir, 0o755, 0, 0, 0),
+            use sync_core::testing::{RawEntry, RawItem, RawKind, RawManifest};
+            let m = RawManifest {
+                list: vec![
+                    RawItem {
+                        path: "etc".into(),
+                        dir: true,
+                    },
+                    RawItem {
+                        path: bad.clone(),
+                        dir: false,
+                    },
                 ],
-            );
-            let body = postcard::to_allocvec(&m).unwrap();
+                excludes: vec![],
+                entries: vec![
+                    RawEntry::new("etc", RawKind::Dir),
+                    RawEntry::new("etc/l", RawKind::Symlink { target }),
+                    RawEntry::new(&bad, RawKind::Dir),
+                ],
+            };
+            let body = m.encode();
             let root = sync_core::manifest::Hash::of(&body);
             c.send(&Msg::Hello(Hello {
                 magic: MAGIC,
