@@ -7,8 +7,10 @@ use clap::{Args, Parser, Subcommand};
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use sync_agent::cluster::keepalived::{Notify, RenderOptions};
+use sync_agent::cluster::remote::ShellIo;
 use sync_agent::cluster::remote::SshPeer;
-use sync_agent::cluster::{actions, bootstrap, Ctx, Peer};
+use sync_agent::cluster::{actions, bootstrap, upgrade, Ctx, Peer};
+use sync_agent::transport::PtySize;
 use sync_core::runner::SystemRunner;
 
 #[derive(Args)]
@@ -96,9 +98,10 @@ enum Action {
         #[arg(long)]
         yes: bool,
     },
-    /// Open a shell on the backup (not available yet).
+    /// Open a shell on the backup through its agent (port 65022, the cluster key).
     SshRemote,
-    /// Upgrade the backup with an image (not available yet).
+    /// Upgrade the backup: send the image (the latest, downloaded with ns-download, when
+    /// none is given); the backup checks it and runs sysupgrade, keeping its settings.
     UpgradeRemote { image: Option<PathBuf> },
     /// Run by init-backup-node and check-backup-node on the backup over SSH (reads a JSON
     /// request on stdin).
@@ -122,6 +125,14 @@ pub fn ns_ha_config_main() -> Result<()> {
 
 fn peer(root: &Path) -> Result<Option<SshPeer>> {
     SshPeer::from_config(root).context("reading the backup's address and keys")
+}
+
+/// The backup's agent, for actions that cannot work without it.
+fn require_peer(root: &Path) -> Result<SshPeer> {
+    peer(root)?.context(
+        "the backup node is not set up from here: run `ns-ha-config init-backup-node` first \
+         (it pins the backup's agent and installs the cluster key)",
+    )
 }
 
 fn note_no_peer(p: &Option<SshPeer>) {
@@ -282,14 +293,29 @@ pub fn run(a: ClusterArgs) -> Result<()> {
             }
             println!("HA configuration reset.");
         }
-        Action::SshRemote => bail!(
-            "ssh-remote is not available yet in ha-sync: the agent offers no shell; log in to \
-             the backup on its management address (ssh root@<backup LAN IP>)"
-        ),
-        Action::UpgradeRemote { .. } => bail!(
-            "upgrade-remote is not available yet in ha-sync: copy the image to the backup on \
-             its management address and run sysupgrade there"
-        ),
+        Action::SshRemote => {
+            let p = require_peer(root)?;
+            let status = ssh_remote(&p)?;
+            std::process::exit(status.min(255) as i32);
+        }
+        Action::UpgradeRemote { image } => {
+            let p = require_peer(root)?;
+            if image.is_none() {
+                println!("Downloading the latest image...");
+            }
+            let r = upgrade::upgrade_remote(&ctx, &p, image.as_deref())?;
+            println!(
+                "Image {} ({} bytes, blake3 {}) sent and checked by the backup (sysupgrade -T).",
+                r.image.display(),
+                r.header.size,
+                r.header.blake3
+            );
+            println!(
+                "The backup is installing it with its settings kept: it reboots and comes back \
+                 as the backup node. Follow it with `ns-ha-config status` there or `ha-sync \
+                 status` here."
+            );
+        }
         Action::ServeBootstrap { step } => {
             let mut buf = Vec::new();
             std::io::stdin()
@@ -321,6 +347,101 @@ fn confirm() -> Result<bool> {
     Ok(line.trim() == "yes")
 }
 
+/// Terminal settings changed for a while; restored on drop (also on error paths).
+struct TermGuard {
+    fd: i32,
+    saved: libc::termios,
+}
+
+impl TermGuard {
+    fn change(fd: i32, f: impl FnOnce(&mut libc::termios)) -> Result<TermGuard> {
+        // SAFETY: termios is plain data; tcgetattr/tcsetattr only touch it and the tty.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut t) != 0 {
+                bail!(
+                    "cannot read the terminal settings: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            let saved = t;
+            f(&mut t);
+            if libc::tcsetattr(fd, libc::TCSANOW, &t) != 0 {
+                bail!(
+                    "cannot change the terminal settings: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            Ok(TermGuard { fd, saved })
+        }
+    }
+}
+
+impl Drop for TermGuard {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings saved in `change`.
+        unsafe {
+            libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved);
+        }
+    }
+}
+
+/// The size of the terminal on stdout (or stdin), if any.
+fn term_size() -> Option<PtySize> {
+    [libc::STDOUT_FILENO, libc::STDIN_FILENO]
+        .into_iter()
+        .find_map(|fd| {
+            // SAFETY: TIOCGWINSZ fills the winsize; a failure leaves it unread.
+            let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+            let ok = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0;
+            (ok && ws.ws_col > 0).then_some(PtySize {
+                cols: ws.ws_col,
+                rows: ws.ws_row,
+            })
+        })
+}
+
+/// ssh-remote: a shell on the backup, with a terminal when this side has one (raw mode here,
+/// window size followed), plain pipes otherwise (`echo uptime | ns-ha-config ssh-remote`).
+fn ssh_remote(p: &SshPeer) -> Result<u32> {
+    let terminal = std::io::stdin().is_terminal().then(|| {
+        let term = std::env::var("TERM").unwrap_or_else(|_| "vt100".into());
+        let size = term_size().unwrap_or(PtySize { cols: 80, rows: 24 });
+        (term, size)
+    });
+    let (tx, resized) = tokio::sync::mpsc::channel(4);
+    let raw = match &terminal {
+        Some(_) => {
+            let rt = p.runtime();
+            let _in_rt = rt.enter();
+            let mut winch =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+                    .context("watching the terminal size")?;
+            rt.spawn(async move {
+                while winch.recv().await.is_some() {
+                    if let Some(size) = term_size() {
+                        let _ = tx.send(size).await;
+                    }
+                }
+            });
+            // SAFETY: cfmakeraw only edits the termios it is given.
+            Some(TermGuard::change(libc::STDIN_FILENO, |t| unsafe {
+                libc::cfmakeraw(t)
+            })?)
+        }
+        None => None,
+    };
+    let status = p.shell(ShellIo {
+        stdin: tokio::io::stdin(),
+        stdout: tokio::io::stdout(),
+        stderr: tokio::io::stderr(),
+        terminal,
+        resized,
+    });
+    drop(raw);
+    Ok(status?)
+}
+
 /// The backup's root password: typed on the terminal without echo, or the first line of
 /// stdin when it is not a terminal (`echo pw | ns-ha-config init-backup-node lan`). Never
 /// from argv or the environment.
@@ -330,23 +451,9 @@ fn read_password(host: &str) -> Result<String> {
     if stdin.is_terminal() {
         eprint!("Enter password for root@{host}: ");
         std::io::stderr().flush()?;
-        let fd = libc::STDIN_FILENO;
-        // SAFETY: termios is plain data; tcgetattr/tcsetattr only touch it and the tty.
-        let saved = unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(fd, &mut t) != 0 {
-                bail!("cannot read the terminal settings");
-            }
-            let mut quiet = t;
-            quiet.c_lflag &= !libc::ECHO;
-            libc::tcsetattr(fd, libc::TCSANOW, &quiet);
-            t
-        };
+        let quiet = TermGuard::change(libc::STDIN_FILENO, |t| t.c_lflag &= !libc::ECHO)?;
         let r = stdin.lock().read_line(&mut line);
-        // SAFETY: restores the settings saved above.
-        unsafe {
-            libc::tcsetattr(fd, libc::TCSANOW, &saved);
-        }
+        drop(quiet);
         eprintln!();
         r?;
     } else {

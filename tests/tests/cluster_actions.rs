@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sync_agent::cluster::actions;
 use sync_agent::cluster::keepalived::{self, Notify, RenderOptions};
-use sync_agent::cluster::{ClusterError, Ctx, Peer, RemoteAction};
+use sync_agent::cluster::{upgrade, ClusterError, Ctx, Peer, RemoteAction};
 use sync_core::runner::{CmdOutput, RecordingRunner};
 use sync_core::uci::Package;
 
@@ -140,6 +140,20 @@ impl Peer for LocalPeer<'_> {
         let req: Value = serde_json::from_str(&req.to_string()).expect("json");
         actions::serve(&self.node.ctx(), action, &req)
             .map_err(|e| ClusterError::Peer(e.to_string()))
+    }
+
+    fn send_image(
+        &self,
+        header: &upgrade::ImageHeader,
+        image: &Path,
+    ) -> Result<Value, ClusterError> {
+        // As over SSH: a header line, then the image.
+        let mut wire = serde_json::to_vec(header).expect("json");
+        wire.push(b'\n');
+        wire.extend(fs::read(image).expect("image"));
+        let got = upgrade::receive_image(&self.node.ctx(), &mut wire.as_slice())
+            .map_err(|e| ClusterError::Peer(e.to_string()))?;
+        Ok(serde_json::json!({ "result": "installing", "image": got }))
     }
 }
 
@@ -816,6 +830,9 @@ fn enable_disable_and_reset_run_on_both_nodes_in_order() {
         fn call(&self, _: RemoteAction, _: &Value) -> Result<Value, ClusterError> {
             Err(ClusterError::Peer("connection refused".into()))
         }
+        fn send_image(&self, _: &upgrade::ImageHeader, _: &Path) -> Result<Value, ClusterError> {
+            Err(ClusterError::Peer("connection refused".into()))
+        }
     }
     let r = actions::reset(&p.ctx(), Some(&Down)).expect("reset");
     assert!(r
@@ -903,4 +920,167 @@ fn rendered_conf_passes_keepalived_config_test() {
         !log.contains("Unknown keyword") && !log.contains("syntax"),
         "{log}"
     );
+}
+
+/// A firmware image stand-in: random bytes, as incompressible as a real one.
+fn image_file(dir: &std::path::Path, len: usize) -> (PathBuf, Vec<u8>) {
+    let mut data = vec![0u8; len];
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for b in &mut data {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let path = dir.join("nethsecurity-upgrade.img.gz");
+    fs::write(&path, &data).expect("image");
+    (path, data)
+}
+
+#[test]
+fn upgrade_remote_sends_the_image_and_the_backup_tests_it() {
+    let p = Node::primary();
+    let b = Node::backup();
+    b.runner.provide(upgrade::SYSUPGRADE);
+    let (image, data) = image_file(&p.root, 3 << 20);
+    let r = upgrade::upgrade_remote(&p.ctx(), &LocalPeer::new(&b), Some(&image)).expect("upgrade");
+    assert!(!r.downloaded);
+    assert_eq!(r.header.size, data.len() as u64);
+    assert_eq!(r.header.blake3, blake3::hash(&data).to_hex().to_string());
+    assert_eq!(
+        fs::read(b.root.join(upgrade::IMAGE_PATH)).expect("received"),
+        data
+    );
+    // checked with the router's own tool, on the router's path (the root stripped)
+    assert_eq!(
+        b.runner.lines(),
+        vec!["/sbin/sysupgrade -T /tmp/ha-sync-upgrade.img"]
+    );
+    assert!(p.runner.lines().is_empty(), "{:?}", p.runner.lines());
+}
+
+#[test]
+fn upgrade_remote_refusals_leave_no_image_behind() {
+    let p = Node::primary();
+    let b = Node::backup();
+    let (image, data) = image_file(&p.root, 64 << 10);
+    let received = b.root.join(upgrade::IMAGE_PATH);
+    let no_part = |b: &Node| {
+        let tmp = fs::read_dir(b.root.join("tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        assert_eq!(tmp, 0, "something left in the backup's /tmp");
+    };
+
+    // not an OpenWrt node: no sysupgrade
+    let e = err_text(upgrade::upgrade_remote(
+        &p.ctx(),
+        &LocalPeer::new(&b),
+        Some(&image),
+    ));
+    assert!(
+        e.contains("/sbin/sysupgrade not found on the backup"),
+        "{e}"
+    );
+    no_part(&b);
+
+    // the image fails sysupgrade's own test: its words come back, nothing is installed
+    b.runner.provide(upgrade::SYSUPGRADE);
+    b.runner.answer(
+        "/sbin/sysupgrade -T",
+        CmdOutput {
+            code: Some(1),
+            stdout: Vec::new(),
+            stderr: b"Image metadata not present\nImage check failed.".to_vec(),
+        },
+    );
+    let e = err_text(upgrade::upgrade_remote(
+        &p.ctx(),
+        &LocalPeer::new(&b),
+        Some(&image),
+    ));
+    assert!(e.contains("Image check failed"), "{e}");
+    assert!(!received.exists());
+    no_part(&b);
+
+    // damaged or cut uploads, straight into the backup's receiver
+    let header = upgrade::ImageHeader::of(&image).expect("header");
+    let wire = |h: &upgrade::ImageHeader, body: &[u8]| {
+        let mut w = serde_json::to_vec(h).expect("json");
+        w.push(b'\n');
+        w.extend_from_slice(body);
+        w
+    };
+    let mut flipped = data.clone();
+    flipped[1000] ^= 1;
+    let e = upgrade::receive_image(&b.ctx(), &mut wire(&header, &flipped).as_slice())
+        .expect_err("damaged")
+        .to_string();
+    assert!(e.contains("damaged in transit"), "{e}");
+    let e = upgrade::receive_image(&b.ctx(), &mut wire(&header, &data[..5000]).as_slice())
+        .expect_err("cut")
+        .to_string();
+    assert!(e.contains("upload cut short: 5000 of 65536 bytes"), "{e}");
+    let huge = upgrade::ImageHeader {
+        size: upgrade::MAX_IMAGE + 1,
+        ..header.clone()
+    };
+    let e = upgrade::receive_image(&b.ctx(), &mut wire(&huge, b"").as_slice())
+        .expect_err("huge")
+        .to_string();
+    assert!(e.contains("refused"), "{e}");
+    let e = upgrade::receive_image(&b.ctx(), &mut &b"no header at all"[..])
+        .expect_err("no header")
+        .to_string();
+    assert!(e.contains("header"), "{e}");
+    assert!(!received.exists());
+    no_part(&b);
+
+    // the image must be a file
+    let e = err_text(upgrade::upgrade_remote(
+        &p.ctx(),
+        &LocalPeer::new(&b),
+        Some(&p.root),
+    ));
+    assert!(e.contains("is not a regular file"), "{e}");
+}
+
+#[test]
+fn upgrade_remote_without_an_image_downloads_the_latest() {
+    let p = Node::primary();
+    let b = Node::backup();
+    b.runner.provide(upgrade::SYSUPGRADE);
+    // no downloader here (a Debian test bed, or an OpenWrt without NethSecurity)
+    let e = err_text(upgrade::upgrade_remote(&p.ctx(), &LocalPeer::new(&b), None));
+    assert!(
+        e.contains("ns-download") && e.contains("give the image file"),
+        "{e}"
+    );
+
+    let (image, data) = image_file(&p.root, 10_000);
+    p.runner.provide(upgrade::DOWNLOADER);
+    p.runner.answer(
+        "ns-download",
+        CmdOutput::ok(format!("Downloading...\n{}\n", image.display())),
+    );
+    let r = upgrade::upgrade_remote(&p.ctx(), &LocalPeer::new(&b), None).expect("upgrade");
+    assert!(r.downloaded);
+    assert_eq!(r.image, image);
+    assert_eq!(p.runner.lines(), vec!["ns-download -f -l"]);
+    assert_eq!(
+        fs::read(b.root.join(upgrade::IMAGE_PATH)).expect("received"),
+        data
+    );
+
+    // a downloader that fails says so
+    p.runner.answer(
+        "ns-download",
+        CmdOutput {
+            code: Some(2),
+            stdout: Vec::new(),
+            stderr: b"cannot reach the update server".to_vec(),
+        },
+    );
+    let e = err_text(upgrade::upgrade_remote(&p.ctx(), &LocalPeer::new(&b), None));
+    assert!(e.contains("cannot reach the update server"), "{e}");
 }

@@ -1,5 +1,6 @@
 //! The cluster's remote actions over the agent's real SSH server (loopback): they run for the
-//! cluster key only, no other command runs, passwords are refused.
+//! cluster key only (the shell of ssh-remote and the image upload of upgrade-remote too), no
+//! other command runs, passwords are refused.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,10 @@ use std::time::Duration;
 use ha_sync_tests::cluster::Keys;
 use serde_json::json;
 use sync_agent::cluster::remote::{self, HostKey, Login, SshPeer};
-use sync_agent::cluster::{actions, bootstrap, keepalived, ClusterError, Ctx, Peer, RemoteAction};
-use sync_agent::transport::{self, ServerConfig};
+use sync_agent::cluster::{
+    actions, bootstrap, keepalived, upgrade, ClusterError, Ctx, Peer, RemoteAction,
+};
+use sync_agent::transport::{self, PtySize, ServerConfig};
 use sync_core::runner::RecordingRunner;
 use sync_core::uci::Package;
 
@@ -34,6 +37,8 @@ struct Backup {
     addr: std::net::SocketAddr,
     /// A second key the agent accepts for logins, but that is not the cluster key.
     other: PathBuf,
+    /// What the agent's actions ran.
+    runner: Arc<RecordingRunner>,
 }
 
 fn backup() -> Backup {
@@ -61,6 +66,8 @@ fn backup() -> Backup {
         keys.authorized.clone(),
     );
     let r = root.clone();
+    let runner = Arc::new(RecordingRunner::new());
+    let agent_runner = runner.clone();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -74,7 +81,7 @@ fn backup() -> Backup {
                  -> Result<(), String> { Err("no sync in this test".into()) },
             );
             let server = transport::bind(cfg, sync).await.expect("bind");
-            let server = remote::register(server, &r, Arc::new(RecordingRunner::new()));
+            let server = remote::register(server, &r, agent_runner);
             tx.send(server.local_addr().expect("addr")).expect("send");
             let _ = server.run().await;
         });
@@ -87,6 +94,7 @@ fn backup() -> Backup {
         keys,
         addr,
         other,
+        runner,
     }
 }
 
@@ -202,7 +210,7 @@ fn no_other_command_and_no_password() {
                     timeout: Duration::from_secs(20),
                 },
                 cmd,
-                b"{}",
+                &b"{}"[..],
             ))
             .expect_err("refused");
         assert!(e.to_string().contains("refused to run"), "{cmd}: {e}");
@@ -294,4 +302,217 @@ fn bootstrap_init_installs_the_cluster_key_and_answers_the_agent_host_key() {
     bootstrap::serve(&bctx, "init", &req).expect("again");
     let ak2 = fs::read_to_string(broot.join("etc/ha-sync/authorized_keys")).expect("ak");
     assert_eq!(ak2.matches(key_b64).count(), 1);
+}
+
+/// Local ends of a shell the test types into and reads from, as a user at a terminal.
+struct Typist {
+    rt: tokio::runtime::Runtime,
+    keys: tokio::io::DuplexStream,
+    screen: tokio::io::DuplexStream,
+    seen: String,
+    resize: tokio::sync::mpsc::Sender<PtySize>,
+}
+
+impl Typist {
+    fn type_line(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        let text = format!("{line}\n");
+        self.rt
+            .block_on(self.keys.write_all(text.as_bytes()))
+            .expect("type");
+    }
+
+    /// Reads the screen until `marker` shows up after what was already seen; bounded.
+    fn wait_for(&mut self, marker: &str) -> String {
+        use tokio::io::AsyncReadExt;
+        let start = self.seen.len();
+        let mut buf = [0u8; 4096];
+        while !self.seen[start..].contains(marker) {
+            let n = self
+                .rt
+                .block_on(async {
+                    tokio::time::timeout(Duration::from_secs(20), self.screen.read(&mut buf)).await
+                })
+                .unwrap_or_else(|_| panic!("{marker:?} never came; screen: {}", self.seen))
+                .expect("read screen");
+            assert!(
+                n > 0,
+                "shell ended before {marker:?}; screen: {}",
+                self.seen
+            );
+            self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        self.seen[start..].to_string()
+    }
+
+    /// Reads the screen until the session closes it.
+    fn read_to_end(&mut self) {
+        use tokio::io::AsyncReadExt;
+        let mut rest = Vec::new();
+        self.rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), self.screen.read_to_end(&mut rest))
+                    .await
+            })
+            .expect("the session never ended")
+            .expect("read screen");
+        self.seen.push_str(&String::from_utf8_lossy(&rest));
+    }
+}
+
+#[test]
+fn ssh_remote_gives_the_cluster_key_a_shell_on_a_terminal() {
+    let b = backup();
+    let p = peer(&b, &b.keys.id);
+    let (keys, their_keys) = tokio::io::duplex(4096);
+    let (their_screen, screen) = tokio::io::duplex(1 << 16);
+    let (resize, resized) = tokio::sync::mpsc::channel(4);
+    let shell = std::thread::spawn(move || {
+        p.shell(remote::ShellIo {
+            stdin: their_keys,
+            stdout: their_screen,
+            stderr: tokio::io::sink(),
+            terminal: Some((
+                "xterm".to_string(),
+                PtySize {
+                    cols: 100,
+                    rows: 30,
+                },
+            )),
+            resized,
+        })
+    });
+    let mut t = Typist {
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt"),
+        keys,
+        screen,
+        seen: String::new(),
+        resize,
+    };
+    // a real terminal of the requested size and type, the shell its session leader
+    t.type_line("echo \"size=$(stty size) term=$TERM tty=$(tty)\"");
+    let out = t.wait_for("tty=/dev/pts/");
+    assert!(out.contains("size=30 100 term=xterm"), "{out}");
+    // the user's terminal grows: the shell's follows
+    t.rt.block_on(t.resize.send(PtySize {
+        cols: 132,
+        rows: 43,
+    }))
+    .expect("resize");
+    let mut grown = false;
+    for i in 0..50 {
+        t.type_line(&format!("echo \"probe{i}=$(stty size)\""));
+        let out = t.wait_for(&format!("probe{i}=")).to_string();
+        let line = t.wait_for("\n");
+        if format!("{out}{line}").contains(&format!("probe{i}=43 132")) {
+            grown = true;
+            break;
+        }
+    }
+    assert!(grown, "the terminal never took the new size: {}", t.seen);
+    t.type_line("exit 7");
+    t.read_to_end();
+    drop(t);
+    let status = shell.join().expect("shell thread").expect("shell");
+    assert_eq!(status, 7);
+}
+
+#[test]
+fn ssh_remote_without_a_terminal_runs_on_pipes() {
+    let b = backup();
+    let p = peer(&b, &b.keys.id);
+    let (_resize, resized) = tokio::sync::mpsc::channel(1);
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let status = p
+        .shell(remote::ShellIo {
+            stdin: &b"echo out-$((6*7)); echo err >&2; test -t 0 || echo no-tty; exit 3\n"[..],
+            stdout: &mut out,
+            stderr: &mut err,
+            terminal: None,
+            resized,
+        })
+        .expect("shell");
+    assert_eq!(status, 3);
+    assert_eq!(String::from_utf8_lossy(&out), "out-42\nno-tty\n");
+    assert_eq!(String::from_utf8_lossy(&err), "err\n");
+}
+
+#[test]
+fn ssh_remote_is_refused_for_other_keys() {
+    let b = backup();
+    let (_resize, resized) = tokio::sync::mpsc::channel(1);
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let status = peer(&b, &b.other)
+        .shell(remote::ShellIo {
+            stdin: &b"touch /tmp/ha-sync-should-not-exist\n"[..],
+            stdout: &mut out,
+            stderr: &mut err,
+            terminal: Some(("xterm".into(), PtySize { cols: 80, rows: 24 })),
+            resized,
+        })
+        .expect("refusal comes as a status");
+    assert_eq!(status, 1);
+    let text = String::from_utf8_lossy(&err);
+    assert!(
+        text.contains("cluster actions are refused for key")
+            && text.contains("only the cluster key"),
+        "{text}"
+    );
+    assert!(out.is_empty());
+}
+
+#[test]
+fn upgrade_remote_over_ssh_installs_after_answering() {
+    let b = backup();
+    b.runner.provide(upgrade::SYSUPGRADE);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let image = dir.path().join("image.img");
+    // 5 MiB: more than the channel window, so the upload streams
+    let data: Vec<u8> = (0..5u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(&image, &data).expect("image");
+    let prunner = RecordingRunner::new();
+    let pctx = Ctx {
+        root: dir.path(),
+        runner: &prunner,
+    };
+
+    // another key: refused, nothing written
+    let e = upgrade::upgrade_remote(&pctx, &peer(&b, &b.other), Some(&image))
+        .expect_err("other key")
+        .to_string();
+    assert!(e.contains("only the cluster key"), "{e}");
+    assert!(!b.root.join(upgrade::IMAGE_PATH).exists());
+
+    let r = upgrade::upgrade_remote(&pctx, &peer(&b, &b.keys.id), Some(&image)).expect("upgrade");
+    assert_eq!(r.answer["result"], "installing");
+    assert_eq!(r.answer["image"], "/tmp/ha-sync-upgrade.img");
+    assert_eq!(
+        fs::read(b.root.join(upgrade::IMAGE_PATH)).expect("image"),
+        data
+    );
+    // the install runs on its own after the answer; wait for it (bounded)
+    let install = "/sbin/sysupgrade /tmp/ha-sync-upgrade.img".to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !b.runner.lines().contains(&install) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            b.runner.lines()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        b.runner.lines(),
+        vec![
+            "/sbin/sysupgrade -T /tmp/ha-sync-upgrade.img".to_string(),
+            install
+        ]
+    );
 }

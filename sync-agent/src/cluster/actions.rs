@@ -37,7 +37,7 @@ fn parse_ip(value: &str, what: &'static str) -> Result<Ipv4Addr, ClusterError> {
     })
 }
 
-fn load_uci(ctx: &Ctx) -> Result<Package, ClusterError> {
+pub(crate) fn load_uci(ctx: &Ctx) -> Result<Package, ClusterError> {
     Ok(Package::load_or_empty(&ctx.path(KEEPALIVED_UCI))?)
 }
 
@@ -104,26 +104,45 @@ fn write_text(path: &std::path::Path, text: &str) -> Result<(), ClusterError> {
     res.map_err(ClusterError::io(path))
 }
 
-fn service(ctx: &Ctx, svc: &str, action: &'static str) -> Result<(), ClusterError> {
-    let cmd = Cmd::new(format!("/etc/init.d/{svc}")).arg(action);
-    let out = ctx.runner.run(&cmd).map_err(|e| ClusterError::Command {
+/// Runs `cmd`; a command that cannot start or fails is an error naming it, with its stderr.
+pub(crate) fn run_checked(
+    ctx: &Ctx,
+    action: &'static str,
+    cmd: &Cmd,
+) -> Result<sync_core::runner::CmdOutput, ClusterError> {
+    let out = ctx.runner.run(cmd).map_err(|e| ClusterError::Command {
         action,
         cmd: cmd.line(),
         detail: e.to_string(),
     })?;
     if out.success() {
-        Ok(())
+        Ok(out)
     } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
         Err(ClusterError::Command {
             action,
             cmd: cmd.line(),
             detail: format!(
                 "exit status {:?}: {}",
                 out.code,
-                String::from_utf8_lossy(&out.stderr).trim()
+                if stderr.trim().is_empty() {
+                    stdout.trim()
+                } else {
+                    stderr.trim()
+                }
             ),
         })
     }
+}
+
+fn service(ctx: &Ctx, svc: &str, action: &'static str) -> Result<(), ClusterError> {
+    run_checked(
+        ctx,
+        action,
+        &Cmd::new(format!("/etc/init.d/{svc}")).arg(action),
+    )
+    .map(drop)
 }
 
 fn start_services(ctx: &Ctx) -> Result<(), ClusterError> {

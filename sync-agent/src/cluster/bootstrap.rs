@@ -57,7 +57,12 @@ pub async fn call(
         check: HostKey::Capture(slot.clone()),
         timeout: Duration::from_secs(120),
     };
-    let out = remote::exec(target, &format!("{REMOTE_COMMAND} {what}"), &input).await?;
+    let out = remote::exec(
+        target,
+        &format!("{REMOTE_COMMAND} {what}"),
+        input.as_slice(),
+    )
+    .await?;
     let ssh_fingerprint = slot
         .lock()
         .ok()

@@ -6,7 +6,8 @@
 //! - [`keepalived`]: the UCI sections of `/etc/config/keepalived` and the `keepalived.conf`
 //!   renderer; [`conntrackd`]: `conntrackd.conf`.
 //! - [`remote`]: the named actions the backup's agent serves to the cluster key only
-//!   (validate, configure, enable, disable, reset), and the client that calls them.
+//!   (validate, configure, enable, disable, reset), the shell of `ssh-remote`, and the
+//!   client that calls them; [`upgrade`]: `upgrade-remote`'s image upload and install.
 //!
 //! Actions that change the cluster change the primary's UCI, then hand the whole [`Spec`] to
 //! the backup (`configure`), which writes its own sections from it: both nodes always describe
@@ -22,6 +23,7 @@ pub mod conntrackd;
 pub mod keepalived;
 pub mod network;
 pub mod remote;
+pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 
@@ -148,5 +150,12 @@ pub trait Peer {
         &self,
         action: RemoteAction,
         request: &serde_json::Value,
+    ) -> Result<serde_json::Value, ClusterError>;
+
+    /// Sends a firmware image for the backup to check and install (see [`upgrade`]).
+    fn send_image(
+        &self,
+        header: &upgrade::ImageHeader,
+        image: &Path,
     ) -> Result<serde_json::Value, ClusterError>;
 }

@@ -18,6 +18,7 @@
 pub mod client;
 pub mod keys;
 pub mod server;
+pub mod shell;
 
 mod bridge;
 
@@ -32,6 +33,7 @@ pub use keys::{
 };
 pub use russh::keys::{PrivateKey, PublicKey};
 pub use server::{bind, Server, ServerConfig, StreamHandler};
+pub use shell::{PtySize, ShellCommand, ShellPolicy};
 
 /// Name of the SSH subsystem carrying a sync session.
 pub const SUBSYSTEM: &str = "ha-sync";

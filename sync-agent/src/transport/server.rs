@@ -1,5 +1,6 @@
 //! The backup agent's SSH server: public-key login from authorized_keys, one `ha-sync`
-//! subsystem session at a time, nothing else (no shell, exec, pty or forwarding).
+//! subsystem session at a time, the exec actions and the shell registered on it (none by
+//! default), nothing else (no forwarding, no agent, no X11, no environment).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::bridge;
 use super::keys::{fingerprint, load_or_create_host_key, AuthorizedKeys};
+use super::shell::{self, PtyRequest, PtySize, ShellPolicy};
 use super::{
     PeerInfo, ReadWrite, Result, TransportError, CHANNEL_WINDOW, EXIT_BUSY, EXIT_ERROR, MAX_PACKET,
     SUBSYSTEM,
@@ -69,6 +71,8 @@ struct Shared {
     handler: Arc<dyn StreamHandler>,
     /// Named exec requests accepted (exact match, no shell); empty by default.
     actions: HashMap<String, Arc<dyn StreamHandler>>,
+    /// Who may have a shell, and which; `None` refuses every shell request.
+    shell: Option<Arc<dyn ShellPolicy>>,
     /// Peer of the running `ha-sync` session, if any.
     active: Mutex<Option<SocketAddr>>,
 }
@@ -134,6 +138,7 @@ pub struct Server {
     authorized_keys: PathBuf,
     handler: Arc<dyn StreamHandler>,
     actions: HashMap<String, Arc<dyn StreamHandler>>,
+    shell: Option<Arc<dyn ShellPolicy>>,
 }
 
 /// Loads (or creates) the host key and binds the listener. `handler` serves the `ha-sync`
@@ -177,6 +182,7 @@ pub async fn bind(cfg: ServerConfig, handler: Arc<dyn StreamHandler>) -> Result<
         authorized_keys: cfg.authorized_keys,
         handler,
         actions: HashMap::new(),
+        shell: None,
     })
 }
 
@@ -195,6 +201,13 @@ impl Server {
         self
     }
 
+    /// Accepts shell requests (with or without a terminal) from the peers `policy` allows,
+    /// running the command it returns. Without this every shell request is refused.
+    pub fn with_shell(mut self, policy: Arc<dyn ShellPolicy>) -> Self {
+        self.shell = Some(policy);
+        self
+    }
+
     /// Serves forever.
     pub async fn run(self) -> Result<()> {
         self.run_until(std::future::pending::<()>()).await
@@ -209,6 +222,7 @@ impl Server {
             authorized_keys: self.authorized_keys,
             handler: self.handler,
             actions: self.actions,
+            shell: self.shell,
             active: Mutex::new(None),
         });
         let stopping = CancellationToken::new();
@@ -295,6 +309,8 @@ struct Connection {
     channels: HashMap<ChannelId, Channel<Msg>>,
     /// Channels running a session, with their "closed" token.
     running: HashMap<ChannelId, CancellationToken>,
+    /// Terminal requests waiting for their shell request.
+    ptys: HashMap<ChannelId, PtyRequest>,
     /// Cancelled when the connection ends (this handler is dropped).
     gone: CancellationToken,
 }
@@ -314,6 +330,7 @@ impl Connection {
             key_fingerprint: None,
             channels: HashMap::new(),
             running: HashMap::new(),
+            ptys: HashMap::new(),
             gone: CancellationToken::new(),
         }
     }
@@ -338,6 +355,13 @@ impl Connection {
         }
     }
 
+    fn peer(&self) -> PeerInfo {
+        PeerInfo {
+            addr: self.addr,
+            key_fingerprint: self.key_fingerprint.clone().unwrap_or_default(),
+        }
+    }
+
     fn start(
         &mut self,
         id: ChannelId,
@@ -350,10 +374,7 @@ impl Connection {
         };
         let closed = self.gone.child_token();
         self.running.insert(id, closed.clone());
-        let peer = PeerInfo {
-            addr: self.addr,
-            key_fingerprint: self.key_fingerprint.clone().unwrap_or_default(),
-        };
+        let peer = self.peer();
         tokio::spawn(serve_channel(channel, handler, peer, guard, closed, what));
         true
     }
@@ -509,6 +530,7 @@ impl russh::server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
+        self.ptys.remove(&channel);
         if let Some(closed) = self.running.remove(&channel) {
             closed.cancel();
         }
@@ -569,22 +591,70 @@ impl russh::server::Handler for Connection {
         channel: ChannelId,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tracing::warn!("shell request from {} refused", self.addr);
-        session.channel_failure(channel)
+        let policy = match &self.shared.shell {
+            Some(p) if self.channels.contains_key(&channel) => p.clone(),
+            _ => {
+                tracing::warn!("shell request from {} refused", self.addr);
+                return session.channel_failure(channel);
+            }
+        };
+        session.channel_success(channel)?;
+        let peer = self.peer();
+        let pty = self.ptys.remove(&channel);
+        let Some(ch) = self.channels.remove(&channel) else {
+            return Ok(());
+        };
+        match policy.shell(&peer) {
+            Ok(cmd) => {
+                let closed = self.gone.child_token();
+                self.running.insert(channel, closed.clone());
+                tokio::spawn(shell::serve(ch, cmd, pty, peer, closed));
+            }
+            Err(text) => {
+                // Said on the channel (not as a bare request failure) so the user reads why.
+                tracing::warn!("shell for {} refused: {text}", self.addr);
+                session.extended_data(channel, 1, format!("{}\n", text.trim_end()).into_bytes())?;
+                session.eof(channel)?;
+                session.exit_status_request(channel, EXIT_ERROR)?;
+                session.close(channel)?;
+            }
+        }
+        Ok(())
     }
 
     async fn pty_request(
         &mut self,
         channel: ChannelId,
-        _term: &str,
-        _col_width: u32,
-        _row_height: u32,
+        term: &str,
+        col_width: u32,
+        row_height: u32,
         _pix_width: u32,
         _pix_height: u32,
         _modes: &[(russh::Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)
+        if self.shared.shell.is_none() || !self.channels.contains_key(&channel) {
+            return session.channel_failure(channel);
+        }
+        // The terminal name lands in the shell's environment: keep it a plain word.
+        let term = if !term.is_empty()
+            && term.len() <= 64
+            && term
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.+".contains(&b))
+        {
+            term.to_string()
+        } else {
+            "vt100".to_string()
+        };
+        self.ptys.insert(
+            channel,
+            PtyRequest {
+                term,
+                size: PtySize::from_request(col_width, row_height),
+            },
+        );
+        session.channel_success(channel)
     }
 
     async fn x11_request(
@@ -611,13 +681,15 @@ impl russh::server::Handler for Connection {
 
     async fn window_change_request(
         &mut self,
-        channel: ChannelId,
+        _channel: ChannelId,
         _col_width: u32,
         _row_height: u32,
         _pix_width: u32,
         _pix_height: u32,
-        session: &mut Session,
+        _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        session.channel_failure(channel)
+        // Carried to a running shell on its channel (ChannelMsg::WindowChange); the request
+        // wants no reply.
+        Ok(())
     }
 }
