@@ -230,7 +230,11 @@ pub fn run(a: ClusterArgs) -> Result<()> {
             note_no_peer(&p);
             let i =
                 actions::remove_interface(&ctx, p.as_ref().map(|p| p as &dyn Peer), &interface)?;
-            println!("Interface {} removed from the cluster.", i.name);
+            println!(
+                "Interface {} removed from the cluster: this node now serves it on {} (its \
+                 virtual IP, the clients' gateway); the backup dropped it.",
+                i.name, i.vip.addr
+            );
         }
         Action::AddVip { interface, vip } => {
             let p = peer(root)?;

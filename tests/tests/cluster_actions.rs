@@ -372,6 +372,20 @@ fn backup_gets_the_same_cluster_with_its_own_role_and_the_password_is_kept() {
         assert!(k.section("lan_192_168_100_66_24_ipaddress").is_none());
         assert_eq!(get(&k, section, "auth_pass"), pass);
     }
+    // the primary keeps serving lan2 on the virtual IP (the clients' gateway), the backup
+    // drops its copy of lan2; both reload their network, other interfaces untouched
+    let pnet = Package::load(&p.root.join("etc/config/network")).expect("network");
+    assert_eq!(pnet.get("lan2", "ipaddr"), Some("192.168.200.190/24"));
+    assert_eq!(pnet.get("lan", "ipaddr"), Some("192.168.100.238"));
+    let bnet = Package::load(&b.root.join("etc/config/network")).expect("network");
+    assert!(bnet.section("lan2").is_none());
+    assert_eq!(bnet.get("lan", "ipaddr"), Some("192.168.100.239"));
+    for node in [&p, &b] {
+        assert!(node
+            .runner
+            .lines()
+            .contains(&"/etc/init.d/network reload".to_string()));
+    }
 }
 
 #[test]
@@ -391,6 +405,37 @@ fn removing_an_interface_drops_its_extra_vips() {
     let k = p.uci();
     assert_eq!(k.get_list("primary", "virtual_ipaddress"), vec!["lan_ha"]);
     assert_eq!(k.sections_of_kind("ipaddress").count(), 1);
+}
+
+#[test]
+fn removed_interface_keeps_the_vip_in_every_address_form() {
+    // address + netmask, and a list of addresses: only the node's own address is replaced
+    for (form, expect) in [
+        (
+            "\toption ipaddr '192.168.200.185'\n\toption netmask '255.255.255.0'\n",
+            vec!["192.168.200.190"],
+        ),
+        (
+            "\tlist ipaddr '192.168.200.185/24'\n\tlist ipaddr '10.9.9.1/16'\n",
+            vec!["192.168.200.190/24", "10.9.9.1/16"],
+        ),
+    ] {
+        let net = NETWORK.replace("\toption ipaddr '192.168.200.185/24'\n", form);
+        assert_ne!(net, NETWORK, "fixture changed");
+        let p = Node::new(&net, DHCP);
+        p.init();
+        actions::add_lan_interface(
+            &p.ctx(),
+            None,
+            "192.168.200.185",
+            "192.168.200.186",
+            "192.168.200.190/24",
+        )
+        .expect("add");
+        actions::remove_interface(&p.ctx(), None, "lan2").expect("remove");
+        let n = Package::load(&p.root.join("etc/config/network")).expect("network");
+        assert_eq!(n.get_list("lan2", "ipaddr"), expect, "{form}");
+    }
 }
 
 #[test]

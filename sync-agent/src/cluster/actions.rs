@@ -403,7 +403,9 @@ pub fn add_lan_interface(
     Ok(new)
 }
 
-/// `remove-interface <if>`: its VIP and extra VIPs leave keepalived, on both nodes. The main
+/// `remove-interface <if>`: its VIP and extra VIPs leave keepalived, on both nodes; the
+/// backup drops the interface from its network configuration, and here the interface takes
+/// the virtual IP as its address (as the incumbent: the clients' gateway stays). The main
 /// LAN carries VRRP and the sync: removing it is `reset`.
 pub fn remove_interface(
     ctx: &Ctx,
@@ -424,8 +426,18 @@ pub fn remove_interface(
     let removed = spec.interfaces.remove(pos);
     spec.aliases.retain(|a| a.interface != name);
     write_node(ctx, pkg, &spec, Role::Primary)?;
-    push(peer, &spec, false)?;
+    // The backup drops its copy of the interface; this node keeps serving the segment on
+    // the virtual IP, the address its clients use as their gateway.
+    if let Some(p) = peer {
+        p.call(
+            RemoteAction::Configure,
+            &json!({ "spec": spec, "start": false, "removed": [name] }),
+        )?;
+    }
     reload(ctx)?;
+    if network::take_over_address(ctx.root, name, removed.primary, removed.vip.addr)? {
+        service(ctx, "network", "reload")?;
+    }
     Ok(removed)
 }
 
@@ -749,6 +761,22 @@ pub fn serve(ctx: &Ctx, action: RemoteAction, req: &Value) -> Result<Value, Clus
                 .collect();
             check_backup_local(ctx, &wanted)?;
             write_node(ctx, pkg, &spec, Role::Backup)?;
+            // Interfaces the primary took out of the cluster (never one still in it).
+            let mut network_changed = false;
+            for gone in field(req, "removed")
+                .ok()
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|n| spec.interface(n).is_none())
+            {
+                network_changed |= network::remove_interface(ctx.root, gone)?;
+            }
+            if network_changed {
+                service(ctx, "network", "reload")?;
+            }
             if req["start"].as_bool() == Some(true) {
                 start_services(ctx)?;
             } else {

@@ -207,3 +207,62 @@ pub fn check_lan(
         Err(ClusterError::Requirements(problems))
     }
 }
+
+/// remove-interface on the primary: interface `name` takes its virtual IP as its own address
+/// (in place of `own`, same prefix), so clients that keep the virtual IP as their gateway
+/// (DHCP option 3) keep reaching this node. Returns whether the configuration changed.
+pub fn take_over_address(
+    root: &Path,
+    name: &str,
+    own: Ipv4Addr,
+    vip: Ipv4Addr,
+) -> Result<bool, ClusterError> {
+    let path = root.join(NETWORK);
+    let mut net = load(root, NETWORK)?;
+    let Some(s) = net.section_mut(name) else {
+        return Ok(false);
+    };
+    let swap = |v: &str| -> Option<String> {
+        match v.split_once('/') {
+            Some((ip, len)) if ip.parse() == Ok(own) => Some(format!("{vip}/{len}")),
+            None if v.parse() == Ok(own) => Some(vip.to_string()),
+            _ => None,
+        }
+    };
+    let changed = match s.value("ipaddr").cloned() {
+        Some(sync_core::uci::Value::Single(v)) => match swap(&v) {
+            Some(new) => {
+                s.set("ipaddr", &new)?;
+                true
+            }
+            None => false,
+        },
+        Some(sync_core::uci::Value::List(vs)) => {
+            let new: Vec<String> = vs.iter().map(|v| swap(v).unwrap_or(v.clone())).collect();
+            let changed = new != vs;
+            if changed {
+                s.set_list("ipaddr", new)?;
+            }
+            changed
+        }
+        None => false,
+    };
+    if changed {
+        net.write_atomic(&path)?;
+    }
+    Ok(changed)
+}
+
+/// remove-interface on the backup: its copy of interface `name` goes (outside the cluster it
+/// would be a second router, and DHCP server, on the primary's segment). Returns whether it
+/// was there.
+pub fn remove_interface(root: &Path, name: &str) -> Result<bool, ClusterError> {
+    let path = root.join(NETWORK);
+    let mut net = load(root, NETWORK)?;
+    if net.section(name).is_none_or(|s| s.kind != "interface") {
+        return Ok(false);
+    }
+    net.remove_section(name);
+    net.write_atomic(&path)?;
+    Ok(true)
+}
