@@ -184,14 +184,23 @@ pub fn enabled(ctx: &Ctx) -> bool {
         .is_ok_and(|o| o.success())
 }
 
-fn push(peer: Option<&dyn Peer>, spec: &Spec, start: bool) -> Result<(), ClusterError> {
+/// A change of the running cluster: this node's sections, the backup's (which also drops
+/// the `removed` interfaces from its network), then keepalived here reloaded.
+fn change(
+    ctx: &Ctx,
+    pkg: Package,
+    spec: &Spec,
+    peer: Option<&dyn Peer>,
+    removed: &[&str],
+) -> Result<(), ClusterError> {
+    write_node(ctx, pkg, spec, Role::Primary)?;
     if let Some(p) = peer {
         p.call(
             RemoteAction::Configure,
-            &json!({ "spec": spec, "start": start }),
+            &json!({ "spec": spec, "start": false, "removed": removed }),
         )?;
     }
-    Ok(())
+    reload(ctx)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -397,9 +406,7 @@ pub fn add_lan_interface(
         backup,
     };
     spec.interfaces.push(new.clone());
-    write_node(ctx, pkg, &spec, Role::Primary)?;
-    push(peer, &spec, false)?;
-    reload(ctx)?;
+    change(ctx, pkg, &spec, peer, &[])?;
     Ok(new)
 }
 
@@ -425,16 +432,9 @@ pub fn remove_interface(
     }
     let removed = spec.interfaces.remove(pos);
     spec.aliases.retain(|a| a.interface != name);
-    write_node(ctx, pkg, &spec, Role::Primary)?;
     // The backup drops its copy of the interface; this node keeps serving the segment on
     // the virtual IP, the address its clients use as their gateway.
-    if let Some(p) = peer {
-        p.call(
-            RemoteAction::Configure,
-            &json!({ "spec": spec, "start": false, "removed": [name] }),
-        )?;
-    }
-    reload(ctx)?;
+    change(ctx, pkg, &spec, peer, &[name])?;
     if network::take_over_address(ctx.root, name, removed.primary, removed.vip.addr)? {
         service(ctx, "network", "reload")?;
     }
@@ -501,9 +501,7 @@ pub fn add_vip(
         address: vip,
     };
     spec.aliases.push(alias.clone());
-    write_node(ctx, pkg, &spec, Role::Primary)?;
-    push(peer, &spec, false)?;
-    reload(ctx)?;
+    change(ctx, pkg, &spec, peer, &[])?;
     Ok(alias)
 }
 
@@ -536,9 +534,7 @@ pub fn remove_vip(
         )));
     };
     let removed = spec.aliases.remove(pos);
-    write_node(ctx, pkg, &spec, Role::Primary)?;
-    push(peer, &spec, false)?;
-    reload(ctx)?;
+    change(ctx, pkg, &spec, peer, &[])?;
     Ok(removed)
 }
 
