@@ -255,6 +255,10 @@ IDLE_SYNCS=$((S1 - S0))
 kb() { awk -v k="$1:" '$1 == k {print $2}' /proc/$WATCH_PID/status; }
 RSS_KB=$(kb VmRSS); HWM_KB=$(kb VmHWM); ANON_KB=$(kb RssAnon); FILE_KB=$(( $(kb RssFile) + $(kb RssShmem) ))
 THREADS=$(ls /proc/$WATCH_PID/task | wc -l)
+# Where the RSS is, per mapping (kB): latency-logs/idle-smaps.txt.
+awk '/^[0-9a-f]+-[0-9a-f]+ / { m = $2 " " ($6 == "" ? "[anon]" : $6) } $1 == "Rss:" { rss[m] += $2 } $1 == "Anonymous:" { an[m] += $2 }
+     END { for (m in rss) if (rss[m]) printf "%8d %8d  %s\n", rss[m], an[m], m }' /proc/$WATCH_PID/smaps | sort -rn \
+  | { echo "# rss_kB anon_kB perms mapping"; cat; } > "$W/logs/idle-smaps.txt"
 log "idle: ${IDLE_CPU_MS} ms CPU in ${IDLE} s, ${IDLE_SYNCS} reconcile syncs; RSS ${RSS_KB} kB (anon ${ANON_KB}, file ${FILE_KB}; peak ${HWM_KB} kB), ${THREADS} threads"
 
 # ---------------------------------------------------------------- report

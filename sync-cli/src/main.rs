@@ -100,13 +100,20 @@ fn main() {
         Command::Watch(_) => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("HA_SYNC_LOG")
-                .unwrap_or_else(|_| level.into()),
+    // `HA_SYNC_LOG`: `LEVEL` or `LEVEL,target=LEVEL,...` (e.g. `info,sync_agent::triggers=debug`).
+    // `Targets` parses that syntax without EnvFilter's regex engine (smaller code, less RSS).
+    use tracing_subscriber::{filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
+    let filter = std::env::var("HA_SYNC_LOG")
+        .ok()
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| level.parse().expect("a valid level"));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(filter)
         .init();
     if let Err(e) = run(cli) {
         if e.chain().any(|c| {
