@@ -477,8 +477,11 @@ impl Engine {
             return false;
         };
         self.fences += 1;
-        let fence = state_dir.join(".fence");
-        let mut seen = std::fs::write(&fence, self.fences.to_string()).is_err();
+        // A name of its own: one write makes several events, and the leftovers of an earlier
+        // fence must not pass for this one's (it would then return before events queued
+        // after them, e.g. the write a `now` was asked for).
+        let fence = state_dir.join(format!(".fence.{}", self.fences));
+        let mut seen = std::fs::write(&fence, b"").is_err();
         let deadline = tokio::time::Instant::now() + FENCE_WAIT;
         let mut ok = false;
         while !seen {
@@ -492,6 +495,7 @@ impl Engine {
             }
         }
         self.events = Some(rx);
+        let _ = std::fs::remove_file(&fence);
         ok && !self.overflow.is_set()
     }
 
