@@ -50,19 +50,24 @@ fn start_service(env: &[(&str, &str)]) -> Vec<String> {
         "{OPENWRT_STANDINS}\n. '{}'\nstart_service\nservice_triggers\n",
         init.display()
     );
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(&script)
-        .env("LOG", &log)
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(&script);
+    run_logged(sh, &log, env)
+}
+
+/// Runs `cmd` with `LOG=log` and `env`; returns the lines the stand-ins logged.
+fn run_logged(mut cmd: Command, log: &Path, env: &[(&str, &str)]) -> Vec<String> {
+    let out = cmd
+        .env("LOG", log)
         .envs(env.iter().copied())
         .output()
         .expect("sh");
     assert!(
         out.status.success(),
-        "start_service failed: {}",
+        "{env:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    fs::read_to_string(&log)
+    fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
         .map(str::to_string)
@@ -154,24 +159,11 @@ fn hotplug(env: &[(&str, &str)]) -> Vec<String> {
     fs::write(&stub, "#!/bin/sh\necho \"ha-sync $*\" >> \"$LOG\"\n").expect("stub");
     fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let path = format!("{}:/usr/bin:/bin", bin.display());
-    let out = Command::new("sh")
-        .arg(packaging().join("hotplug-keepalived-ha-sync"))
+    let mut sh = Command::new("sh");
+    sh.arg(packaging().join("hotplug-keepalived-ha-sync"))
         .env_clear()
-        .env("PATH", path)
-        .env("LOG", &log)
-        .envs(env.iter().copied())
-        .output()
-        .expect("sh");
-    assert!(
-        out.status.success(),
-        "{env:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::read_to_string(&log)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
+        .env("PATH", path);
+    run_logged(sh, &log, env)
 }
 
 #[test]
