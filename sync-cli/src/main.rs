@@ -108,11 +108,7 @@ fn main() {
         .and_then(|s| s.parse::<Targets>().ok())
         .unwrap_or_else(|| level.parse().expect("a valid level"));
     tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
-        )
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .with(filter)
         .init();
     if let Err(e) = run(cli) {
