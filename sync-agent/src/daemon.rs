@@ -52,6 +52,12 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const MAX_PENDING: usize = 100_000;
 /// How long a fence (see `Engine::fence`) may take before the daemon scans instead.
 const FENCE_WAIT: Duration = Duration::from_secs(1);
+/// A session that sent at least this much is followed by a new connection (see `recycle`).
+const RECYCLE_AFTER: u64 = 128 << 10;
+/// Free memory goes back to the kernel after each sync, and again this long after the last
+/// one: tokio ends its idle blocking threads (scans, sessions) after 10 s, and what they held
+/// (their allocator caches, their zstd contexts) is freed only then.
+const TRIM_AFTER: Duration = Duration::from_secs(11);
 
 /// What the daemon needs; [`DaemonConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -280,6 +286,7 @@ pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon,
         cache: Arc::new(Mutex::new(cache)),
         prepared: None,
         confirmed: None,
+        recycle: false,
         restore_failed: None,
         conn: None,
         connected_since: None,
@@ -296,6 +303,7 @@ pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon,
         rescan: false,
         wake: None,
         next_reconcile: None,
+        trim_at: None,
         gate: Gate::default(),
         status,
         consecutive_failures: 0,
@@ -371,6 +379,8 @@ struct Engine {
     prepared: Option<Prepared>,
     /// The generation the backup committed on the current connection.
     confirmed: Option<Hash>,
+    /// The last session sent much: open a new connection once the sync is recorded.
+    recycle: bool,
     /// A generation whose restore on the backup failed, and the report.
     restore_failed: Option<(Hash, RestoreRecord)>,
     conn: Option<Arc<Connection>>,
@@ -398,6 +408,8 @@ struct Engine {
     /// A scheduled sync (retry, reconnect, start) and its trigger.
     wake: Option<(Instant, Trigger)>,
     next_reconcile: Option<Instant>,
+    /// When to hand free memory back again (see `TRIM_AFTER`).
+    trim_at: Option<Instant>,
     gate: Gate,
     status: Arc<Mutex<DaemonStatus>>,
     alerts: AlertConfig,
@@ -510,7 +522,7 @@ impl Engine {
     /// The next time something is due, if anything.
     fn deadline(&self) -> Option<Instant> {
         if !self.gate.active {
-            return None;
+            return self.trim_at;
         }
         let alert = match (self.pending_since, self.alert_raised) {
             (Some((t, _)), false) => Some(t + self.alerts.max_wait),
@@ -521,6 +533,7 @@ impl Engine {
             self.wake.map(|w| w.0),
             self.next_reconcile,
             alert,
+            self.trim_at,
         ]
         .into_iter()
         .flatten()
@@ -529,6 +542,13 @@ impl Engine {
 
     async fn on_timer(&mut self) {
         let now = Instant::now();
+        if self.trim_at.is_some_and(|t| t <= now) {
+            self.trim_at = None;
+            release_free_memory();
+        }
+        if !self.gate.active {
+            return;
+        }
         if self.debounce.deadline().is_some_and(|d| d <= now) {
             let t = if self.rescan {
                 Trigger::Rescan
@@ -684,6 +704,25 @@ impl Engine {
                     c.disconnect().await;
                 }
             });
+        }
+    }
+
+    /// Replaces the connection after a session that sent much. russh keeps its packet
+    /// buffers at the largest size a connection ever needed (its write buffer grows to a
+    /// whole batch of queued packets, ~1 MiB after a full sync) until the connection ends:
+    /// a new one gives that memory back. Opened at once, so the next sync finds it ready;
+    /// if that fails, the next sync connects (and reports the error) as usual.
+    async fn recycle_connection(&mut self) {
+        let Some(old) = self.conn.take() else {
+            return;
+        };
+        self.confirmed = None;
+        self.connected_since = None;
+        if let Ok(old) = Arc::try_unwrap(old) {
+            old.disconnect().await;
+        }
+        if let Err(e) = self.connection().await {
+            tracing::debug!("reconnecting after a large sync: {e}");
         }
     }
 
@@ -878,6 +917,7 @@ impl Engine {
                 return fail(o, e.to_string(), record);
             }
         };
+        self.recycle = rep.traffic.sent >= RECYCLE_AFTER;
         record.up_to_date = rep.up_to_date;
         record.changed = rep.commit.as_ref().map_or(0, |c| c.changed.len() as u64);
         record.files_sent = rep.files_sent;
@@ -1055,8 +1095,12 @@ impl Engine {
         if !self.cfg.reconcile.is_zero() {
             self.next_reconcile = Some(Instant::now() + self.cfg.reconcile);
         }
+        if std::mem::take(&mut self.recycle) {
+            self.recycle_connection().await;
+        }
         self.save_cache().await;
         release_free_memory();
+        self.trim_at = Some(Instant::now() + TRIM_AFTER);
         self.commit();
         NowReply {
             ok: outcome.is_ok(),
