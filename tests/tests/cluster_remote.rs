@@ -98,6 +98,31 @@ fn backup() -> Backup {
     }
 }
 
+/// A primary root after `init-primary-node` (its half of the cluster, no peer yet).
+fn initialized_primary() -> (tempfile::TempDir, RecordingRunner) {
+    let primary = tempfile::tempdir().expect("tempdir");
+    fs::create_dir_all(primary.path().join("etc/config")).expect("mkdir");
+    fs::write(
+        primary.path().join("etc/config/network"),
+        NETWORK.replace("192.168.100.239", "192.168.100.238"),
+    )
+    .expect("network");
+    let runner = RecordingRunner::new();
+    let ctx = Ctx {
+        root: primary.path(),
+        runner: &runner,
+    };
+    actions::init_primary_node(
+        &ctx,
+        "192.168.100.238",
+        "192.168.100.239",
+        "192.168.100.240/24",
+        "lan",
+    )
+    .expect("init");
+    (primary, runner)
+}
+
 fn peer(b: &Backup, key: &Path) -> SshPeer {
     SshPeer::new(
         "127.0.0.1",
@@ -122,26 +147,11 @@ fn cluster_key_runs_the_actions() {
     assert_eq!(answer["configured"], false);
 
     // configure from a real primary's spec: the backup's sections are written
-    let primary = tempfile::tempdir().expect("tempdir");
-    fs::create_dir_all(primary.path().join("etc/config")).expect("mkdir");
-    fs::write(
-        primary.path().join("etc/config/network"),
-        NETWORK.replace("192.168.100.239", "192.168.100.238"),
-    )
-    .expect("network");
-    let runner = RecordingRunner::new();
+    let (primary, runner) = initialized_primary();
     let ctx = Ctx {
         root: primary.path(),
         runner: &runner,
     };
-    actions::init_primary_node(
-        &ctx,
-        "192.168.100.238",
-        "192.168.100.239",
-        "192.168.100.240/24",
-        "lan",
-    )
-    .expect("init");
     actions::add_vip(&ctx, Some(&p), "lan", "192.168.100.66/24").expect("add-vip through ssh");
     let k = Package::load(&b.root.join("etc/config/keepalived")).expect("backup uci");
     assert_eq!(k.get("backup", "priority"), Some("50"));
@@ -244,26 +254,11 @@ fn bootstrap_init_installs_the_cluster_key_and_answers_the_agent_host_key() {
     let broot = backup.path();
     fs::create_dir_all(broot.join("etc/config")).expect("mkdir");
     fs::write(broot.join("etc/config/network"), NETWORK).expect("network");
-    let primary = tempfile::tempdir().expect("tempdir");
-    fs::create_dir_all(primary.path().join("etc/config")).expect("mkdir");
-    fs::write(
-        primary.path().join("etc/config/network"),
-        NETWORK.replace("192.168.100.239", "192.168.100.238"),
-    )
-    .expect("network");
-    let runner = RecordingRunner::new();
+    let (primary, runner) = initialized_primary();
     let pctx = Ctx {
         root: primary.path(),
         runner: &runner,
     };
-    actions::init_primary_node(
-        &pctx,
-        "192.168.100.238",
-        "192.168.100.239",
-        "192.168.100.240/24",
-        "lan",
-    )
-    .expect("init");
     let (ip, req) = bootstrap::init_request(&pctx).expect("request");
     assert_eq!(ip.to_string(), "192.168.100.239");
     let brunner = RecordingRunner::new();
