@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use sync_agent::agent::{self, BackupHandler, NowOptions, RestoreHook};
@@ -35,10 +35,9 @@ pub struct ServeArgs {
     staging_only: bool,
 }
 
+/// Where the primary's syncs go, and with which keys.
 #[derive(Args)]
-pub struct NowArgs {
-    #[arg(long, default_value = "/")]
-    root: PathBuf,
+pub struct PeerArgs {
     /// Backup agent ADDR:PORT [default: keepalived.ha_peer address and ssh_port]
     #[arg(long)]
     peer: Option<String>,
@@ -48,6 +47,27 @@ pub struct NowArgs {
     /// OpenSSH known_hosts pinning the backup's host key [default: ROOT/etc/ha-sync/known_hosts]
     #[arg(long)]
     known_hosts: Option<PathBuf>,
+}
+
+impl PeerArgs {
+    /// The client settings: these flags, else the node's configuration under `root`.
+    fn client(self, root: &Path) -> Result<ClientConfig> {
+        let (peer, pc) = peer_of(root, self.peer)?;
+        Ok(ClientConfig::new(
+            peer,
+            self.key.unwrap_or(pc.key),
+            self.known_hosts
+                .unwrap_or_else(|| config::known_hosts(root)),
+        ))
+    }
+}
+
+#[derive(Args)]
+pub struct NowArgs {
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    #[command(flatten)]
+    to: PeerArgs,
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
@@ -64,15 +84,8 @@ pub struct NowArgs {
 pub struct WatchArgs {
     #[arg(long, default_value = "/")]
     root: PathBuf,
-    /// Backup agent ADDR:PORT [default: keepalived.ha_peer address and ssh_port]
-    #[arg(long)]
-    peer: Option<String>,
-    /// Cluster private key [default: keepalived.ha_peer.ssh_key, else ROOT/etc/ha-sync/id_ed25519]
-    #[arg(long)]
-    key: Option<PathBuf>,
-    /// OpenSSH known_hosts pinning the backup's host key [default: ROOT/etc/ha-sync/known_hosts]
-    #[arg(long)]
-    known_hosts: Option<PathBuf>,
+    #[command(flatten)]
+    to: PeerArgs,
     /// Seconds between reconcile syncs, the safety net behind inotify (0: none)
     #[arg(long, default_value_t = 60)]
     interval: u64,
@@ -232,13 +245,8 @@ pub fn now(a: NowArgs) -> Result<()> {
             Err(e) => return Err(e).context("asking the daemon to sync"),
         }
     }
-    let (peer, pc) = peer_of(&a.root, a.peer)?;
-    let client = ClientConfig::new(
-        peer.clone(),
-        a.key.unwrap_or(pc.key),
-        a.known_hosts
-            .unwrap_or_else(|| config::known_hosts(&a.root)),
-    );
+    let client = a.to.client(&a.root)?;
+    let peer = client.peer.clone();
     let t = Instant::now();
     let bar = std::io::stderr().is_terminal().then(|| {
         let pb = indicatif::ProgressBar::hidden();
@@ -330,13 +338,7 @@ pub fn pin(a: PinArgs) -> Result<()> {
 }
 
 pub fn watch(a: WatchArgs) -> Result<()> {
-    let (peer, pc) = peer_of(&a.root, a.peer)?;
-    let client = ClientConfig::new(
-        peer,
-        a.key.unwrap_or(pc.key),
-        a.known_hosts
-            .unwrap_or_else(|| config::known_hosts(&a.root)),
-    );
+    let client = a.to.client(&a.root)?;
     let mut cfg = DaemonConfig::new(a.root.clone(), client);
     cfg.reconcile = Duration::from_secs(a.interval);
     if let Some(s) = a.socket {
