@@ -14,10 +14,12 @@
 
 use crate::records::{self, NETWORK};
 use crate::services::{self, has_init_script, KEPT_STOPPED, RESTARTED_ON_MASTER};
-use crate::state::{self, Role, VrrpState};
+use crate::state;
 use crate::{cron, restore, Ctx, HookError};
+use crate::{Role, VrrpState};
 use sync_core::fsx::{Dir, Meta};
 use sync_core::manifest::{Hash, Manifest};
+use sync_core::node::Node;
 use sync_core::path::RelPath;
 use sync_core::runner::{Cmd, CmdOutput};
 use sync_core::uci::{self, Package};
@@ -98,10 +100,7 @@ impl<'a> Steps<'a> {
     // ---- the steps ------------------------------------------------------------------------
 
     fn alert(&mut self, option: &str) {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = sync_core::clock::now_secs();
         let root = self.ctx.root;
         let r = uci::state_set_section(root, "keepalived", "ha_alert", "state").and_then(|()| {
             uci::state_set(root, "keepalived", "ha_alert", option, &now.to_string())
@@ -206,7 +205,7 @@ fn owns_imported(role: Option<Role>, previous: Option<VrrpState>) -> bool {
 }
 
 pub(crate) fn master(ctx: &Ctx, previous: Option<VrrpState>) -> Vec<String> {
-    let role = state::role(ctx.root);
+    let role = Node::new(ctx.root).role();
     let mut s = Steps::new(ctx);
     if previous != Some(VrrpState::Master) {
         match role {
@@ -233,7 +232,7 @@ pub(crate) fn master(ctx: &Ctx, previous: Option<VrrpState>) -> Vec<String> {
 }
 
 pub(crate) fn backup(ctx: &Ctx) -> Vec<String> {
-    let role = state::role(ctx.root);
+    let role = Node::new(ctx.root).role();
     let mut s = Steps::new(ctx);
     if s.has_conntrackd() {
         let running = s
@@ -283,7 +282,7 @@ pub(crate) fn notify_sync(
 ) -> Vec<String> {
     let mut s = Steps::new(ctx);
     let mut reload = Vec::new();
-    if state::role(ctx.root) != Some(Role::Primary) {
+    if Node::new(ctx.root).role() != Some(Role::Primary) {
         if let Some(true) = s.check(records::import(ctx.root)) {
             reload.push("network".to_string());
         }
@@ -353,7 +352,7 @@ pub(crate) fn apply_cron(ctx: &Ctx, master: bool) -> Result<(), HookError> {
         ),
         None => None,
     };
-    let staged = if state::role(ctx.root) == Some(Role::Backup) {
+    let staged = if Node::new(ctx.root).role() == Some(Role::Backup) {
         staged_crontab(ctx)
     } else {
         None
@@ -381,7 +380,7 @@ pub(crate) fn apply_cron(ctx: &Ctx, master: bool) -> Result<(), HookError> {
         mode: 0o600,
         uid: 0,
         gid: 0,
-        mtime_ns: now_ns(),
+        mtime_ns: sync_core::clock::now_ns(),
     });
     d.write_file_atomic(rel.file_name(), &want, Some(meta))
         .map_err(crate::at(&full))?;
@@ -405,11 +404,4 @@ fn staged_crontab(ctx: &Ctx) -> Option<Vec<u8>> {
         .ok()?;
     let bytes = d.read_file(rel.file_name(), 16 << 20).ok()?;
     (Some(Hash::of(&bytes)) == e.file_hash()).then_some(bytes)
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }

@@ -19,14 +19,15 @@
 //! the restore writes the primary's file with this node's hostname put back.
 
 use std::path::Path;
+use sync_core::node;
 use sync_core::path::RelPath;
 use sync_core::uci::Package;
 
 /// Paths (relative to the root) the restore leaves alone, with everything below them.
 pub const PER_NODE: &[&str] = &[
     "etc/config/network",
-    "etc/config/keepalived",
-    "etc/ha-sync",
+    node::KEEPALIVED_UCI,
+    node::ETC_DIR,
     "etc/dropbear",
     "etc/keepalived/keys",
     "etc/conntrackd/conntrackd.conf",

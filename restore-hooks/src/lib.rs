@@ -29,7 +29,7 @@ pub mod restore;
 pub mod services;
 pub mod state;
 
-pub use state::{role, vrrp_state, Role, VrrpState};
+pub use sync_core::node::{Role, VrrpState};
 
 use std::fmt;
 use std::io;
@@ -37,18 +37,16 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use sync_core::apply::{ApplyError, Staging};
 use sync_core::manifest::{Hash, Manifest};
+use sync_core::node::{Node, STATE_DIR};
 use sync_core::runner::Runner;
 use sync_core::uci::UciError;
 use sync_core::wire::{Commit, RestoreReport};
-
-/// ha-sync's rebuildable state, relative to the root (RAM on a router).
-pub const STATE_DIR: &str = "var/run/ha-sync";
 
 /// What a restore or a hook needs to run.
 pub struct Ctx<'a> {
     /// The router's root (`/`; a temporary directory in tests).
     pub root: &'a Path,
-    /// The staging tree (`sync_core::local::staging_dir(root)`).
+    /// The staging tree (`sync_core::node::Node::new(root).staging_dir()`).
     pub staging: &'a Path,
     pub runner: &'a dyn Runner,
 }
@@ -116,6 +114,37 @@ pub struct HookOutcome {
     pub restore: Option<RestoreReport>,
     /// Steps that failed; the hook went on with the others.
     pub errors: Vec<String>,
+    /// The `ha:primary:failed` alert this event raises or clears, for the caller to announce
+    /// (the hooks record its UCI timestamps under their lock; the alert command runs outside).
+    pub alert: Option<FailoverAlert>,
+}
+
+/// `ha:primary:failed` on a transition to master: raised when the backup takes over,
+/// cleared when the primary is master again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverAlert {
+    pub failing: bool,
+    pub message: &'static str,
+}
+
+impl FailoverAlert {
+    /// The alert of `event` on a node of `role` that was `previous` before it; `None` when the
+    /// event is not a transition to master.
+    pub fn of(event: Event, previous: Option<VrrpState>, role: Option<Role>) -> Option<Self> {
+        if event != Event::NotifyMaster || previous == Some(VrrpState::Master) {
+            return None;
+        }
+        match role? {
+            Role::Backup => Some(FailoverAlert {
+                failing: true,
+                message: "the backup took over the virtual IPs: the primary is down or unreachable",
+            }),
+            Role::Primary => Some(FailoverAlert {
+                failing: false,
+                message: "the primary is master again",
+            }),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +165,11 @@ pub enum HookError {
     UnknownEvent(String),
 }
 
+fn set_vrrp_state(root: &Path, s: VrrpState) -> Result<(), HookError> {
+    let node = Node::new(root);
+    node.set_vrrp_state(s).map_err(at(node.vrrp_state_file()))
+}
+
 pub(crate) fn at(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> HookError {
     let path = path.as_ref().to_path_buf();
     move |source| HookError::Io { path, source }
@@ -143,10 +177,10 @@ pub(crate) fn at(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> HookError 
 
 /// Why this node must not restore now, if it must not.
 fn refusal(root: &Path) -> Option<String> {
-    if vrrp_state(root) == Some(VrrpState::Master) {
+    if Node::new(root).vrrp_state() == Some(VrrpState::Master) {
         return Some("this node is the VRRP master: a sync never lands on the active node".into());
     }
-    if role(root) == Some(Role::Primary) {
+    if Node::new(root).role() == Some(Role::Primary) {
         return Some(
             "this node is the primary (keepalived.primary): it sends, it does not restore".into(),
         );
@@ -251,7 +285,7 @@ fn recover_locked(ctx: &Ctx) -> Result<Option<RestoreReport>, HookError> {
         m.root_hash()
     );
     // Completed even on a node that became master since: live must not stay a mix.
-    let master = vrrp_state(ctx.root) == Some(VrrpState::Master);
+    let master = Node::new(ctx.root).vrrp_state() == Some(VrrpState::Master);
     Ok(Some(restore::restore(
         ctx,
         m,
@@ -271,13 +305,14 @@ pub fn run_hook(ctx: &Ctx, event: Event) -> Result<HookOutcome, HookError> {
         e => Some(state::take_ticket(ctx.root, e.as_str())?),
     };
     let _lock = state::hooks_lock(ctx.root)?;
-    let previous = vrrp_state(ctx.root);
+    let previous = Node::new(ctx.root).vrrp_state();
     let mut out = HookOutcome {
         event,
         previous,
         superseded: false,
         restore: None,
         errors: Vec::new(),
+        alert: None,
     };
     if let Some(t) = ticket {
         if state::latest_ticket(ctx.root) != Some(t) {
@@ -295,15 +330,16 @@ pub fn run_hook(ctx: &Ctx, event: Event) -> Result<HookOutcome, HookError> {
             out.restore = Some(rep);
             return Ok(out);
         }
-        Event::NotifyMaster => state::set_vrrp_state(ctx.root, VrrpState::Master)?,
-        Event::NotifyBackup => state::set_vrrp_state(ctx.root, VrrpState::Backup)?,
-        Event::NotifyFault => state::set_vrrp_state(ctx.root, VrrpState::Fault)?,
-        Event::NotifyStop => state::set_vrrp_state(ctx.root, VrrpState::Stop)?,
+        Event::NotifyMaster => set_vrrp_state(ctx.root, VrrpState::Master)?,
+        Event::NotifyBackup => set_vrrp_state(ctx.root, VrrpState::Backup)?,
+        Event::NotifyFault => set_vrrp_state(ctx.root, VrrpState::Fault)?,
+        Event::NotifyStop => set_vrrp_state(ctx.root, VrrpState::Stop)?,
     }
     // A journal left by a crash is completed before the node changes role.
     if let Some(rep) = recover_locked(ctx)? {
         out.restore = Some(rep);
     }
+    out.alert = FailoverAlert::of(event, previous, Node::new(ctx.root).role());
     out.errors = match event {
         Event::NotifyMaster => hooks::master(ctx, previous),
         Event::NotifyBackup => hooks::backup(ctx),
@@ -314,7 +350,9 @@ pub fn run_hook(ctx: &Ctx, event: Event) -> Result<HookOutcome, HookError> {
     // A backup stepping down from master takes the generation it refused while it was
     // master: the primary's next sync finds staging up to date and would not send it again.
     // Nothing is written when live already holds it.
-    if event == Event::NotifyBackup && out.restore.is_none() && role(ctx.root) == Some(Role::Backup)
+    if event == Event::NotifyBackup
+        && out.restore.is_none()
+        && Node::new(ctx.root).role() == Some(Role::Backup)
     {
         match restore_committed(ctx) {
             Ok(r) => out.restore = Some(r),

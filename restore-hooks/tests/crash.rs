@@ -170,7 +170,7 @@ fn a_restore_killed_at_any_point_is_completed_at_the_next_start() {
         let b = tmp.path().join(name);
         backup_root(&b);
         let (m1, c1) = sync_into(&p1, &b);
-        let staging = sync_core::local::staging_dir(&b);
+        let staging = sync_core::node::Node::new(&b).staging_dir();
         let rep = restore_after_commit(
             &Ctx {
                 root: &b,

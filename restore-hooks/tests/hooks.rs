@@ -4,8 +4,9 @@
 mod common;
 
 use common::*;
-use restore_hooks::{restore_after_commit, run_hook, vrrp_state, Event, VrrpState};
+use restore_hooks::{restore_after_commit, run_hook, Event, VrrpState};
 use std::time::{SystemTime, UNIX_EPOCH};
+use sync_core::node::Node;
 use sync_core::runner::{CmdOutput, RecordingRunner};
 use sync_core::uci;
 
@@ -96,7 +97,7 @@ fn notify_master_on_the_backup_takes_over() {
         "{out:?}"
     );
     assert_eq!(r.lines(), master_commands());
-    assert_eq!(vrrp_state(&p.backup), Some(VrrpState::Master));
+    assert_eq!(Node::new(&p.backup).vrrp_state(), Some(VrrpState::Master));
 
     let failed: u64 = alert(&p, "primary_failed_at").unwrap().parse().unwrap();
     assert!(failed >= before && failed <= now());
@@ -157,7 +158,7 @@ fn notify_backup_stops_services_downs_imported_interfaces_and_disables_cron() {
         .collect();
     want.extend(teardown_commands());
     assert_eq!(r.lines(), want);
-    assert_eq!(vrrp_state(&p.backup), Some(VrrpState::Backup));
+    assert_eq!(Node::new(&p.backup).vrrp_state(), Some(VrrpState::Backup));
     assert_eq!(read(&p.backup, "etc/crontabs/root"), DISABLED_CRON);
     // The synced source is never edited.
     assert_eq!(read(&p.staging, "etc/crontabs/root"), PRIMARY_CRONTAB);
@@ -194,7 +195,7 @@ fn notify_fault_and_stop_tear_down_on_any_role() {
     let mut want = vec![format!("{CT} -t")];
     want.extend(teardown_commands());
     assert_eq!(r.lines(), want);
-    assert_eq!(vrrp_state(&p.backup), Some(VrrpState::Fault));
+    assert_eq!(Node::new(&p.backup).vrrp_state(), Some(VrrpState::Fault));
     assert_eq!(read(&p.backup, "etc/crontabs/root"), DISABLED_CRON);
 
     // On the primary too: a node in fault must not hold the WAN.
@@ -206,7 +207,7 @@ fn notify_fault_and_stop_tear_down_on_any_role() {
     let r = runner();
     run_hook(&p.ctx(&r), Event::NotifyStop).unwrap();
     assert_eq!(r.lines(), teardown_commands());
-    assert_eq!(vrrp_state(&p.backup), Some(VrrpState::Stop));
+    assert_eq!(Node::new(&p.backup).vrrp_state(), Some(VrrpState::Stop));
     // ... and what the teardown brought down comes back with the next MASTER.
     let r = runner();
     run_hook(&p.ctx(&r), Event::NotifyMaster).unwrap();
@@ -374,7 +375,7 @@ fn a_later_event_supersedes_one_still_waiting_for_the_lock() {
         let (b, m) = (backup.join().unwrap(), master.join().unwrap());
         assert!(b.superseded && !m.superseded, "{b:?} {m:?}");
     });
-    assert_eq!(vrrp_state(&p.backup), Some(VrrpState::Master));
+    assert_eq!(Node::new(&p.backup).vrrp_state(), Some(VrrpState::Master));
     assert_eq!(read(&p.backup, "etc/crontabs/root"), PRIMARY_CRONTAB);
 }
 

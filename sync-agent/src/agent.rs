@@ -3,16 +3,13 @@
 //! ([`crate::daemon`]) runs the same pieces over a connection it keeps open.
 
 use crate::transport::{self, ClientConfig, PeerInfo, ReadWrite, StreamHandler, TransportError};
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use sync_core::apply::Staging;
-use sync_core::local::{self, PrepareError, Prepared, STATE_DIR};
 use sync_core::manifest::Manifest;
-use sync_core::restore_list::{self, RestoreList};
+use sync_core::node::Node;
+use sync_core::prepare::{prepare_saved, PrepareError, Prepared};
 use sync_core::runner::Runner;
-use sync_core::scan::{Scanner, StatCache};
 use sync_core::session::{Backup, Primary, PrimaryState, SyncError, SyncReport};
 use sync_core::wire::{Commit, RestoreReport};
 
@@ -75,28 +72,14 @@ pub enum NowError {
     NotCommitted(String),
 }
 
-/// An exclusive lock held while it lives (flock: released by the kernel if we die).
-pub struct Lock(#[allow(dead_code)] File);
+/// The sync lock, held while it lives (flock: released by the kernel if we die).
+pub type Lock = sync_core::fsx::Lock;
 
 pub fn lock(path: &Path) -> Result<Lock, NowError> {
-    let err = |source| NowError::Lock {
+    Lock::acquire(path).map_err(|source| NowError::Lock {
         path: path.to_path_buf(),
         source,
-    };
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(err)?;
-    }
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(err)?;
-    // SAFETY: valid fd; flock has no memory effects.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(err(std::io::Error::last_os_error()));
-    }
-    Ok(Lock(f))
+    })
 }
 
 pub struct NowOptions {
@@ -108,7 +91,7 @@ pub struct NowOptions {
 
 /// The lock every sync from this root holds (`now` and the daemon), so two never interleave.
 pub fn sync_lock_path(root: &Path) -> PathBuf {
-    root.join(STATE_DIR).join("now.lock")
+    Node::new(root).state_dir().join("now.lock")
 }
 
 /// [`lock`] on a blocking thread.
@@ -116,39 +99,6 @@ pub async fn lock_async(path: PathBuf) -> Result<Lock, NowError> {
     tokio::task::spawn_blocking(move || lock(&path))
         .await
         .expect("lock task")
-}
-
-/// [`local::prepare`] with a stat cache the caller keeps (the daemon keeps it in memory
-/// between syncs, so an idle tree costs one `lstat` per entry and no read).
-pub fn prepare_cached(
-    root: &Path,
-    runner: &dyn Runner,
-    cache: &mut StatCache,
-) -> Result<Prepared, PrepareError> {
-    scan_list(root, restore_list::compute(root, runner)?, cache)
-}
-
-/// Scans the paths of `list` (computed earlier: the daemon computes it again only when an
-/// event may have changed it, since on a router that runs `sysupgrade -l`).
-pub fn scan_list(
-    root: &Path,
-    list: RestoreList,
-    cache: &mut StatCache,
-) -> Result<Prepared, PrepareError> {
-    let items = local::list_items(&list)?;
-    let excl = |p: &str| list.excludes.is_excluded(p);
-    let (manifest, stats) = Scanner {
-        root,
-        is_excluded: &excl,
-        cache,
-    }
-    .scan(&items, list.excludes.patterns())
-    .map_err(SyncError::from)?;
-    Ok(Prepared {
-        list,
-        manifest,
-        stats,
-    })
 }
 
 /// The primary's side of one session over `stream`, for [`transport::run`] or
@@ -159,8 +109,9 @@ pub fn primary_session(
     mut progress: Box<dyn FnMut(u64, u64) + Send>,
 ) -> impl FnOnce(&mut dyn ReadWrite) -> Result<SyncReport, SyncError> + Send + 'static {
     move |stream| {
-        let state = PrimaryState::new(&root.join(STATE_DIR));
-        let node = local::node_name(&root, "primary");
+        let node = Node::new(&root);
+        let state = PrimaryState::new(&node.state_dir());
+        let node = node.name("primary");
         Primary {
             root: &root,
             manifest: &manifest,
@@ -190,12 +141,10 @@ pub fn check_committed(report: &SyncReport) -> Result<(), NowError> {
 /// One sync: lock, restore list + scan, connect, run the protocol. Ok only when the backup
 /// committed our manifest (or already held it).
 pub async fn now(opts: NowOptions) -> Result<(Prepared, SyncReport), NowError> {
-    let state_dir = opts.root.join(STATE_DIR);
     let _lock = lock_async(sync_lock_path(&opts.root)).await?;
-    let root = opts.root.clone();
+    let node = Node::new(&opts.root);
     let runner = opts.runner.clone();
-    let sd = state_dir.clone();
-    let prepared = tokio::task::spawn_blocking(move || local::prepare(&root, &sd, runner.as_ref()))
+    let prepared = tokio::task::spawn_blocking(move || prepare_saved(&node, runner.as_ref()))
         .await
         .expect("scan task")?;
     let session = primary_session(opts.root.clone(), prepared.manifest.clone(), opts.progress);

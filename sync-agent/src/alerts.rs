@@ -20,8 +20,9 @@
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use sync_core::node::Node;
 use sync_core::runner::{Cmd, Runner};
-use sync_core::uci::{self, Package, UciError};
+use sync_core::uci::{self, UciError};
 
 /// UCI package and sections the alert state lives in.
 const PACKAGE: &str = "keepalived";
@@ -89,7 +90,7 @@ impl AlertConfig {
     /// Reads `<root>/etc/config/keepalived`; missing or malformed values give the defaults.
     pub fn load(root: &Path) -> AlertConfig {
         let d = AlertConfig::default();
-        let p = match Package::load_or_empty(&root.join("etc/config/keepalived")) {
+        let p = match Node::new(root).keepalived() {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!("{e}; alert settings are the defaults");

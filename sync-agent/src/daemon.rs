@@ -31,13 +31,13 @@ use crate::transport::{ClientConfig, Connection, TransportError};
 use crate::triggers::{self, Debounce, Plan, RawEvent, Relevance, Watcher};
 use restore_hooks::Role;
 use std::collections::HashSet;
-use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use sync_core::local::{Prepared, STATE_DIR};
+use sync_core::fsx;
 use sync_core::manifest::{Hash, Kind};
+use sync_core::node::Node;
+use sync_core::prepare::{self, Prepared};
 use sync_core::runner::Runner;
 use sync_core::scan::StatCache;
 use sync_core::wire::RestoreReport;
@@ -79,7 +79,7 @@ pub struct DaemonConfig {
 impl DaemonConfig {
     pub fn new(root: PathBuf, client: ClientConfig) -> DaemonConfig {
         DaemonConfig {
-            socket: status::default_socket(&root),
+            socket: sync_core::node::Node::new(&root).control_socket(),
             root,
             client,
             reconcile: RECONCILE,
@@ -222,35 +222,26 @@ pub async fn run(
     wait.await
 }
 
-/// An exclusive, non-blocking `flock` held for the daemon's life.
-fn daemon_lock(path: &Path) -> Result<File, DaemonError> {
-    let io = |source| DaemonError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let f = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(io)?;
-    // SAFETY: flock on a descriptor owned by `f`, which outlives the call.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-            return Err(DaemonError::AlreadyRunning {
-                path: path.to_path_buf(),
-            });
-        }
-        return Err(io(e));
+/// An exclusive, non-blocking lock held for the daemon's life: a second `watch` on the same
+/// root refuses to start.
+fn daemon_lock(path: &Path) -> Result<fsx::Lock, DaemonError> {
+    match fsx::Lock::try_acquire(path) {
+        Ok(Some(l)) => Ok(l),
+        Ok(None) => Err(DaemonError::AlreadyRunning {
+            path: path.to_path_buf(),
+        }),
+        Err(source) => Err(DaemonError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
-    Ok(f)
 }
 
 /// Takes the daemon lock, binds the control socket, sets the watches and starts the loop.
 /// The first sync runs at once when this node is the active primary.
 pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon, DaemonError> {
-    let state_dir = cfg.root.join(STATE_DIR);
+    let node = Node::new(&cfg.root);
+    let state_dir = node.state_dir();
     std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::Io {
         path: state_dir.clone(),
         source,
@@ -258,7 +249,7 @@ pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon,
     let lock = daemon_lock(&state_dir.join("watch.lock"))?;
     let listener = control::bind(&cfg.socket)?;
     let (watcher, events, overflow) = Watcher::new()?;
-    let cache = StatCache::load(&state_dir.join("statcache"));
+    let cache = StatCache::load(&prepare::stat_cache_path(&node));
     let (tx, requests) = mpsc::channel(16);
     let status = Arc::new(Mutex::new(DaemonStatus {
         pid: std::process::id(),
@@ -331,14 +322,14 @@ pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon,
 /// Whether this node may send.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Gate {
-    role: Option<String>,
+    role: Option<Role>,
     state: Option<String>,
     active: bool,
     reason: Option<String>,
 }
 
 fn gate(root: &Path) -> Gate {
-    let role = restore_hooks::role(root);
+    let role = Node::new(root).role();
     let state = status::vrrp_state(root);
     let reason = match (role, state.as_deref()) {
         (Some(Role::Primary), Some("master")) => None,
@@ -354,10 +345,7 @@ fn gate(root: &Path) -> Gate {
         )),
     };
     Gate {
-        role: role.map(|r| match r {
-            Role::Primary => "primary".to_string(),
-            Role::Backup => "backup".to_string(),
-        }),
+        role,
         state,
         active: reason.is_none(),
         reason,
@@ -420,7 +408,7 @@ struct Engine {
     rescans: u64,
     /// What syncs did; reaches the shared status only with status.json (see `commit`).
     history: History,
-    _lock: File,
+    _lock: fsx::Lock,
 }
 
 #[derive(Default)]
@@ -481,7 +469,7 @@ impl Engine {
     /// order of one instance's events). False when that cannot be known (no watcher, lost
     /// events, no answer within a second): the caller then scans.
     async fn fence(&mut self) -> bool {
-        let state_dir = self.cfg.root.join(STATE_DIR);
+        let state_dir = Node::new(&self.cfg.root).state_dir();
         if self.overflow.is_set() || !self.plan.watches.contains_key(&state_dir) {
             return false;
         }
@@ -843,10 +831,7 @@ impl Engine {
                     Ok(c) => c,
                     Err(p) => p.into_inner(),
                 };
-                match old_list {
-                    Some(list) => agent::scan_list(&root, list, &mut c),
-                    None => agent::prepare_cached(&root, runner.as_ref(), &mut c),
-                }
+                prepare::prepare(&Node::new(&root), runner.as_ref(), &mut c, old_list)
             })
             .await;
             let error = match prepared {
@@ -1138,7 +1123,7 @@ impl Engine {
 
     async fn save_cache(&self) {
         let cache = self.cache.clone();
-        let path = self.cfg.root.join(STATE_DIR).join("statcache");
+        let path = prepare::stat_cache_path(&Node::new(&self.cfg.root));
         let r = tokio::task::spawn_blocking(move || {
             let mut c = match cache.lock() {
                 Ok(c) => c,
@@ -1170,7 +1155,7 @@ impl Engine {
 
     fn fill_live(&self, s: &mut DaemonStatus) {
         let connected = self.conn.as_ref().is_some_and(|c| !c.is_closed());
-        s.role = self.gate.role.clone();
+        s.role = self.gate.role.map(|r| r.as_str().to_string());
         s.vrrp_state = self.gate.state.clone();
         s.active = self.gate.active;
         s.inactive_reason = self.gate.reason.clone();
@@ -1244,22 +1229,30 @@ mod tests {
             "config vrrp_instance 'backup'\n",
         )
         .unwrap();
-        std::fs::create_dir_all(r.join(STATE_DIR)).unwrap();
-        std::fs::write(r.join(STATE_DIR).join("vrrp_state"), "master\n").unwrap();
+        std::fs::create_dir_all(r.join(sync_core::node::STATE_DIR)).unwrap();
+        std::fs::write(
+            r.join(sync_core::node::STATE_DIR).join("vrrp_state"),
+            "master\n",
+        )
+        .unwrap();
         let g = gate(r);
         assert!(!g.active, "a backup that is master never sends");
-        assert_eq!(g.role.as_deref(), Some("backup"));
+        assert_eq!(g.role, Some(Role::Backup));
         std::fs::write(
             r.join("etc/config/keepalived"),
             "config vrrp_instance 'primary'\n",
         )
         .unwrap();
         assert!(gate(r).active);
-        std::fs::write(r.join(STATE_DIR).join("vrrp_state"), "backup\n").unwrap();
+        std::fs::write(
+            r.join(sync_core::node::STATE_DIR).join("vrrp_state"),
+            "backup\n",
+        )
+        .unwrap();
         let g = gate(r);
         assert!(!g.active);
         assert!(g.reason.unwrap().contains("VRRP backup"));
-        std::fs::remove_file(r.join(STATE_DIR).join("vrrp_state")).unwrap();
+        std::fs::remove_file(r.join(sync_core::node::STATE_DIR).join("vrrp_state")).unwrap();
         assert!(gate(r).reason.unwrap().contains("unknown"));
     }
 }

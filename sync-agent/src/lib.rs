@@ -1,11 +1,19 @@
-//! sync-agent
+//! The networked half of ha-sync: the agents over SSH (russh), the primary's daemon, status
+//! and alerts.
+//!
+//! - [`backup`]: the backup agent assembled (`serve`); [`agent`]: its sync handler and the
+//!   primary's one-shot `now`; [`daemon`]: the primary's `watch`.
+//! - [`hook`]: keepalived's events on either node, with their alerts.
+//! - [`transport`]: the SSH server and client; [`control`]: the daemon's control socket.
 
 pub mod agent;
 pub mod alerts;
+pub mod backup;
 pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod hook;
 pub mod status;
 pub mod transport;
 pub mod triggers;

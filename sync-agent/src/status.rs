@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
-use sync_core::uci::{self, Package, UciError};
+use sync_core::node::Node;
+use sync_core::uci::{self, UciError};
 use sync_core::wire::RestoreReport;
 
 /// The daemon's status file, relative to the root.
@@ -274,12 +275,8 @@ pub fn write_json(root: &Path, s: &DaemonStatus) -> Result<(), StatusError> {
         path: path.clone(),
         msg: e.to_string(),
     })?;
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(io)?;
-    }
-    let tmp = path.with_extension(format!("json.tmp{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)
+    sync_core::fsx::write_atomic(&path, &text, 0o644, sync_core::fsx::Durability::Visible)
+        .map_err(io)
 }
 
 /// Reads [`STATUS_FILE`]; `None` when there is none (no daemon ever ran since boot).
@@ -345,7 +342,7 @@ fn keepalived_data_state(root: &Path) -> Option<String> {
 /// This node's VRRP state: the hooks' record of keepalived's last event, else keepalived's
 /// own dumps when present (they are only as fresh as keepalived's last dump).
 pub fn vrrp_state(root: &Path) -> Option<String> {
-    if let Some(s) = restore_hooks::vrrp_state(root) {
+    if let Some(s) = sync_core::node::Node::new(root).vrrp_state() {
         return Some(s.as_str().to_string());
     }
     if let Some(n) = keepalived_json_instance(root)
@@ -500,7 +497,7 @@ pub fn refresh_keepalived_json(root: &Path, runner: &dyn sync_core::runner::Runn
 
 /// The UCI `ipaddress` sections of keepalived, in file order: name -> options.
 pub fn virtual_ips(root: &Path) -> Vec<(String, Vec<(String, uci::Value)>)> {
-    let Ok(p) = Package::load_or_empty(&root.join("etc/config/keepalived")) else {
+    let Ok(p) = Node::new(root).keepalived() else {
         return Vec::new();
     };
     p.sections_of_kind("ipaddress")
@@ -548,7 +545,7 @@ pub struct NodeStatus {
 
 /// Gathers [`NodeStatus`]. `daemon`: the running daemon's live status, if it answered.
 pub fn collect(root: &Path, daemon: Option<DaemonStatus>) -> NodeStatus {
-    let (role, status) = match restore_hooks::role(root) {
+    let (role, status) = match sync_core::node::Node::new(root).role() {
         Some(restore_hooks::Role::Primary) => ("primary", "enabled"),
         Some(restore_hooks::Role::Backup) => ("backup", "enabled"),
         None => ("unknown", "disabled"),
@@ -766,15 +763,10 @@ impl NodeStatus {
     }
 }
 
-/// Where the daemon's control socket is by default: `<root>/var/run/ha-sync.sock`.
-pub fn default_socket(root: &Path) -> PathBuf {
-    root.join("var/run/ha-sync.sock")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sync_core::local::STATE_DIR;
+    use sync_core::node::STATE_DIR;
 
     // Dumped by keepalived 2.2.7 (Debian 12) on its SIGUSR2 and JSON signals, master state.
     const STATS_TXT: &str = "VRRP Instance: VI_100\n  Advertisements:\n    Received: 0\n    Sent: 7\n  Became master: 1\n  Released master: 0\n  Packet Errors:\n    Length: 0\n    TTL: 0\n    Invalid Type: 0\n    Advertisement Interval: 0\n    Address List: 0\n  Authentication Errors:\n    Invalid Type: 0\n    Type Mismatch: 0\n    Failure: 0\n  Priority Zero:\n    Received: 0\n    Sent: 0\n";

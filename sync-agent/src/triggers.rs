@@ -32,9 +32,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sync_core::local::STATE_DIR;
+use sync_core::node::{Node, STATE_DIR};
 use sync_core::restore_list::{self, RestoreList};
-use sync_core::uci::Package;
 use tokio::sync::{mpsc, Notify};
 
 /// Quiet time that ends a burst.
@@ -229,7 +228,7 @@ impl Plan {
                 };
             }
         }
-        let uci = Package::load_or_empty(&root.join("etc/config/keepalived")).unwrap_or_default();
+        let uci = Node::new(root).keepalived().unwrap_or_default();
         for raw in uci.get_list("ha_peer", "sync_list") {
             if let Some(h) = host(root, &raw) {
                 specs.insert(h);

@@ -15,7 +15,8 @@ use sync_agent::status::{self, DaemonStatus};
 use sync_agent::transport::{self, ClientConfig, PeerInfo, ReadWrite, ServerConfig, StreamHandler};
 use sync_agent::triggers::RawEvent;
 use sync_core::apply::Staging;
-use sync_core::local::{self, STATE_DIR};
+use sync_core::local;
+use sync_core::node::STATE_DIR;
 use sync_core::runner::RecordingRunner;
 use sync_core::uci;
 use sync_core::wire::RestoreReport;
@@ -75,7 +76,7 @@ impl Backup {
                     _ => Arc::new(local::staging_only),
                 };
                 Arc::new(BackupHandler {
-                    staging: local::staging_dir(root),
+                    staging: sync_core::node::Node::new(root).staging_dir(),
                     node: "backup".into(),
                     restore,
                 })
@@ -268,7 +269,9 @@ impl Cluster {
 
     /// The backup's staged copy of router path `abs`.
     fn staged(&self, abs: &str) -> PathBuf {
-        local::staging_dir(&self.backup_root).join(abs.trim_start_matches('/'))
+        sync_core::node::Node::new(&self.backup_root)
+            .staging_dir()
+            .join(abs.trim_start_matches('/'))
     }
 
     fn staged_text(&self, abs: &str) -> Option<String> {
@@ -485,7 +488,7 @@ async fn now_and_status_over_the_control_socket() {
     let c = Cluster::start(Setup::default()).await;
     c.wait_first_sync().await;
     c.wait_idle().await;
-    let socket = status::default_socket(&c.primary);
+    let socket = sync_core::node::Node::new(&c.primary).control_socket();
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);
@@ -578,7 +581,7 @@ async fn status_after_success() {
     // status.json, as written after the sync.
     let f = status::read_json(&c.primary).unwrap().unwrap();
     let l = f.last_sync.clone().unwrap();
-    let staging = Staging::open(&local::staging_dir(&c.backup_root)).unwrap();
+    let staging = Staging::open(&sync_core::node::Node::new(&c.backup_root).staging_dir()).unwrap();
     assert_eq!(l.generation, staging.root().map(|h| h.to_hex()));
     assert_eq!(l.status, "Successful");
     assert!(l.files >= 4 && l.bytes > 0, "{l:?}");

@@ -6,8 +6,10 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-use sync_agent::agent::{self, BackupHandler, NowOptions};
-use sync_agent::transport::{self, ClientConfig, ServerConfig};
+use sync_agent::agent::{self, NowOptions};
+use sync_agent::backup;
+use sync_agent::transport::{self, ClientConfig};
+use sync_core::node::Node;
 use sync_core::runner::SystemRunner;
 use sync_core::{local, sample};
 
@@ -53,31 +55,17 @@ pub fn run(scale: u64, dir: Option<&Path>) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let handler = BackupHandler {
-            staging: local::staging_dir(&b),
-            node: local::node_name(&b, "backup"),
-            // Restore into the backup root's live tree, with a recording runner: the demo
-            // shows the commands a router would run (reloads, hotplug-call) without running
-            // them on this machine.
-            restore: {
-                let (root, st, rec) = (b.clone(), local::staging_dir(&b), runner.clone());
-                Arc::new(
-                    move |m: &sync_core::manifest::Manifest, c: &sync_core::wire::Commit| {
-                        let ctx = restore_hooks::Ctx {
-                            root: &root,
-                            staging: &st,
-                            runner: rec.as_ref(),
-                        };
-                        restore_hooks::restore_after_commit(&ctx, m, c)
-                    },
-                )
-            },
+        // The backup restores into its root's live tree with a recording runner: the demo
+        // shows the commands a router would run (reloads, hotplug-call) without running them
+        // on this machine.
+        let opts = backup::Options {
+            listen: "127.0.0.1:0".parse()?,
+            host_key: hk.clone(),
+            authorized_keys: ak.clone(),
+            staging_only: false,
+            runner: runner.clone(),
         };
-        let server = transport::bind(
-            ServerConfig::new("127.0.0.1:0".parse()?, hk.clone(), ak.clone()),
-            Arc::new(handler),
-        )
-        .await?;
+        let server = backup::bind(&Node::new(&b), opts).await?;
         let addr = server.local_addr()?;
         let _ = std::fs::remove_file(&kh);
         transport::pin_known_host(&kh, "127.0.0.1", addr.port(), host.public_key())?;
@@ -139,6 +127,6 @@ pub fn run(scale: u64, dir: Option<&Path>) -> Result<()> {
         }
         anyhow::Ok(())
     })?;
-    println!("staging tree: {}", local::staging_dir(&b).display());
+    println!("staging tree: {}", Node::new(&b).staging_dir().display());
     Ok(())
 }

@@ -158,39 +158,8 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn hook(event: restore_hooks::Event, root: &Path, json: bool) -> Result<()> {
-    let staging = local::staging_dir(root);
-    let ctx = restore_hooks::Ctx {
-        root,
-        staging: &staging,
-        runner: &SystemRunner,
-    };
-    let out =
-        restore_hooks::run_hook(&ctx, event).with_context(|| format!("hook {}", event.as_str()))?;
-    // ha:primary:failed: the hooks wrote its UCI timestamps under their lock; the alert
-    // command runs here, on the transition to master (FAILURE on a backup, OK on the primary).
-    if event == restore_hooks::Event::NotifyMaster
-        && !out.superseded
-        && out.previous != Some(restore_hooks::VrrpState::Master)
-    {
-        use sync_agent::alerts::{announce, Alert};
-        match restore_hooks::role(root) {
-            Some(restore_hooks::Role::Backup) => announce(
-                root,
-                &SystemRunner,
-                Alert::PrimaryFailed,
-                true,
-                "the backup took over the virtual IPs: the primary is down or unreachable",
-            ),
-            Some(restore_hooks::Role::Primary) => announce(
-                root,
-                &SystemRunner,
-                Alert::PrimaryFailed,
-                false,
-                "the primary is master again",
-            ),
-            None => {}
-        }
-    }
+    let out = sync_agent::hook::run(&sync_core::node::Node::new(root), &SystemRunner, event)
+        .with_context(|| format!("hook {}", event.as_str()))?;
     if json {
         println!(
             "{}",

@@ -8,13 +8,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use sync_agent::agent::{self, BackupHandler, NowOptions, RestoreHook};
-use sync_agent::config;
+use sync_agent::agent::{self, NowOptions};
+use sync_agent::backup;
 use sync_agent::control::{self, ControlError, NowReply};
 use sync_agent::daemon::{self, DaemonConfig};
 use sync_agent::status;
-use sync_agent::transport::{self, ClientConfig, ServerConfig};
-use sync_core::local;
+use sync_agent::transport::{self, ClientConfig};
+use sync_core::node::{Node, PeerConfig};
 use sync_core::runner::SystemRunner;
 
 #[derive(Args)]
@@ -57,7 +57,7 @@ impl PeerArgs {
             peer,
             self.key.unwrap_or(pc.key),
             self.known_hosts
-                .unwrap_or_else(|| config::known_hosts(root)),
+                .unwrap_or_else(|| Node::new(root).keys().known_hosts),
         ))
     }
 }
@@ -125,49 +125,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn serve(a: ServeArgs) -> Result<()> {
-    let cfg = ServerConfig::new(
-        a.listen,
-        a.host_key.unwrap_or_else(|| config::host_key(&a.root)),
-        a.authorized_keys
-            .unwrap_or_else(|| config::authorized_keys(&a.root)),
-    );
-    let staging = local::staging_dir(&a.root);
-    let restore: RestoreHook = if a.staging_only {
-        Arc::new(local::staging_only)
-    } else {
-        // A restore a crash interrupted is completed before anything else arrives.
-        let ctx = restore_hooks::Ctx {
-            root: &a.root,
-            staging: &staging,
-            runner: &SystemRunner,
-        };
-        match restore_hooks::recover(&ctx) {
-            Ok(Some(r)) => eprintln!(
-                "ha-sync: completed an interrupted restore of generation {}",
-                r.root
-            ),
-            Ok(None) => {}
-            Err(e) => eprintln!("ha-sync: recovering an interrupted restore: {e}"),
-        }
-        let (root, st) = (a.root.clone(), staging.clone());
-        Arc::new(
-            move |m: &sync_core::manifest::Manifest, c: &sync_core::wire::Commit| {
-                let ctx = restore_hooks::Ctx {
-                    root: &root,
-                    staging: &st,
-                    runner: &SystemRunner,
-                };
-                restore_hooks::restore_after_commit(&ctx, m, c)
-            },
-        )
-    };
-    let handler = BackupHandler {
-        staging,
-        node: local::node_name(&a.root, "backup"),
-        restore,
-    };
+    let node = Node::new(&a.root);
+    let mut opts = backup::Options::new(&node, a.listen, Arc::new(SystemRunner));
+    opts.staging_only = a.staging_only;
+    if let Some(k) = a.host_key {
+        opts.host_key = k;
+    }
+    if let Some(k) = a.authorized_keys {
+        opts.authorized_keys = k;
+    }
     runtime()?.block_on(async move {
-        let server = transport::bind(cfg, Arc::new(handler)).await?;
+        let server = backup::bind(&node, opts).await?;
         // The cluster actions (ns-ha-config on the primary), for the cluster key only.
         let server = sync_agent::cluster::remote::register(server, &a.root, Arc::new(SystemRunner));
         eprintln!(
@@ -183,14 +151,11 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     })
 }
 
-fn peer_of(root: &std::path::Path, peer: Option<String>) -> Result<(String, config::PeerConfig)> {
-    let pc = config::peer(root)?;
-    let peer = match peer {
+fn peer_of(root: &Path, peer: Option<String>) -> Result<(String, PeerConfig)> {
+    let pc = Node::new(root).peer()?;
+    let peer = match peer.or_else(|| pc.addr()) {
         Some(p) => p,
-        None => match &pc.address {
-            Some(a) => config::peer_addr(a, pc.port),
-            None => bail!("no peer: pass --peer ADDR:PORT or set keepalived.ha_peer.address"),
-        },
+        None => bail!("no peer: pass --peer ADDR:PORT or set keepalived.ha_peer.address"),
     };
     Ok((peer, pc))
 }
@@ -237,7 +202,7 @@ pub fn now(a: NowArgs) -> Result<()> {
         let socket = a
             .socket
             .clone()
-            .unwrap_or_else(|| status::default_socket(&a.root));
+            .unwrap_or_else(|| Node::new(&a.root).control_socket());
         match control::now(&socket) {
             Ok(reply) => return daemon_now(reply, a.json),
             // No daemon: sync in this process, as before there was one.
@@ -325,7 +290,7 @@ pub fn pin(a: PinArgs) -> Result<()> {
     let (peer, _) = peer_of(&a.root, a.peer)?;
     let kh = a
         .known_hosts
-        .unwrap_or_else(|| config::known_hosts(&a.root));
+        .unwrap_or_else(|| Node::new(&a.root).keys().known_hosts);
     let (host, port) = transport::client::parse_peer(&peer)?;
     let key = runtime()?.block_on(transport::fetch_host_key(&peer))?;
     transport::pin_known_host(&kh, &host, port, &key)?;
@@ -372,7 +337,9 @@ pub fn watch(a: WatchArgs) -> Result<()> {
 }
 
 pub fn status(a: StatusArgs) -> Result<()> {
-    let socket = a.socket.unwrap_or_else(|| status::default_socket(&a.root));
+    let socket = a
+        .socket
+        .unwrap_or_else(|| Node::new(&a.root).control_socket());
     let live = control::status(&socket).ok();
     status::refresh_keepalived_json(&a.root, &SystemRunner);
     let st = status::collect(&a.root, live);

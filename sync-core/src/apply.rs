@@ -22,8 +22,6 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Default staging tree, relative to the backup's root.
-pub const DEFAULT_STAGING: &str = "usr/share/keepalived/rsync";
 /// The incumbent's restore list inside staging.
 pub const RESTORE_LIST: &str = "tmp/restore_list";
 
@@ -339,7 +337,7 @@ impl Staging {
                 mode: 0o644,
                 uid: 0,
                 gid: 0,
-                mtime_ns: now_ns(),
+                mtime_ns: crate::clock::now_ns(),
             }),
         )
         .map_err(at(self.path.join(RESTORE_LIST)))?;
@@ -362,13 +360,6 @@ impl Staging {
         self.root = Some(root);
         Ok(root)
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// Whether this process can make staging's owners match the primary's.

@@ -251,6 +251,21 @@ impl Dir {
         meta: Option<Meta>,
         fsync: bool,
     ) -> io::Result<()> {
+        self.write_temp_then_rename(name, data, fsync, |f| match meta {
+            Some(m) => set_meta_fd(f, m),
+            None => Ok(()),
+        })
+    }
+
+    /// Writes `data` to a fresh temp file beside `name`, lets `fixup` set its metadata,
+    /// optionally fsyncs it, and renames it over `name`. The temp file never outlives an error.
+    fn write_temp_then_rename(
+        &self,
+        name: &str,
+        data: &[u8],
+        fsync: bool,
+        fixup: impl FnOnce(&File) -> io::Result<()>,
+    ) -> io::Result<()> {
         let tmp = temp_name(name);
         let c = cstr(&tmp)?;
         // SAFETY: valid fd and C string.
@@ -266,9 +281,7 @@ impl Dir {
         let mut f = unsafe { File::from_raw_fd(fd) };
         let res = (|| {
             f.write_all(data)?;
-            if let Some(m) = meta {
-                set_meta_fd(&f, m)?;
-            }
+            fixup(&f)?;
             if fsync {
                 f.sync_all()?;
             }
@@ -468,6 +481,119 @@ pub fn can_chown() -> bool {
     is_root()
 }
 
+// ---------------------------------------------------------------------------------------------
+// Whole files of our own (keys, UCI, state, caches): one atomic write and one lock for all.
+
+/// What an atomic write must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// fsync of the file and of its directory before returning: it survives a power cut
+    /// (keys, UCI files, keepalived.conf, anything on flash that must be there after a reboot).
+    Durable,
+    /// rename only: a reader never sees half of it, but a crash may lose the new version
+    /// (state under `var/run`, which is RAM on a router, and rebuildable caches).
+    Visible,
+}
+
+/// Replaces `path` with `data` atomically: a temp file in the same directory (created with
+/// `O_EXCL | O_NOFOLLOW`, so a planted symlink is never written through), exactly `mode`
+/// (the umask does not apply), then rename. Missing parent directories are created.
+pub fn write_atomic(path: &Path, data: &[u8], mode: u32, durability: Durability) -> io::Result<()> {
+    let (dir, name) = split_path(path)?;
+    std::fs::create_dir_all(dir)?;
+    let d = Dir::open(dir, false)?;
+    let durable = durability == Durability::Durable;
+    d.write_temp_then_rename(name, data, durable, |f| {
+        // SAFETY: valid fd owned by `f`.
+        check(unsafe { libc::fchmod(f.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+    })?;
+    if durable {
+        d.sync()?;
+    }
+    Ok(())
+}
+
+/// The mode of the file at `path`, or `default` when there is none (a rewrite keeps the
+/// mode an admin gave the file).
+pub fn mode_or(path: &Path, default: u32) -> io::Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(m.permissions().mode() & 0o7777),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(default),
+        Err(e) => Err(e),
+    }
+}
+
+fn split_path(path: &Path) -> io::Result<(&Path, &str)> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no UTF-8 file name"))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Ok((dir, name))
+}
+
+/// An exclusive `flock` held until dropped.
+///
+/// The lock file is opened close-on-exec, so no command started meanwhile (an init script's
+/// daemon) inherits it and keeps the lock; `O_NOFOLLOW`, so a symlink planted at its place
+/// is refused. The kernel releases it when the process dies, however it dies.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+}
+
+impl Lock {
+    /// Waits for the lock (retrying when a signal interrupts the wait).
+    pub fn acquire(path: &Path) -> io::Result<Lock> {
+        let file = Self::open(path)?;
+        loop {
+            // SAFETY: flock on a descriptor owned by `file`, which outlives the call.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(Lock { _file: file });
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Takes the lock if it is free; `None` when another holder has it.
+    pub fn try_acquire(path: &Path) -> io::Result<Option<Lock>> {
+        let file = Self::open(path)?;
+        loop {
+            // SAFETY: as in `acquire`.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Some(Lock { _file: file }));
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EWOULDBLOCK) => return Ok(None),
+                Some(libc::EINTR) => continue,
+                _ => return Err(e),
+            }
+        }
+    }
+
+    fn open(path: &Path) -> io::Result<File> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,6 +640,37 @@ mod tests {
             (FileType::File, 0o640, meta.mtime_ns)
         );
         assert!(d.list().unwrap().iter().all(|n| !is_temp_name(n)));
+    }
+
+    #[test]
+    fn write_atomic_sets_the_exact_mode_and_never_follows_a_planted_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let victim = t.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let path = t.path().join("sub/key");
+        std::fs::create_dir(t.path().join("sub")).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        write_atomic(&path, b"secret", 0o600, Durability::Durable).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(std::fs::read(&path).unwrap(), b"secret");
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        assert!(m.file_type().is_file());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(m.permissions().mode() & 0o7777, 0o600);
+        assert_eq!(mode_or(&path, 0o644).unwrap(), 0o600);
+        assert_eq!(mode_or(&t.path().join("none"), 0o644).unwrap(), 0o644);
+        let names: Vec<_> = std::fs::read_dir(t.path().join("sub")).unwrap().collect();
+        assert_eq!(names.len(), 1, "no temp file left beside the key");
+    }
+
+    #[test]
+    fn a_lock_excludes_a_second_holder_until_dropped() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("run/x.lock");
+        let held = Lock::acquire(&path).unwrap();
+        assert!(Lock::try_acquire(&path).unwrap().is_none());
+        drop(held);
+        assert!(Lock::try_acquire(&path).unwrap().is_some());
     }
 
     #[test]

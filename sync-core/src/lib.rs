@@ -3,11 +3,14 @@
 //! Synchronous and free of tokio: the agents drive it over any byte stream.
 
 pub mod apply;
+pub mod clock;
 pub mod delta;
 pub mod fsx;
 pub mod local;
 pub mod manifest;
+pub mod node;
 pub mod path;
+pub mod prepare;
 pub mod restore_list;
 pub mod runner;
 pub mod sample;

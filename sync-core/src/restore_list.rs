@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use globset::{GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::node::KEEPALIVED_UCI;
 use crate::runner::{Cmd, Runner};
 use crate::uci::{Package, UciError};
 
@@ -273,12 +274,11 @@ impl From<Excludes> for Vec<String> {
 
 const SYSUPGRADE_CONF: &str = "etc/sysupgrade.conf";
 const KEEP_D: &str = "lib/upgrade/keep.d";
-const KEEPALIVED_CONF: &str = "etc/config/keepalived";
 const OPKG_STATUS: &str = "usr/lib/opkg/status";
 
 /// The files (and the `keep.d` directory) the restore list is computed from, for a watcher.
 pub fn inputs(root: &Path) -> Vec<PathBuf> {
-    [SYSUPGRADE_CONF, KEEP_D, KEEPALIVED_CONF, OPKG_STATUS]
+    [SYSUPGRADE_CONF, KEEP_D, KEEPALIVED_UCI, OPKG_STATUS]
         .iter()
         .map(|p| root.join(p))
         .collect()
@@ -302,7 +302,7 @@ pub fn compute_with(
     runner: &dyn Runner,
     use_sysupgrade: bool,
 ) -> Result<RestoreList, RestoreListError> {
-    let uci = Package::load_or_empty(&root.join(KEEPALIVED_CONF))?;
+    let uci = Package::load_or_empty(&root.join(KEEPALIVED_UCI))?;
     let excludes = Excludes::new(uci.get_list("ha_peer", "exclude_list"))?;
     let mut entries: BTreeMap<String, EntryKind> = BTreeMap::new();
 

@@ -16,7 +16,6 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -141,12 +140,7 @@ impl StatCache {
         let mut out = CACHE_MAGIC.to_vec();
         out.extend_from_slice(&data);
         out.extend_from_slice(blake3::hash(&data).as_bytes());
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        std::fs::write(&tmp, &out)?;
-        std::fs::rename(&tmp, path)?;
+        crate::fsx::write_atomic(path, &out, 0o600, crate::fsx::Durability::Visible)?;
         self.dirty = false;
         Ok(())
     }
@@ -177,13 +171,6 @@ pub struct Scanner<'a> {
     pub cache: &'a mut StatCache,
 }
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// Files changed this recently are not cached: a second write in the same (coarse, a few
 /// ms) kernel timestamp tick could otherwise hide behind an unchanged stat (git's "racy
 /// clean" problem). ctime counts too: it catches a write whose mtime was set back.
@@ -197,7 +184,7 @@ impl Scanner<'_> {
     ) -> Result<(Manifest, ScanStats), ScanError> {
         let mut stats = ScanStats::default();
         let mut entries = Vec::new();
-        let started = now_ns();
+        let started = crate::clock::now_ns();
         let mut inserts = Vec::new();
         for item in list {
             let full = self.root.join(item.path.as_str());

@@ -102,12 +102,9 @@ impl PrimaryState {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(d) = path.parent() {
-            std::fs::create_dir_all(d).map_err(err)?;
-        }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, data).map_err(err)?;
-        std::fs::rename(&tmp, path).map_err(err)
+        // RAM state (var/run): a reader sees the old or new one; a crash loses at most the
+        // last acknowledgement, which costs one full manifest next time.
+        crate::fsx::write_atomic(path, data, 0o600, crate::fsx::Durability::Visible).map_err(err)
     }
 
     fn set_acked(&self, m: Option<&Manifest>) -> Result<(), SyncError> {

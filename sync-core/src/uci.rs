@@ -22,12 +22,11 @@
 //! valid package, values with quotes, backslashes and newlines included. The only value that
 //! cannot be stored is one with a NUL byte: [`Section::set`] and friends refuse it.
 
-use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::os::unix::io::AsRawFd;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::fsx;
 
 use serde::{Deserialize, Serialize};
 
@@ -752,46 +751,11 @@ impl Package {
 // ---------------------------------------------------------------------------------------------
 // Atomic file writes
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Replaces `path` with `data` atomically (temp file in the same directory, fsync, rename,
-/// fsync of the directory). Keeps the mode of an existing file, else uses `default_mode`.
+/// Replaces `path` with `data` durably and atomically ([`fsx::write_atomic`]), keeping the
+/// mode of an existing file (an admin's `chmod` survives a rewrite), else `default_mode`.
 pub(crate) fn write_file_atomic(path: &Path, data: &[u8], default_mode: u32) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let mode = match fs::metadata(path) {
-        Ok(m) => m.permissions().mode() & 0o7777,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => default_mode,
-        Err(e) => return Err(e),
-    };
-    let short: String = file_name.to_string_lossy().chars().take(100).collect();
-    let tmp = dir.join(format!(
-        ".{short}.ha-sync-tmp.{}.{}",
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.set_permissions(Permissions::from_mode(mode))?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let mode = fsx::mode_or(path, default_mode)?;
+    fsx::write_atomic(path, data, mode, fsx::Durability::Durable)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -970,7 +934,7 @@ fn update_state(
     let path = state_path(root, package);
     let dir = root.join("var/state");
     fs::create_dir_all(&dir).map_err(|e| UciError::io(&dir, e))?;
-    let _lock = StateLock::acquire(&dir, package)?;
+    let _lock = state_lock(&dir, package)?;
     let lines = read_state(&path)?;
     let mut out: Vec<String> = Vec::with_capacity(lines.len() + 1);
     let mut new = new;
@@ -1000,36 +964,11 @@ fn update_state(
     write_file_atomic(&path, text.as_bytes(), 0o644).map_err(|e| UciError::io(&path, e))
 }
 
-/// An exclusive `flock` on `<dir>/.<package>.ha-sync.lock`, held while a state file is
-/// rewritten (the state file itself is replaced by rename, so it cannot carry the lock).
-struct StateLock {
-    _file: File,
-}
-
-impl StateLock {
-    fn acquire(dir: &Path, package: &str) -> Result<StateLock, UciError> {
-        let path = dir.join(format!(".{package}.ha-sync.lock"));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| UciError::io(&path, e))?;
-        loop {
-            // SAFETY: flock on a file descriptor we own for the duration of the call; the lock
-            // is released when `file` is closed.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                break;
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(UciError::io(&path, err));
-            }
-        }
-        Ok(StateLock { _file: file })
-    }
+/// The lock held while a state file is rewritten: `<dir>/.<package>.ha-sync.lock` (the state
+/// file itself is replaced by rename, so it cannot carry the lock).
+fn state_lock(dir: &Path, package: &str) -> Result<fsx::Lock, UciError> {
+    let path = dir.join(format!(".{package}.ha-sync.lock"));
+    fsx::Lock::acquire(&path).map_err(|e| UciError::io(&path, e))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1054,6 +993,8 @@ pub fn fuzz_parse(data: &[u8]) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::fs::Permissions;
+    use std::os::unix::fs::PermissionsExt;
 
     fn p(text: &str) -> Package {
         Package::parse(text, Path::new("/etc/config/test")).expect("parses")

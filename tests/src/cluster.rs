@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use sync_agent::agent::{self, BackupHandler, NowError, NowOptions};
 use sync_agent::transport::{self, ClientConfig, ServerConfig};
-use sync_core::local::{self, Prepared};
+use sync_core::local;
+use sync_core::prepare::Prepared;
 use sync_core::runner::RecordingRunner;
 use sync_core::session::SyncReport;
 
@@ -50,7 +51,7 @@ pub fn spawn_backup(
     netns: Option<&str>,
 ) -> std::net::SocketAddr {
     let handler = BackupHandler {
-        staging: local::staging_dir(backup_root),
+        staging: sync_core::node::Node::new(backup_root).staging_dir(),
         node: "backup".into(),
         restore: Arc::new(local::staging_only),
     };

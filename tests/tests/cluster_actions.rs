@@ -265,7 +265,7 @@ fn init_primary_writes_keepalived_conntrackd_and_the_cluster_key() {
     assert_eq!(p.read("etc/config/network"), NETWORK);
     // role as the sync and the hooks see it
     assert_eq!(
-        restore_hooks::role(&p.root),
+        sync_core::node::Node::new(&p.root).role(),
         Some(restore_hooks::Role::Primary)
     );
 }
@@ -340,7 +340,7 @@ fn backup_gets_the_same_cluster_with_its_own_role_and_the_password_is_kept() {
     assert_eq!(get(&b.uci(), "backup", "state"), "BACKUP");
     assert!(b.uci().section("primary").is_none());
     assert_eq!(
-        restore_hooks::role(&b.root),
+        sync_core::node::Node::new(&b.root).role(),
         Some(restore_hooks::Role::Backup)
     );
     let ct = b.read("etc/conntrackd/conntrackd.conf");

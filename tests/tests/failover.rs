@@ -353,7 +353,7 @@ impl Node {
     }
 
     fn state(&self) -> Option<VrrpState> {
-        restore_hooks::vrrp_state(&self.root)
+        sync_core::node::Node::new(&self.root).vrrp_state()
     }
 
     /// Waits until the hooks took an event after ticket `after` named `event` and recorded

@@ -4,7 +4,7 @@ use ha_sync_tests::cluster::{self, Keys, NetnsPair};
 use ha_sync_tests::{assert_same_tree, snapshot};
 use std::io::{Read, Write};
 use std::path::Path;
-use sync_core::local::staging_dir;
+use sync_core::node::Node;
 use sync_core::sample;
 use sync_core::wire::{Conn, Hello, Msg, MAGIC, PROTOCOL_VERSION};
 
@@ -22,7 +22,7 @@ fn check_staged(a: &Path, b: &Path) {
         "etc/db",
         "etc/links",
     ] {
-        let (x, y) = (a.join(d), staging_dir(b).join(d));
+        let (x, y) = (a.join(d), Node::new(b).staging_dir().join(d));
         if x.is_dir() {
             assert_same_tree(&x, &y);
         } else {
@@ -34,7 +34,7 @@ fn check_staged(a: &Path, b: &Path) {
         }
     }
     let openvpn = a.join("etc/openvpn");
-    assert_same_tree(&openvpn, &staging_dir(b).join("etc/openvpn"));
+    assert_same_tree(&openvpn, &Node::new(b).staging_dir().join("etc/openvpn"));
 }
 
 /// All scenarios of the benchmark, each a new connection, trees compared after each.
@@ -56,7 +56,7 @@ fn scenarios(a: &Path, b: &Path, keys: &Keys, peer: &str, ns: Option<&str>) {
         );
         check_staged(a, b);
     }
-    assert!(!staging_dir(b).join("etc/openvpn/ccd").exists());
+    assert!(!Node::new(b).staging_dir().join("etc/openvpn/ccd").exists());
 }
 
 #[test]
@@ -114,7 +114,10 @@ fn an_unknown_client_key_and_a_changed_host_key_are_refused() {
         "{err}"
     );
     assert!(
-        !staging_dir(&b).join("tmp/restore_list").exists(),
+        !Node::new(&b)
+            .staging_dir()
+            .join("tmp/restore_list")
+            .exists(),
         "nothing may have been synced"
     );
 }
@@ -227,7 +230,7 @@ fn a_hostile_client_gets_errors_and_the_agent_serves_the_next_honest_one() {
         cluster::now(&a, keys.client(&peer), None).expect("honest sync after hostile ones");
     assert!(r.commit.is_some());
     assert_eq!(
-        std::fs::read(staging_dir(&b).join("etc/ha/x")).unwrap(),
+        std::fs::read(Node::new(&b).staging_dir().join("etc/ha/x")).unwrap(),
         b"honest"
     );
 }
@@ -286,7 +289,8 @@ fn a_connection_cut_mid_transfer_leaves_whole_files_and_the_old_commit_then_conv
     keys.pin("127.0.0.1", addr.port());
     let peer = addr.to_string();
     cluster::now(&a, keys.client(&peer), None).expect("first sync");
-    let old_manifest = std::fs::read(staging_dir(&b).join(".ha-sync/manifest")).unwrap();
+    let old_manifest =
+        std::fs::read(Node::new(&b).staging_dir().join(".ha-sync/manifest")).unwrap();
     let (v1, v2): (Vec<_>, Vec<_>) = (version(1), version(2));
 
     for budget in [200, 5_000, 40_000, 120_000, 400_000] {
@@ -294,10 +298,12 @@ fn a_connection_cut_mid_transfer_leaves_whole_files_and_the_old_commit_then_conv
             std::fs::write(a.join("etc/ha").join(n), c).unwrap();
         }
         let root = a.clone();
-        let state = a.join(sync_core::local::STATE_DIR);
-        let prepared =
-            sync_core::local::prepare(&root, &state, &sync_core::runner::RecordingRunner::new())
-                .unwrap();
+        let state = a.join(sync_core::node::STATE_DIR);
+        let prepared = sync_core::prepare::prepare_saved(
+            &Node::new(&root),
+            &sync_core::runner::RecordingRunner::new(),
+        )
+        .unwrap();
         let m = prepared.manifest.clone();
         let cut_short = raw_session(&keys, &peer, move |s| {
             let st = sync_core::session::PrimaryState::new(&state);
@@ -318,13 +324,13 @@ fn a_connection_cut_mid_transfer_leaves_whole_files_and_the_old_commit_then_conv
         );
         // Each staged file is whole: the old or the new version; the commit point is old.
         for ((n, c1), (_, c2)) in v1.iter().zip(&v2) {
-            let got = std::fs::read(staging_dir(&b).join("etc/ha").join(n)).unwrap();
+            let got = std::fs::read(Node::new(&b).staging_dir().join("etc/ha").join(n)).unwrap();
             assert!(
                 got == *c1 || got == *c2,
                 "budget {budget}: {n} is neither version"
             );
         }
-        let now = std::fs::read(staging_dir(&b).join(".ha-sync/manifest")).unwrap();
+        let now = std::fs::read(Node::new(&b).staging_dir().join(".ha-sync/manifest")).unwrap();
         assert!(
             now == old_manifest,
             "budget {budget}: the commit point moved"
@@ -339,8 +345,11 @@ fn a_connection_cut_mid_transfer_leaves_whole_files_and_the_old_commit_then_conv
     }
     let (_, r) = cluster::now(&a, keys.client(&peer), None).expect("clean sync");
     assert_eq!(r.commit.map(|c| c.root), Some(r.root));
-    assert_same_tree(&a.join("etc/ha"), &staging_dir(&b).join("etc/ha"));
-    assert!(snapshot(&staging_dir(&b).join("etc/ha")).len() == 41);
+    assert_same_tree(
+        &a.join("etc/ha"),
+        &Node::new(&b).staging_dir().join("etc/ha"),
+    );
+    assert!(snapshot(&Node::new(&b).staging_dir().join("etc/ha")).len() == 41);
 }
 
 #[test]
@@ -371,5 +380,8 @@ fn concurrent_now_runs_on_the_primary_are_serialized_not_refused_as_busy() {
         let rep = r.join().unwrap().expect("every concurrent run succeeds");
         assert!(rep.up_to_date || rep.commit.is_some());
     }
-    assert_same_tree(&a.join("etc/ha"), &staging_dir(&b).join("etc/ha"));
+    assert_same_tree(
+        &a.join("etc/ha"),
+        &Node::new(&b).staging_dir().join("etc/ha"),
+    );
 }

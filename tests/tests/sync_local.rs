@@ -5,7 +5,8 @@ use ha_sync_tests::{assert_same_tree, router_root};
 use proptest::prelude::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use sync_core::local::{self, staging_dir, staging_only};
+use sync_core::local::{self, staging_only};
+use sync_core::node::Node;
 use sync_core::runner::RecordingRunner;
 
 /// One thing to put in a tree.
@@ -108,10 +109,10 @@ proptest! {
         router_root(&a, &["/etc/ha"], &[], &[]);
         build(&a.join("etc/ha"), &a_items);
         // The backup's staging holds junk from some earlier life, and no commit.
-        build(&staging_dir(&b).join("etc/ha"), &b_items);
+        build(&Node::new(&b).staging_dir().join("etc/ha"), &b_items);
 
         let s1 = sync(&a, &b);
-        assert_same_tree(&a.join("etc/ha"), &staging_dir(&b).join("etc/ha"));
+        assert_same_tree(&a.join("etc/ha"), &Node::new(&b).staging_dir().join("etc/ha"));
         prop_assert!(s1.primary.commit.is_some());
 
         let s2 = sync(&a, &b);
@@ -122,7 +123,7 @@ proptest! {
         // More changes, including type changes over what is there: converges again.
         build(&a.join("etc/ha"), &a2_items);
         let s3 = sync(&a, &b);
-        assert_same_tree(&a.join("etc/ha"), &staging_dir(&b).join("etc/ha"));
+        assert_same_tree(&a.join("etc/ha"), &Node::new(&b).staging_dir().join("etc/ha"));
         let s4 = sync(&a, &b);
         prop_assert!(s4.primary.up_to_date);
         let _ = s3;
@@ -158,7 +159,10 @@ fn changes_after_a_commit_travel_as_a_manifest_delta_with_pushed_files() {
         "patch + small file: {} bytes",
         s2.primary.payload_bytes
     );
-    assert_same_tree(&a.join("etc/ha"), &staging_dir(&b).join("etc/ha"));
+    assert_same_tree(
+        &a.join("etc/ha"),
+        &Node::new(&b).staging_dir().join("etc/ha"),
+    );
 }
 
 #[test]
@@ -173,7 +177,7 @@ fn a_rebooted_primary_uses_rsync_signatures_for_big_files() {
     std::fs::write(a.join("etc/ha/list"), &big).unwrap();
     sync(&a, &b);
     // The primary's RAM state is gone (reboot): no acked manifest, no basis copies.
-    std::fs::remove_dir_all(a.join(local::STATE_DIR)).unwrap();
+    std::fs::remove_dir_all(a.join(sync_core::node::STATE_DIR)).unwrap();
     let mut big2 = big.clone();
     big2.extend_from_slice(b"one more line\n");
     std::fs::write(a.join("etc/ha/list"), &big2).unwrap();
@@ -185,7 +189,10 @@ fn a_rebooted_primary_uses_rsync_signatures_for_big_files() {
         "rsync delta: {} bytes",
         s.primary.payload_bytes
     );
-    assert_same_tree(&a.join("etc/ha"), &staging_dir(&b).join("etc/ha"));
+    assert_same_tree(
+        &a.join("etc/ha"),
+        &Node::new(&b).staging_dir().join("etc/ha"),
+    );
 }
 
 #[test]
@@ -205,7 +212,7 @@ fn excluded_files_are_neither_sent_nor_deleted_and_single_files_are_deleted() {
     std::fs::write(a.join("etc/single"), b"1").unwrap();
     std::fs::write(a.join("etc/with space"), b"2").unwrap();
     sync(&a, &b);
-    let st = staging_dir(&b);
+    let st = Node::new(&b).staging_dir();
     assert!(st.join("etc/ha/keep").exists());
     assert!(!st.join("etc/ha/x.tmp").exists() && !st.join("etc/ha/private").exists());
     assert_eq!(std::fs::read(st.join("etc/with space")).unwrap(), b"2");
@@ -235,7 +242,7 @@ fn an_interrupted_sync_is_rescanned_and_converges() {
     }
     sync(&a, &b);
     // Simulate a crash mid-sync: some files new, the dirty mark set, the old commit point.
-    let st = staging_dir(&b);
+    let st = Node::new(&b).staging_dir();
     std::fs::write(st.join("etc/ha/f3"), b"half-way new").unwrap();
     std::fs::write(st.join(".ha-sync/dirty"), b"").unwrap();
     std::fs::write(st.join("etc/ha/.f4.ha-sync-tmp.1.1"), b"leftover").unwrap();

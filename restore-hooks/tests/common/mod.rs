@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use sync_core::apply::Staging;
-use sync_core::local::{staging_dir, staging_only, sync_local};
+use sync_core::local::{staging_only, sync_local};
 use sync_core::manifest::Manifest;
+use sync_core::node::Node;
 use sync_core::runner::RecordingRunner;
 use sync_core::wire::Commit;
 
@@ -257,7 +258,7 @@ impl Pair {
         let backup = tmp.path().join("backup");
         primary_root(&primary);
         backup_root(&backup);
-        let staging = staging_dir(&backup);
+        let staging = Node::new(&backup).staging_dir();
         Pair {
             tmp,
             primary,
@@ -288,7 +289,7 @@ pub fn sync_into(primary: &Path, backup: &Path) -> (Manifest, Commit) {
     };
     let r = sync_local(primary, backup, &RecordingRunner::new(), &mut keep).expect("sync");
     drop(r);
-    let m = Staging::open(&staging_dir(backup))
+    let m = Staging::open(&Node::new(backup).staging_dir())
         .unwrap()
         .committed()
         .expect("committed")

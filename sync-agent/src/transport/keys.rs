@@ -1,8 +1,7 @@
 //! Key files: private keys, host keys, authorized_keys and known_hosts (OpenSSH formats).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -11,6 +10,7 @@ use russh::keys::{Algorithm, HashAlg, PrivateKey, PublicKey};
 use sha1::Sha1;
 
 use super::{Result, TransportError};
+use sync_core::fsx;
 
 /// `SHA256:...` fingerprint of a public key, as `ssh-keygen -l` prints it.
 pub fn fingerprint(key: &PublicKey) -> String {
@@ -38,47 +38,10 @@ fn hostname() -> String {
     "localhost".to_string()
 }
 
-/// Writes `data` to `path` atomically: a temp file in the same directory with `mode`,
-/// fsync, rename over `path`, fsync of the directory.
+/// Writes `data` to `path` durably and atomically with exactly `mode` ([`fsx::write_atomic`]).
 pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "key".to_string());
-    let tmp = dir.join(format!(
-        ".{name}.tmp.{}.{:x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| TransportError::io("cannot create", &tmp, e))?;
-        // The umask may have cleared bits of `mode`; the mode must be exact.
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(|e| TransportError::io("cannot chmod", &tmp, e))?;
-        f.write_all(data)
-            .map_err(|e| TransportError::io("cannot write", &tmp, e))?;
-        f.sync_all()
-            .map_err(|e| TransportError::io("cannot fsync", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| TransportError::io("cannot rename into", path, e))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return result;
-    }
-    if let Ok(d) = File::open(&dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    fsx::write_atomic(path, data, mode, fsx::Durability::Durable)
+        .map_err(|e| TransportError::io("cannot write", path, e))
 }
 
 fn create_parent(path: &Path) -> Result<()> {

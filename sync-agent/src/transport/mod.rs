@@ -38,7 +38,7 @@ pub use shell::{PtySize, ShellCommand, ShellPolicy};
 /// Name of the SSH subsystem carrying a sync session.
 pub const SUBSYSTEM: &str = "ha-sync";
 /// Default TCP port of the backup agent.
-pub const DEFAULT_PORT: u16 = 65022;
+pub use sync_core::node::DEFAULT_PORT;
 /// Exit status of a session refused because another one is running.
 pub const EXIT_BUSY: u32 = 2;
 /// Exit status of a session whose handler returned an error.
