@@ -18,7 +18,7 @@ use crate::state;
 use crate::{cron, restore, Ctx, HookError};
 use crate::{Role, VrrpState};
 use sync_core::fsx::{Dir, Meta};
-use sync_core::manifest::{Hash, Manifest};
+use sync_core::manifest::Hash;
 use sync_core::node::Node;
 use sync_core::path::RelPath;
 use sync_core::runner::{Cmd, CmdOutput};
@@ -390,12 +390,7 @@ pub(crate) fn apply_cron(ctx: &Ctx, master: bool) -> Result<(), HookError> {
 /// The primary's crontab as committed in staging, verified against the manifest.
 fn staged_crontab(ctx: &Ctx) -> Option<Vec<u8>> {
     let state = restore::open_state(ctx.staging).ok()?;
-    let m = Manifest::decode(
-        &state
-            .read_file("manifest", sync_core::wire::MAX_MANIFEST)
-            .ok()?,
-    )
-    .ok()?;
+    let m = sync_core::staging::read_manifest(&state, sync_core::staging::layout::MANIFEST)?;
     let rel = RelPath::new(cron::CRONTAB).ok()?;
     let e = m.get(&rel)?;
     let d = Dir::open(ctx.staging, false)

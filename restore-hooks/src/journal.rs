@@ -29,8 +29,7 @@ use std::path::{Path, PathBuf};
 use sync_core::fsx::Dir;
 use sync_core::manifest::Hash;
 
-pub const JOURNAL: &str = "restore-journal";
-pub const RESTORED: &str = "restored";
+pub use sync_core::staging::layout::{JOURNAL, RESTORED};
 const MAGIC: &str = "ha-sync restore journal 1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

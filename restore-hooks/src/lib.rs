@@ -35,10 +35,10 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use sync_core::apply::{ApplyError, Staging};
 use sync_core::manifest::{Hash, Manifest};
 use sync_core::node::{Node, STATE_DIR};
 use sync_core::runner::Runner;
+use sync_core::staging::{ApplyError, Staging};
 use sync_core::uci::UciError;
 use sync_core::wire::{Commit, RestoreReport};
 

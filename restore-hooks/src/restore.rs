@@ -24,13 +24,13 @@ use crate::journal::{self, Journal, Pending, Phase};
 use crate::{hooks, Ctx, HookError};
 use std::collections::{BTreeSet, HashSet};
 use std::io;
-use sync_core::apply::meta_of;
 use sync_core::delta::MAX_FILE_SIZE;
 use sync_core::fsx::{self, Dir, FileType, Stat};
 use sync_core::manifest::{diff, Entry, Hash, Kind, Manifest};
 use sync_core::path::RelPath;
 use sync_core::restore_list::Excludes;
-use sync_core::wire::{RestoreReport, MAX_MANIFEST};
+use sync_core::staging::meta_of;
+use sync_core::wire::RestoreReport;
 
 /// How a restore runs.
 pub(crate) struct Options {
@@ -43,30 +43,12 @@ pub(crate) struct Options {
 }
 
 pub(crate) fn open_state(staging: &std::path::Path) -> io::Result<Dir> {
-    Dir::open(staging, false)?.open_dir(sync_core::path::RESERVED_TOP)
+    sync_core::staging::open_state(staging)
 }
 
 /// The generation last restored (`.ha-sync/restored`), if known.
 pub(crate) fn read_restored(state: &Dir) -> Option<Manifest> {
-    let bytes = match state.read_file(journal::RESTORED, MAX_MANIFEST) {
-        Ok(b) => b,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            tracing::warn!("{}/{}: {e}", state.path().display(), journal::RESTORED);
-            return None;
-        }
-    };
-    match Manifest::decode(&bytes) {
-        Ok(m) => Some(m),
-        Err(e) => {
-            tracing::warn!(
-                "{}/{}: {e}; deleted single files cannot be told this time",
-                state.path().display(),
-                journal::RESTORED
-            );
-            None
-        }
-    }
+    sync_core::staging::read_manifest(state, journal::RESTORED)
 }
 
 /// Restores `m` from `ctx.staging` into `ctx.root` and runs the NOTIFY_SYNC actions when

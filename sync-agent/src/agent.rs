@@ -5,12 +5,12 @@
 use crate::transport::{self, ClientConfig, PeerInfo, ReadWrite, StreamHandler, TransportError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use sync_core::apply::Staging;
 use sync_core::manifest::Manifest;
 use sync_core::node::Node;
 use sync_core::prepare::{prepare_saved, PrepareError, Prepared};
 use sync_core::runner::Runner;
 use sync_core::session::{Backup, Primary, PrimaryState, SyncError, SyncReport};
+use sync_core::staging::Staging;
 use sync_core::wire::{Commit, RestoreReport};
 
 /// What runs on the backup after each commit.

@@ -14,10 +14,10 @@ use sync_agent::daemon::{self, Daemon, DaemonConfig, DaemonHandle};
 use sync_agent::status::{self, DaemonStatus};
 use sync_agent::transport::{self, ClientConfig, PeerInfo, ReadWrite, ServerConfig, StreamHandler};
 use sync_agent::triggers::RawEvent;
-use sync_core::apply::Staging;
 use sync_core::local;
 use sync_core::node::STATE_DIR;
 use sync_core::runner::RecordingRunner;
+use sync_core::staging::Staging;
 use sync_core::uci;
 use sync_core::wire::RestoreReport;
 

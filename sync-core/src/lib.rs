@@ -2,7 +2,6 @@
 //!
 //! Synchronous and free of tokio: the agents drive it over any byte stream.
 
-pub mod apply;
 pub mod clock;
 pub mod delta;
 pub mod fsx;
@@ -16,6 +15,7 @@ pub mod runner;
 pub mod sample;
 pub mod scan;
 pub mod session;
+pub mod staging;
 pub mod testing;
 pub mod uci;
 pub mod wire;

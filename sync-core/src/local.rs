@@ -1,12 +1,12 @@
 //! The whole protocol in-process between two roots (`ha-sync sync-local`): the same code
 //! paths the agents run, over a socket pair instead of SSH.
 
-use crate::apply::Staging;
 use crate::manifest::Manifest;
 use crate::node::Node;
 use crate::prepare::{self, PrepareError, Prepared};
 use crate::runner::Runner;
 use crate::session::{Backup, BackupReport, Primary, PrimaryState, SyncError, SyncReport};
+use crate::staging::Staging;
 use crate::wire::RestoreReport;
 use std::path::Path;
 

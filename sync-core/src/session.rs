@@ -2,11 +2,11 @@
 //! over any byte stream. In-process they talk over a socket pair (`sync-local`); the agents
 //! put them on an SSH channel. See `wire` for the conversation.
 
-use crate::apply::{ApplyError, Staging};
 use crate::delta::{self, codec, Encoding, WHOLE_MAX};
 use crate::manifest::{Entry, Hash, Kind, Manifest, ManifestDelta, Op};
 use crate::path::RelPath;
 use crate::scan::{self, ScanError};
+use crate::staging::{ApplyError, Staging};
 use crate::wire;
 use crate::wire::{
     unexpected, Commit, Conn, FileHeader, Hello, ManifestForm, Msg, RestoreReport, Traffic, Want,

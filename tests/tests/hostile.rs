@@ -3,10 +3,10 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use sync_core::apply::Staging;
 use sync_core::manifest::{Entry, Hash, Kind, ListItem, Manifest};
 use sync_core::path::RelPath;
 use sync_core::session::{Backup, SyncError};
+use sync_core::staging::Staging;
 use sync_core::testing::{RawEntry, RawItem, RawKind, RawManifest};
 use sync_core::wire::{Conn, FileHeader, Hello, ManifestForm, Msg, MAGIC, PROTOCOL_VERSION};
 

@@ -6,11 +6,11 @@ use restore_hooks::Ctx;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use sync_core::apply::Staging;
 use sync_core::local::{staging_only, sync_local};
 use sync_core::manifest::Manifest;
 use sync_core::node::Node;
 use sync_core::runner::RecordingRunner;
+use sync_core::staging::Staging;
 use sync_core::wire::Commit;
 
 pub const WAN_INTERFACES: &str = r#"{"wan": {"device": "eth1", "proto": "static", "ipaddr": "203.0.113.10/24", "gateway": "203.0.113.1", "ns_label": "WAN"}, "wan6": {"device": "eth1", "proto": "dhcpv6"}}"#;

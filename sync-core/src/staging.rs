@@ -1,10 +1,14 @@
-//! Apply into the staging tree, and the commit point.
+//! The staging tree: apply what the primary sends, the commit point, and the layout of the
+//! agent's own state beside it.
 //!
 //! The staging tree (`<root>/usr/share/keepalived/rsync/` by default) mirrors router paths:
 //! `/etc/config/firewall` is staged at `<staging>/etc/config/firewall`. ha-sync's own state
-//! sits in `<staging>/.ha-sync/` (a name `RelPath` refuses from a peer):
+//! sits in `<staging>/.ha-sync/` (a name `RelPath` refuses from a peer), and only this module
+//! names its files ([`layout`]); the restore asks it for them:
 //! - `manifest`: the committed manifest. It and `tmp/restore_list` are written last, each
-//!   atomically: together they are the commit point.
+//!   atomically: together they are the commit point. `root`: its root hash, read at open.
+//! - `restored`, `restore-journal`: the restore's (see `restore_hooks::journal`), on the same
+//!   filesystem as the tree they refer to.
 //! - `dirty`: exists from the first change of a sync until its commit. While it exists the
 //!   committed manifest is not trusted: the tree may hold a mix of old and new files (each
 //!   whole: every file is written by temp file + fsync + rename), so the next sync rescans
@@ -16,14 +20,57 @@
 
 use crate::fsx::{self, Dir, FileType, Meta};
 use crate::manifest::{Entry, Hash, Kind, ListItem, Manifest, Op};
-use crate::path::{RelPath, RESERVED_TOP};
+use crate::path::RelPath;
 use crate::scan::{ScanError, Scanner, StatCache};
+use layout::{DIRTY, MANIFEST, ROOT, STATE};
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
 /// The incumbent's restore list inside staging.
 pub const RESTORE_LIST: &str = "tmp/restore_list";
+
+/// The files of `<staging>/.ha-sync/`.
+pub mod layout {
+    /// The state directory inside staging (a top-level name `RelPath` refuses from a peer).
+    pub const STATE: &str = crate::path::RESERVED_TOP;
+    /// The committed manifest.
+    pub const MANIFEST: &str = "manifest";
+    /// The committed manifest's root hash.
+    pub const ROOT: &str = "root";
+    /// Present while staging holds a sync that has not committed.
+    pub const DIRTY: &str = "dirty";
+    /// The manifest of the generation now live (written by the restore).
+    pub const RESTORED: &str = "restored";
+    /// The restore journal (see `restore_hooks::journal`).
+    pub const JOURNAL: &str = "restore-journal";
+}
+
+/// Opens `<staging>/.ha-sync` for reading and writing the restore's files; never creates it.
+pub fn open_state(staging: &Path) -> io::Result<Dir> {
+    Dir::open(staging, false)?.open_dir(STATE)
+}
+
+/// Reads a manifest kept in the state directory (`name`: [`layout::MANIFEST`] or
+/// [`layout::RESTORED`]); `None` when there is none or it does not decode (logged: the caller
+/// then falls back to a rescan or a full comparison).
+pub fn read_manifest(state: &Dir, name: &str) -> Option<Manifest> {
+    let b = match state.read_file(name, crate::wire::MAX_MANIFEST) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!("{}/{name}: {e}", state.path().display());
+            return None;
+        }
+    };
+    match Manifest::decode(&b) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!("{}/{name}: {e}", state.path().display());
+            None
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -67,30 +114,23 @@ impl Staging {
     /// Opens (creating) the staging tree at `path`.
     pub fn open(path: &Path) -> Result<Staging, ApplyError> {
         let dir = Dir::open(path, true).map_err(at(path))?;
-        match dir
-            .lstat(RESERVED_TOP)
-            .map_err(at(path.join(RESERVED_TOP)))?
-        {
+        match dir.lstat(STATE).map_err(at(path.join(STATE)))? {
             Some(st) if st.kind == FileType::Dir => {}
             Some(_) => {
                 return Err(ApplyError::Refused {
-                    path: path.join(RESERVED_TOP).display().to_string(),
+                    path: path.join(STATE).display().to_string(),
                     msg: "exists and is not a directory".into(),
                 })
             }
-            None => dir
-                .mkdir(RESERVED_TOP, 0o700)
-                .map_err(at(path.join(RESERVED_TOP)))?,
+            None => dir.mkdir(STATE, 0o700).map_err(at(path.join(STATE)))?,
         }
-        let state = dir
-            .open_dir(RESERVED_TOP)
-            .map_err(at(path.join(RESERVED_TOP)))?;
+        let state = dir.open_dir(STATE).map_err(at(path.join(STATE)))?;
         let dirty = state
-            .lstat("dirty")
-            .map_err(at(path.join(".ha-sync/dirty")))?
+            .lstat(DIRTY)
+            .map_err(at(path.join(STATE).join(DIRTY)))?
             .is_some();
         let root = state
-            .read_file("root", 128)
+            .read_file(ROOT, 128)
             .ok()
             .and_then(|b| Hash::from_hex(String::from_utf8_lossy(&b).trim()));
         Ok(Staging {
@@ -105,27 +145,14 @@ impl Staging {
     }
 
     fn load_committed(&self) -> Option<Manifest> {
-        let b = match self.state.read_file("manifest", crate::wire::MAX_MANIFEST) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
-            Err(e) => {
-                tracing::warn!(
-                    "{}/.ha-sync/manifest: {e}; staging will be rescanned",
-                    self.path.display()
-                );
-                return None;
-            }
-        };
-        match Manifest::decode(&b) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(
-                    "{}/.ha-sync/manifest: {e}; staging will be rescanned",
-                    self.path.display()
-                );
-                None
-            }
+        let m = read_manifest(&self.state, MANIFEST);
+        if m.is_none() && self.state.lstat(MANIFEST).ok().flatten().is_some() {
+            tracing::warn!(
+                "staging {}: committed manifest unreadable; staging will be rescanned",
+                self.path.display()
+            );
         }
+        m
     }
 
     pub fn path(&self) -> &Path {
@@ -190,9 +217,9 @@ impl Staging {
     pub fn begin(&mut self) -> Result<(), ApplyError> {
         if !self.dirty {
             self.state
-                .write_file_atomic("dirty", b"", None)
-                .map_err(at(self.path.join(".ha-sync/dirty")))?;
-            self.state.sync().map_err(at(self.path.join(".ha-sync")))?;
+                .write_file_atomic(DIRTY, b"", None)
+                .map_err(at(self.path.join(STATE).join(DIRTY)))?;
+            self.state.sync().map_err(at(self.path.join(STATE)))?;
             self.dirty = true;
         }
         Ok(())
@@ -344,17 +371,17 @@ impl Staging {
         d.sync().map_err(at(self.path.join("tmp")))?;
         let root = m.root_hash();
         self.state
-            .write_file_atomic("root", root.to_hex().as_bytes(), None)
-            .map_err(at(self.path.join(".ha-sync/root")))?;
+            .write_file_atomic(ROOT, root.to_hex().as_bytes(), None)
+            .map_err(at(self.path.join(STATE).join(ROOT)))?;
         self.state
-            .write_file_atomic("manifest", &m.encode(), None)
-            .map_err(at(self.path.join(".ha-sync/manifest")))?;
+            .write_file_atomic(MANIFEST, &m.encode(), None)
+            .map_err(at(self.path.join(STATE).join(MANIFEST)))?;
         if self.dirty {
             self.state
-                .unlink("dirty")
-                .map_err(at(self.path.join(".ha-sync/dirty")))?;
+                .unlink(DIRTY)
+                .map_err(at(self.path.join(STATE).join(DIRTY)))?;
         }
-        self.state.sync().map_err(at(self.path.join(".ha-sync")))?;
+        self.state.sync().map_err(at(self.path.join(STATE)))?;
         self.dirty = false;
         self.committed = std::cell::OnceCell::from(Some(m.clone()));
         self.root = Some(root);
