@@ -154,11 +154,8 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
             rep.errors.push(("NOTIFY_SYNC".to_string(), e));
         }
     }
-    if prev.as_ref().map(Manifest::root_hash) != Some(root) {
-        if let Err(e) = state
-            .write_file_atomic(journal::RESTORED, &m.encode(), None)
-            .and_then(|()| state.sync())
-        {
+    if sync_core::staging::restored_root(&state) != Some(root) {
+        if let Err(e) = sync_core::staging::write_restored(&state, m) {
             rep.errors.push((
                 state.path().join(journal::RESTORED).display().to_string(),
                 e.to_string(),

@@ -21,13 +21,47 @@ pub type RestoreHook = Arc<dyn Fn(&Manifest, &Commit) -> RestoreReport + Send + 
 pub struct BackupHandler {
     pub staging: PathBuf,
     pub node: String,
-    pub restore: RestoreHook,
+    /// The restore after each commit; `None`: staging only.
+    pub restore: Option<RestoreHook>,
+}
+
+impl BackupHandler {
+    /// Completes the restore of a generation staging committed but live never received (a
+    /// crash between the commit and the restore, or a restore refused while this node was
+    /// master), before the session: the primary's "up to date" then means restored.
+    fn complete_restore(&self, staging: &Staging, hook: &RestoreHook) {
+        let Some(m) = staging.unrestored() else {
+            return;
+        };
+        let root = m.root_hash();
+        let commit = Commit {
+            root,
+            ..Commit::default()
+        };
+        let rep = hook(m, &commit);
+        match (&rep.refused, rep.errors.len()) {
+            (Some(why), _) => tracing::debug!("committed generation {root} not restored: {why}"),
+            (None, 0) => tracing::info!(
+                "restored committed generation {root} (left unrestored by an earlier run): {} changed",
+                rep.changed.len()
+            ),
+            (None, n) => tracing::warn!(
+                "restore of committed generation {root} (left unrestored by an earlier run): {n} errors"
+            ),
+        }
+    }
 }
 
 impl StreamHandler for BackupHandler {
     fn handle(&self, stream: &mut dyn ReadWrite, peer: &PeerInfo) -> Result<(), String> {
         let mut staging = Staging::open(&self.staging).map_err(|e| e.to_string())?;
-        let hook = self.restore.clone();
+        if let Some(hook) = &self.restore {
+            self.complete_restore(&staging, hook);
+        }
+        let hook: RestoreHook = match &self.restore {
+            Some(h) => h.clone(),
+            None => Arc::new(sync_core::local::staging_only),
+        };
         let mut restore = move |m: &Manifest, c: &Commit| hook(m, c);
         let rep = Backup {
             staging: &mut staging,
@@ -70,6 +104,8 @@ pub enum NowError {
     },
     #[error("the backup did not commit: {0}")]
     NotCommitted(String),
+    #[error("not sending: {0} (--force overrides)")]
+    Refused(String),
 }
 
 /// The sync lock, held while it lives (flock: released by the kernel if we die).
@@ -87,6 +123,9 @@ pub struct NowOptions {
     pub client: ClientConfig,
     pub runner: Arc<dyn Runner>,
     pub progress: Box<dyn FnMut(u64, u64) + Send>,
+    /// Send even where the gate says this node must not (a backup, a primary that is not
+    /// master): the admin's explicit `--force`, logged loudly.
+    pub force: bool,
 }
 
 /// The lock every sync from this root holds (`now` and the daemon), so two never interleave.
@@ -141,6 +180,15 @@ pub fn check_committed(report: &SyncReport) -> Result<(), NowError> {
 /// One sync: lock, restore list + scan, connect, run the protocol. Ok only when the backup
 /// committed our manifest (or already held it).
 pub async fn now(opts: NowOptions) -> Result<(Prepared, SyncReport), NowError> {
+    // The daemon's rule holds for a sync by hand too; a node where HA is not configured at
+    // all (a bare two-root sync, the demo) may send.
+    let g = crate::gate::gate(&opts.root);
+    if let (Some(why), Some(_)) = (&g.reason, g.role) {
+        if !opts.force {
+            return Err(NowError::Refused(why.clone()));
+        }
+        tracing::warn!("--force: sending although {why}");
+    }
     let _lock = lock_async(sync_lock_path(&opts.root)).await?;
     let node = Node::new(&opts.root);
     let runner = opts.runner.clone();

@@ -11,10 +11,10 @@ use crate::transport::{self, Server, ServerConfig, TransportError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use sync_core::local;
 use sync_core::manifest::Manifest;
 use sync_core::node::Node;
 use sync_core::runner::Runner;
+use sync_core::staging::Staging;
 use sync_core::wire::Commit;
 
 /// What the caller may tune; [`Options::new`] gives the router's defaults.
@@ -72,15 +72,32 @@ pub fn recover(node: &Node, runner: &dyn Runner) {
         Ok(None) => {}
         Err(e) => tracing::warn!("recovering an interrupted restore: {e}"),
     }
+    // A commit whose restore never began (killed between the two, or while waiting for
+    // the hooks lock) has no journal: staging's own record says live lags.
+    let pending = Staging::open(&staging)
+        .ok()
+        .and_then(|st| st.unrestored().cloned());
+    if let Some(m) = pending {
+        let root = m.root_hash();
+        let commit = Commit {
+            root,
+            ..Commit::default()
+        };
+        let rep = restore_hooks::restore_after_commit(&ctx, &m, &commit);
+        match &rep.refused {
+            Some(why) => tracing::info!("committed generation {root} left unrestored: {why}"),
+            None => tracing::info!(
+                "restored committed generation {root} (an earlier run stopped before its restore): {} changed, {} errors",
+                rep.changed.len(),
+                rep.errors.len()
+            ),
+        }
+    }
 }
 
 /// The sync handler of `node`: staging, its name, and the restore after each commit.
 pub fn handler(node: &Node, opts: &Options) -> BackupHandler {
-    let restore: RestoreHook = if opts.staging_only {
-        Arc::new(local::staging_only)
-    } else {
-        restore_hook(node, opts.runner.clone())
-    };
+    let restore = (!opts.staging_only).then(|| restore_hook(node, opts.runner.clone()));
     BackupHandler {
         staging: node.staging_dir(),
         node: node.name("backup"),

@@ -26,10 +26,10 @@
 use crate::agent::{self, NowError};
 use crate::alerts::{self, Alert, AlertConfig};
 use crate::control::{self, ControlError, NowReply};
+use crate::gate::{gate, Gate};
 use crate::status::{self, DaemonStatus, ErrorRecord, Outcome, RestoreRecord, SyncRecord};
 use crate::transport::{ClientConfig, Connection, TransportError};
 use crate::triggers::{self, Debounce, Plan, RawEvent, Relevance, Watcher};
-use restore_hooks::Role;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -317,39 +317,6 @@ pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon,
         engine.shutdown().await;
     });
     Ok(Daemon { handle, task })
-}
-
-/// Whether this node may send.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Gate {
-    role: Option<Role>,
-    state: Option<String>,
-    active: bool,
-    reason: Option<String>,
-}
-
-fn gate(root: &Path) -> Gate {
-    let role = Node::new(root).role();
-    let state = status::vrrp_state(root);
-    let reason = match (role, state.as_deref()) {
-        (Some(Role::Primary), Some("master")) => None,
-        (None, _) => Some("HA is not configured here (no keepalived.primary section)".into()),
-        (Some(Role::Backup), _) => {
-            Some("this node is the backup (keepalived.backup): it never sends".into())
-        }
-        (Some(Role::Primary), None) => {
-            Some("VRRP state unknown (no keepalived event recorded since boot)".into())
-        }
-        (Some(Role::Primary), Some(s)) => Some(format!(
-            "this primary is VRRP {s}: the backup is active, nothing is sent to it"
-        )),
-    };
-    Gate {
-        role,
-        state,
-        active: reason.is_none(),
-        reason,
-    }
 }
 
 /// The outcome of one sync attempt, before it is recorded.
@@ -877,7 +844,7 @@ impl Engine {
         if trigger == Trigger::Change && alive && self.confirmed == Some(root_hash) {
             record.generation = Some(root_hash.to_hex());
             record.up_to_date = true;
-            return self.restore_outcome(record, None);
+            return self.restore_outcome(record, None, None);
         }
         let conn = match self.connection().await {
             Ok(c) => c,
@@ -926,18 +893,24 @@ impl Engine {
         if !rep.up_to_date {
             record.latency_ms = burst.map(|b| b.elapsed().as_secs_f64() * 1e3);
         }
-        self.restore_outcome(record, rep.restore.as_ref())
+        self.restore_outcome(record, rep.restore.as_ref(), rep.restored)
     }
 
     /// The outcome of a sync the backup holds, by its restore. A sync that found the backup
     /// up to date ran no restore (`report` is `None`): if the restore of that same generation
-    /// failed before, live still lacks it, and the failure stands until a generation restores.
+    /// failed before, live still lacks it, and the failure stands until the backup says its
+    /// live tree holds the generation (`restored`, from its Welcome: a NOTIFY_BACKUP or
+    /// NOTIFY_SYNC restored it since) or a new generation restores.
     fn restore_outcome(
         &mut self,
         mut record: SyncRecord,
         report: Option<&RestoreReport>,
+        restored: Option<Hash>,
     ) -> Attempt {
         let generation = self.confirmed;
+        if report.is_none() && restored.is_some() && restored == generation {
+            self.restore_failed = None;
+        }
         if report.is_none() {
             if let Some((_, r)) = self
                 .restore_failed
@@ -1211,48 +1184,5 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gate_needs_primary_and_master() {
-        let d = tempfile::tempdir().unwrap();
-        let r = d.path();
-        assert!(!gate(r).active);
-        std::fs::create_dir_all(r.join("etc/config")).unwrap();
-        std::fs::write(
-            r.join("etc/config/keepalived"),
-            "config vrrp_instance 'backup'\n",
-        )
-        .unwrap();
-        std::fs::create_dir_all(r.join(sync_core::node::STATE_DIR)).unwrap();
-        std::fs::write(
-            r.join(sync_core::node::STATE_DIR).join("vrrp_state"),
-            "master\n",
-        )
-        .unwrap();
-        let g = gate(r);
-        assert!(!g.active, "a backup that is master never sends");
-        assert_eq!(g.role, Some(Role::Backup));
-        std::fs::write(
-            r.join("etc/config/keepalived"),
-            "config vrrp_instance 'primary'\n",
-        )
-        .unwrap();
-        assert!(gate(r).active);
-        std::fs::write(
-            r.join(sync_core::node::STATE_DIR).join("vrrp_state"),
-            "backup\n",
-        )
-        .unwrap();
-        let g = gate(r);
-        assert!(!g.active);
-        assert!(g.reason.unwrap().contains("VRRP backup"));
-        std::fs::remove_file(r.join(sync_core::node::STATE_DIR).join("vrrp_state")).unwrap();
-        assert!(gate(r).reason.unwrap().contains("unknown"));
     }
 }

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod gate;
 pub mod hook;
 pub mod status;
 pub mod transport;

@@ -97,7 +97,9 @@ impl Outcome {
     pub fn of_error(e: &NowError) -> Outcome {
         match e {
             NowError::Transport(t) => Outcome::of_transport(t),
-            NowError::Prepare(_) | NowError::Lock { .. } => Outcome::LocalFailed,
+            NowError::Prepare(_) | NowError::Lock { .. } | NowError::Refused(_) => {
+                Outcome::LocalFailed
+            }
             NowError::Sync(_) | NowError::NotCommitted(_) => Outcome::TransferFailed,
         }
     }

@@ -75,6 +75,7 @@ impl Backup {
                     }),
                     _ => Arc::new(local::staging_only),
                 };
+                let restore = Some(restore).filter(|_| matches!(mode, BackupMode::RestoreFails));
                 Arc::new(BackupHandler {
                     staging: sync_core::node::Node::new(root).staging_dir(),
                     node: "backup".into(),

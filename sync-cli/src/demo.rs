@@ -85,6 +85,7 @@ pub fn run(scale: u64, dir: Option<&Path>) -> Result<()> {
                     client,
                     runner: Arc::new(SystemRunner),
                     progress: Box::new(|_, _| {}),
+                    force: false,
                 })
                 .await?;
                 let s = local::LocalSync {

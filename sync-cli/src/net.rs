@@ -78,6 +78,10 @@ pub struct NowArgs {
     /// Sync in this process even when a daemon runs.
     #[arg(long)]
     no_daemon: bool,
+    /// Send even though this node is not the active primary (a backup, a primary that is
+    /// VRRP backup or fault): overwrites the peer's configuration with this node's.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -198,7 +202,12 @@ fn daemon_now(reply: NowReply, json: bool) -> Result<()> {
 }
 
 pub fn now(a: NowArgs) -> Result<()> {
-    if !a.no_daemon {
+    if a.force {
+        eprintln!(
+            "ha-sync: --force: this node's tree goes to the peer whatever the VRRP states say"
+        );
+    }
+    if !a.no_daemon && !a.force {
         let socket = a
             .socket
             .clone()
@@ -237,6 +246,7 @@ pub fn now(a: NowArgs) -> Result<()> {
         client,
         runner: Arc::new(SystemRunner),
         progress,
+        force: a.force,
     }));
     if let Some(pb) = bar {
         pb.finish_and_clear();

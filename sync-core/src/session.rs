@@ -46,6 +46,8 @@ pub struct SyncReport {
     pub traffic: Traffic,
     pub commit: Option<Commit>,
     pub restore: Option<RestoreReport>,
+    /// The generation the backup's live tree holds, as it said in its Welcome.
+    pub restored: Option<Hash>,
     pub elapsed: Duration,
 }
 
@@ -206,6 +208,7 @@ impl Primary<'_> {
             other => return Err(unexpected("Welcome", &other).into()),
         };
         tracing::debug!("primary: welcome at {:?}", start.elapsed());
+        rep.restored = welcome.restored;
         if welcome.staging_root == Some(root) {
             conn.send(&Msg::Bye)?;
             conn.flush()?;
@@ -597,6 +600,7 @@ impl Backup<'_> {
             version: PROTOCOL_VERSION,
             staging_root,
             node: self.node.to_string(),
+            restored: self.staging.restored_root(),
         }))?;
         conn.flush()?;
         let (form, len) = match conn.recv()? {

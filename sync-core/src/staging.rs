@@ -42,6 +42,9 @@ pub mod layout {
     pub const DIRTY: &str = "dirty";
     /// The manifest of the generation now live (written by the restore).
     pub const RESTORED: &str = "restored";
+    /// Its root hash: read at every session, so "committed but not restored" is seen
+    /// without decoding a manifest.
+    pub const RESTORED_ROOT: &str = "restored-root";
     /// The restore journal (see `restore_hooks::journal`).
     pub const JOURNAL: &str = "restore-journal";
 }
@@ -70,6 +73,31 @@ pub fn read_manifest(state: &Dir, name: &str) -> Option<Manifest> {
             None
         }
     }
+}
+
+/// Records `m` as the generation live holds: [`layout::RESTORED`], then its root in
+/// [`layout::RESTORED_ROOT`], each durable. A crash between the two leaves the old root,
+/// which only makes the next start redo an idempotent restore.
+pub fn write_restored(state: &Dir, m: &Manifest) -> io::Result<()> {
+    state.write_file_atomic(layout::RESTORED, &m.encode(), None)?;
+    state.write_file_atomic(
+        layout::RESTORED_ROOT,
+        m.root_hash().to_hex().as_bytes(),
+        None,
+    )?;
+    state.sync()
+}
+
+/// The root recorded by [`write_restored`].
+pub fn restored_root(state: &Dir) -> Option<Hash> {
+    read_root(state, layout::RESTORED_ROOT)
+}
+
+fn read_root(state: &Dir, name: &str) -> Option<Hash> {
+    state
+        .read_file(name, 128)
+        .ok()
+        .and_then(|b| Hash::from_hex(String::from_utf8_lossy(&b).trim()))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,10 +157,7 @@ impl Staging {
             .lstat(DIRTY)
             .map_err(at(path.join(STATE).join(DIRTY)))?
             .is_some();
-        let root = state
-            .read_file(ROOT, 128)
-            .ok()
-            .and_then(|b| Hash::from_hex(String::from_utf8_lossy(&b).trim()));
+        let root = read_root(&state, ROOT);
         Ok(Staging {
             dir,
             state,
@@ -179,6 +204,23 @@ impl Staging {
 
     pub fn is_dirty(&self) -> bool {
         self.dirty
+    }
+
+    /// The root of the generation the restore last put live; `None` before the first one.
+    pub fn restored_root(&self) -> Option<Hash> {
+        restored_root(&self.state)
+    }
+
+    /// The committed generation when live does not hold it yet. "Committed but not restored"
+    /// is a durable state (two files in `.ha-sync`), not a journal that exists only once a
+    /// restore has begun: a crash between the commit and the restore (or while the restore
+    /// waits for the hooks lock) is seen at the next start and at every session.
+    pub fn unrestored(&self) -> Option<&Manifest> {
+        let root = self.root()?;
+        if self.restored_root() == Some(root) {
+            return None;
+        }
+        self.committed()
     }
 
     /// What staging really holds under `list` (and under the committed list): the

@@ -754,6 +754,10 @@ impl Package {
 /// Replaces `path` with `data` durably and atomically ([`fsx::write_atomic`]), keeping the
 /// mode of an existing file (an admin's `chmod` survives a rewrite), else `default_mode`.
 pub(crate) fn write_file_atomic(path: &Path, data: &[u8], default_mode: u32) -> io::Result<()> {
+    // Like uci, never create a config directory: a missing one is a wrong root or path.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::metadata(dir)?;
+    }
     let mode = fsx::mode_or(path, default_mode)?;
     fsx::write_atomic(path, data, mode, fsx::Durability::Durable)
 }

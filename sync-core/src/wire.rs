@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
 pub const MAGIC: [u8; 4] = *b"HAS\x01";
-pub const PROTOCOL_VERSION: u32 = 1;
+/// 2: `Welcome.restored`.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Largest frame, header excluded.
 pub const MAX_FRAME: usize = 8 << 20;
 /// Payload bytes per chunk frame.
@@ -82,6 +83,9 @@ pub struct Welcome {
     /// cannot be trusted (an interrupted sync).
     pub staging_root: Option<Hash>,
     pub node: String,
+    /// The generation the backup's live tree holds (its last completed restore): the
+    /// primary's "up to date" means restored, not only staged.
+    pub restored: Option<Hash>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -593,7 +597,7 @@ mod tests {
         assert!(matches!(
             err,
             WireError::Version {
-                ours: 1,
+                ours: PROTOCOL_VERSION,
                 theirs: 99
             }
         ));

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use sync_agent::agent::{self, BackupHandler, NowError, NowOptions};
 use sync_agent::transport::{self, ClientConfig, ServerConfig};
-use sync_core::local;
 use sync_core::prepare::Prepared;
 use sync_core::runner::RecordingRunner;
 use sync_core::session::SyncReport;
@@ -53,7 +52,7 @@ pub fn spawn_backup(
     let handler = BackupHandler {
         staging: sync_core::node::Node::new(backup_root).staging_dir(),
         node: "backup".into(),
-        restore: Arc::new(local::staging_only),
+        restore: None,
     };
     let cfg = ServerConfig::new(
         listen.parse().expect("listen addr"),
@@ -102,6 +101,7 @@ pub fn now(
             client,
             runner: Arc::new(RecordingRunner::new()),
             progress: Box::new(|_, _| {}),
+            force: false,
         }))
     })
     .join()
