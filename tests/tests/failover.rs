@@ -830,11 +830,18 @@ fn vip_moves_to_the_backup_and_back() {
         text(&o.stderr).trim()
     );
 
-    // The backup, now master, refuses an incoming restore (a sync forced by hand).
+    // A sync by hand from the stopped primary is refused like the daemon's (issue 11)...
     fs::write(proot.join(APP), "three\n").expect("write");
+    let o = run_in(&lab.p, &[&bin_s, "now", "--root", &proot_s, "--no-daemon"]);
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("--force overrides"),
+        "ha-sync now --no-daemon sent from a stopped primary: {}",
+        text(&o.stderr)
+    );
+    // ...and the backup, now master, refuses an incoming restore (a sync forced by hand).
     let o = run_in(
         &lab.p,
-        &[&bin_s, "now", "--root", &proot_s, "--no-daemon", "--json"],
+        &[&bin_s, "now", "--root", &proot_s, "--force", "--json"],
     );
     assert!(
         o.status.success(),
