@@ -3,8 +3,10 @@
 //! Synchronous and free of tokio: the agents drive it over any byte stream.
 
 pub mod apply;
+pub mod bounded;
 pub mod delta;
 pub mod fsx;
+pub mod limits;
 pub mod local;
 pub mod manifest;
 pub mod path;

@@ -6,14 +6,58 @@
 //! same tree and the same restore, which is what lets a no-change sync end after one
 //! round trip.
 
+use crate::bounded;
+pub use crate::limits::{MAX_ENTRIES, MAX_LINK_TARGET};
+use crate::limits::{
+    MAX_EXCLUDES, MAX_EXCLUDE_LEN, MAX_FILE_SIZE, MAX_LIST_ITEMS, MAX_RESTORE_LIST_BYTES,
+};
 use crate::path::RelPath;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 
-/// Most entries a manifest may have (bounds memory on a hostile peer's input).
-pub const MAX_ENTRIES: usize = 1 << 20;
-/// Longest symlink target accepted.
-pub const MAX_LINK_TARGET: usize = 4096;
+// Bounded fields of a peer's manifest (see `bounded`): each checked before it is allocated.
+fn de_entries<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Entry>, D::Error> {
+    bounded::seq(d, MAX_ENTRIES, "manifest entries")
+}
+
+fn de_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RelPath>, D::Error> {
+    bounded::seq(d, MAX_ENTRIES, "removed paths")
+}
+
+fn de_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ListItem>, D::Error> {
+    bounded::seq(d, MAX_LIST_ITEMS, "restore list items")
+}
+
+/// One exclude pattern, bounded.
+struct Pattern(String);
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        bounded::string(d, MAX_EXCLUDE_LEN, "exclude pattern").map(Pattern)
+    }
+}
+
+fn de_excludes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v: Vec<Pattern> = bounded::seq(d, MAX_EXCLUDES, "exclude patterns")?;
+    Ok(v.into_iter().map(|p| p.0).collect())
+}
+
+fn de_target<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    bounded::string(d, MAX_LINK_TARGET, "symlink target")
+}
+
+/// A delta's new restore list and excludes, bounded like a manifest's.
+#[derive(Deserialize)]
+struct DeltaList(
+    #[serde(deserialize_with = "de_list")] Vec<ListItem>,
+    #[serde(deserialize_with = "de_excludes")] Vec<String>,
+);
+
+fn de_delta_list<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<(Vec<ListItem>, Vec<String>)>, D::Error> {
+    Ok(Option::<DeltaList>::deserialize(d)?.map(|l| (l.0, l.1)))
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 pub struct Hash(pub [u8; 32]);
@@ -53,9 +97,15 @@ impl fmt::Display for Hash {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
-    File { size: u64, hash: Hash },
+    File {
+        size: u64,
+        hash: Hash,
+    },
     Dir,
-    Symlink { target: String },
+    Symlink {
+        #[serde(deserialize_with = "de_target")]
+        target: String,
+    },
 }
 
 impl Kind {
@@ -113,10 +163,13 @@ pub struct ListItem {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Manifest {
+    #[serde(deserialize_with = "de_list")]
     pub list: Vec<ListItem>,
     /// exclude_list patterns as written in UCI; the backup needs them to leave excluded
     /// live files alone when it mirrors a directory.
+    #[serde(deserialize_with = "de_excludes")]
     pub excludes: Vec<String>,
+    #[serde(deserialize_with = "de_entries")]
     pub entries: Vec<Entry>,
 }
 
@@ -138,6 +191,14 @@ pub enum ManifestError {
     NotListed(RelPath),
     #[error("manifest encoding: {0}")]
     Encoding(String),
+    #[error("manifest {what} is over the limit of {limit}: {detail}")]
+    OverLimit {
+        what: &'static str,
+        limit: u64,
+        detail: String,
+    },
+    #[error("file {0} is larger than the limit of {MAX_FILE_SIZE} bytes")]
+    FileTooLarge(RelPath),
 }
 
 impl Manifest {
@@ -151,8 +212,8 @@ impl Manifest {
 
     /// Decodes and validates; what a peer sends goes through here.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-        let m: Manifest =
-            postcard::from_bytes(bytes).map_err(|e| ManifestError::Encoding(e.to_string()))?;
+        let m: Manifest = postcard::from_bytes(bytes)
+            .map_err(|e| ManifestError::Encoding(bounded::explain(e)))?;
         m.validate()?;
         Ok(m)
     }
@@ -160,11 +221,10 @@ impl Manifest {
     /// Structural checks a hostile manifest could fail: order, bounds, and no entry below a
     /// symlink or a file of the same manifest (writing there would follow the link).
     pub fn validate(&self) -> Result<(), ManifestError> {
-        if self.entries.len() > MAX_ENTRIES || self.list.len() > MAX_ENTRIES {
-            return Err(ManifestError::TooManyEntries(
-                self.entries.len().max(self.list.len()),
-            ));
+        if self.entries.len() > MAX_ENTRIES {
+            return Err(ManifestError::TooManyEntries(self.entries.len()));
         }
+        self.validate_list()?;
         let mut kinds: std::collections::HashMap<&str, &Kind> =
             std::collections::HashMap::with_capacity(self.entries.len());
         let mut prev: Option<&RelPath> = None;
@@ -173,6 +233,9 @@ impl Manifest {
                 return Err(ManifestError::NotSorted(e.path.clone()));
             }
             prev = Some(&e.path);
+            if e.size() > MAX_FILE_SIZE {
+                return Err(ManifestError::FileTooLarge(e.path.clone()));
+            }
             if let Kind::Symlink { target } = &e.kind {
                 if target.is_empty() || target.len() > MAX_LINK_TARGET || target.contains('\0') {
                     return Err(ManifestError::BadLinkTarget(e.path.clone()));
@@ -198,6 +261,48 @@ impl Manifest {
                 return Err(ManifestError::NotListed(e.path.clone()));
             }
             kinds.insert(p, &e.kind);
+        }
+        Ok(())
+    }
+
+    /// The restore list and excludes within what a router's configuration holds: they are
+    /// staged (`tmp/restore_list`) and hashed on every later sync.
+    fn validate_list(&self) -> Result<(), ManifestError> {
+        let over = |what, limit: usize, detail: String| {
+            Err(ManifestError::OverLimit {
+                what,
+                limit: limit as u64,
+                detail,
+            })
+        };
+        if self.list.len() > MAX_LIST_ITEMS {
+            return over(
+                "restore list",
+                MAX_LIST_ITEMS,
+                format!("{} items", self.list.len()),
+            );
+        }
+        let bytes: usize = self.list.iter().map(|l| l.path.as_str().len() + 2).sum();
+        if bytes > MAX_RESTORE_LIST_BYTES {
+            return over(
+                "restore list",
+                MAX_RESTORE_LIST_BYTES,
+                format!("{bytes} bytes"),
+            );
+        }
+        if self.excludes.len() > MAX_EXCLUDES {
+            return over(
+                "exclude list",
+                MAX_EXCLUDES,
+                format!("{} patterns", self.excludes.len()),
+            );
+        }
+        if let Some(x) = self.excludes.iter().find(|x| x.len() > MAX_EXCLUDE_LEN) {
+            return over(
+                "exclude pattern",
+                MAX_EXCLUDE_LEN,
+                format!("{:?}", bounded::head(x)),
+            );
         }
         Ok(())
     }
@@ -313,8 +418,11 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Op> {
 pub struct ManifestDelta {
     pub base: Hash,
     /// New restore list and excludes, when they changed.
+    #[serde(deserialize_with = "de_delta_list")]
     pub list: Option<(Vec<ListItem>, Vec<String>)>,
+    #[serde(deserialize_with = "de_entries")]
     pub upserts: Vec<Entry>,
+    #[serde(deserialize_with = "de_paths")]
     pub removes: Vec<RelPath>,
 }
 
@@ -336,6 +444,11 @@ impl ManifestDelta {
             upserts,
             removes,
         }
+    }
+
+    /// Decodes a peer's delta: every field bounded, every refusal with its reason.
+    pub fn decode(bytes: &[u8]) -> Result<ManifestDelta, ManifestError> {
+        postcard::from_bytes(bytes).map_err(|e| ManifestError::Encoding(bounded::explain(e)))
     }
 
     /// Applies to `base`; the caller checks the result's root hash against the sender's.
@@ -386,7 +499,7 @@ pub fn fuzz_decode(data: &[u8]) {
         let _ = m.root_hash();
         let _ = ManifestDelta::between(&m, &Manifest::default()).apply(&m);
     }
-    if let Ok(d) = postcard::from_bytes::<ManifestDelta>(data) {
+    if let Ok(d) = ManifestDelta::decode(data) {
         let _ = d.apply(&Manifest::default());
     }
 }
