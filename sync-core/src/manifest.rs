@@ -606,4 +606,121 @@ mod tests {
         assert_ne!(a.root_hash(), c.root_hash());
         assert_eq!(Hash::from_hex(&a.root_hash().to_hex()), Some(a.root_hash()));
     }
+
+    fn raw(paths: &[&str], excludes: Vec<String>) -> Vec<u8> {
+        use crate::testing::{RawEntry, RawItem, RawKind, RawManifest};
+        RawManifest {
+            list: vec![RawItem {
+                path: "etc".into(),
+                dir: true,
+            }],
+            excludes,
+            entries: paths
+                .iter()
+                .map(|p| RawEntry::new(p, RawKind::Dir))
+                .collect(),
+        }
+        .encode()
+    }
+
+    /// Issue 14, finding 8: each refusal names the entry and the rule, not "Serde
+    /// Deserialization Error".
+    #[test]
+    fn refused_paths_say_which_and_why() {
+        // The fault campaign's entry: 2,040 directories, 4,079 bytes.
+        let campaign = vec!["d"; 2040].join("/");
+        let deep = vec!["d"; 100].join("/");
+        let long = format!("etc/{}", "x/".repeat(1600));
+        for (bad, why) in [
+            ("etc/../x", "has a '..' component"),
+            ("/etc/x", "is absolute"),
+            ("etc//x", "has an empty or '.' component"),
+            ("etc/./x", "has an empty or '.' component"),
+            ("etc/a\0b", "contains a NUL byte"),
+            (long.as_str(), "is longer than the limit of 3072 bytes"),
+            (deep.as_str(), "is deeper than the limit of 64 components"),
+            (campaign.as_str(), "is longer than the limit of 3072 bytes"),
+            (".ha-sync/manifest", "is reserved for ha-sync's own state"),
+        ] {
+            let err = Manifest::decode(&raw(&["etc", bad], vec![])).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(why), "{bad:?}: {msg}");
+            let quoted = format!("{:?}", &bad[..bad.len().min(20)]);
+            assert!(msg.contains(&quoted[..quoted.len() - 1]), "{bad:?}: {msg}");
+            assert!(!msg.contains("Serde"), "{msg}");
+        }
+    }
+
+    /// Issue 14, finding 4: a 400 MB exclude string is refused by its bound (here one byte
+    /// over it), and so are too many of them, before anything is stored.
+    #[test]
+    fn excludes_and_lists_are_bounded() {
+        let long = "x".repeat(MAX_EXCLUDE_LEN + 1);
+        let err = Manifest::decode(&raw(&["etc"], vec![long])).unwrap_err();
+        assert!(err.to_string().contains("exclude pattern \"xxxx"), "{err}");
+        assert!(err.to_string().contains("limit of 4096 bytes"), "{err}");
+        let many = vec!["/etc/x".to_string(); MAX_EXCLUDES + 1];
+        let err = Manifest::decode(&raw(&["etc"], many)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("1025 exclude patterns is more than the limit of 1024"),
+            "{err}"
+        );
+        assert!(Manifest::decode(&raw(&["etc"], vec!["/etc/x".into()])).is_ok());
+        let mut m = manifest(vec![dir("etc")]);
+        m.list = (0..MAX_LIST_ITEMS + 1)
+            .map(|i| ListItem {
+                path: RelPath::new(format!("etc/f{i}")).unwrap(),
+                dir: false,
+            })
+            .collect();
+        assert!(matches!(
+            Manifest::decode(&m.encode()),
+            Err(ManifestError::Encoding(e)) if e.contains("restore list items")
+        ));
+        // Fewer items, but longer than a restore list can be in all.
+        m.list = (0..400)
+            .map(|i| ListItem {
+                path: RelPath::new(format!("etc/{i}/{}", vec!["y".repeat(250); 11].join("/")))
+                    .unwrap(),
+                dir: false,
+            })
+            .collect();
+        let err = m.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ManifestError::OverLimit {
+                    what: "restore list",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_delta_round_trips_and_is_bounded_like_a_manifest() {
+        let old = manifest(vec![dir("etc"), file("etc/a", b"1")]);
+        let mut new = manifest(vec![dir("etc"), file("etc/a", b"2")]);
+        new.excludes = vec!["/etc/b".into()];
+        let d = ManifestDelta::between(&old, &new);
+        let back = ManifestDelta::decode(&postcard::to_allocvec(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+        let mut bad = d.clone();
+        bad.list = Some((new.list.clone(), vec!["y".repeat(MAX_EXCLUDE_LEN + 1)]));
+        let err = ManifestDelta::decode(&postcard::to_allocvec(&bad).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("exclude pattern"), "{err}");
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused() {
+        let mut f = file("etc/a", b"");
+        f.kind = Kind::File {
+            size: MAX_FILE_SIZE + 1,
+            hash: Hash::default(),
+        };
+        let m = manifest(vec![dir("etc"), f]);
+        assert!(matches!(m.validate(), Err(ManifestError::FileTooLarge(_))));
+    }
 }

@@ -416,7 +416,7 @@ impl Primary<'_> {
                 .get(&w.path)
                 .is_some_and(|e| matches!(e.kind, Kind::File { .. }))
             {
-                return refuse("asked for, and not a file in the manifest".into());
+                return refuse("wanted, but not a file of the manifest".into());
             }
             if !seen.insert(w.path.clone()) {
                 return refuse("asked for twice in one round".into());
