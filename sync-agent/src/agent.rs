@@ -223,7 +223,7 @@ pub async fn bounded_session(
     match tokio::time::timeout(d + guard_grace(d), conn.session(session)).await {
         Ok(r) => r,
         Err(_) => Ok(Err(SyncError::Peer {
-            peer: conn.peer().to_string(),
+            peer: format!("backup {}", conn.peer()),
             source: Box::new(SyncError::Wire(WireError::Deadline(d))),
         })),
     }

@@ -36,7 +36,7 @@ pub enum SyncError {
     #[error("{0}")]
     Limit(String),
     /// An error the peer caused (what it sent, or did not send in time), naming the peer.
-    #[error("backup {peer}: {source}")]
+    #[error("{peer}: {source}")]
     Peer {
         peer: String,
         #[source]
@@ -58,7 +58,7 @@ impl SyncError {
 /// The bounds of one primary session besides the fixed ones of `limits`.
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
-    /// How the backup is named in errors (its address).
+    /// How the backup is named in errors (its address; empty: by its node name only).
     pub peer: String,
     /// How long the session may take; by default `limits::session_deadline` of the manifest.
     pub deadline: Duration,
@@ -228,9 +228,9 @@ pub struct Primary<'a> {
 }
 
 impl Primary<'_> {
-    /// One session with the default bounds, the backup named "backup" in errors.
+    /// One session with the default bounds, the backup named by its node name in errors.
     pub fn run<S: Read + Write>(&mut self, stream: S) -> Result<SyncReport, SyncError> {
-        let limits = SessionLimits::for_manifest("backup", self.manifest);
+        let limits = SessionLimits::for_manifest("", self.manifest);
         self.run_within(stream, &limits)
     }
 
@@ -247,9 +247,11 @@ impl Primary<'_> {
         let mut node = None;
         self.converse(&mut conn, &mut node).map_err(|e| match e {
             e @ (SyncError::Wire(_) | SyncError::Limit(_)) => SyncError::Peer {
-                peer: match node {
-                    Some(n) => format!("{n} ({})", limits.peer),
-                    None => limits.peer.clone(),
+                peer: match (node, limits.peer.as_str()) {
+                    (Some(n), "") => format!("backup {n}"),
+                    (Some(n), addr) => format!("backup {n} ({addr})"),
+                    (None, "") => "backup".into(),
+                    (None, addr) => format!("backup {addr}"),
                 },
                 source: Box::new(e),
             },

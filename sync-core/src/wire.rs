@@ -699,6 +699,26 @@ mod tests {
     }
 
     #[test]
+    fn the_receive_limit_and_the_deadline_end_a_conversation() {
+        let mut c = conn_with(Vec::new());
+        for _ in 0..10 {
+            c.send(&hello()).unwrap();
+        }
+        c.flush().unwrap();
+        let bytes = c.into_inner().0.into_inner();
+        let frame = bytes.len() as u64 / 10;
+        let mut r = conn_with(bytes.clone());
+        r.set_receive_limit(3 * frame);
+        for _ in 0..3 {
+            r.recv().unwrap();
+        }
+        assert!(matches!(r.recv(), Err(WireError::Budget(_))));
+        let mut r = conn_with(bytes);
+        r.set_deadline(std::time::Duration::ZERO);
+        assert!(matches!(r.recv(), Err(WireError::Deadline(_))));
+    }
+
+    #[test]
     fn chunks_longer_than_announced_are_refused() {
         let mut c = conn_with(Vec::new());
         c.send_chunks(&[1u8; 100]).unwrap();

@@ -297,3 +297,30 @@ fn staging_that_cannot_be_rescanned_is_repaired_by_the_next_sync() {
     let again = sync_core::local::sync_local(&a, &b, &runner, &mut restore).expect("next sync");
     assert!(again.primary.up_to_date);
 }
+
+/// Finding 6, the general case: whatever makes the rescan of an interrupted staging tree
+/// fail (here a listed file below what became a regular file: ENOTDIR), the next sync
+/// empties staging and takes everything again instead of failing for good.
+#[test]
+fn any_rescan_failure_is_repaired_by_a_full_sync() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    ha_sync_tests::router_root(&a, &[], &["/etc/ha/x"], &[]);
+    std::fs::create_dir_all(a.join("etc/ha")).unwrap();
+    std::fs::write(a.join("etc/ha/x"), b"x\n").unwrap();
+    let runner = sync_core::runner::RecordingRunner::new();
+    let mut restore = sync_core::local::staging_only;
+    sync_core::local::sync_local(&a, &b, &runner, &mut restore).expect("first sync");
+    let staging = sync_core::local::staging_dir(&b);
+    std::fs::remove_dir_all(staging.join("etc/ha")).unwrap();
+    std::fs::write(staging.join("etc/ha"), b"not a directory").unwrap();
+    std::fs::write(staging.join(".ha-sync/dirty"), b"").unwrap();
+    let st = Staging::open(&staging).unwrap();
+    assert!(st.current(&[]).is_err(), "the rescan fails as staged");
+    drop(st);
+
+    let r = sync_core::local::sync_local(&a, &b, &runner, &mut restore).expect("repairing sync");
+    assert_eq!(r.primary.commit.map(|c| c.root), Some(r.primary.root));
+    assert_eq!(std::fs::read(staging.join("etc/ha/x")).unwrap(), b"x\n");
+    assert!(!staging.join(".ha-sync/dirty").exists());
+}
