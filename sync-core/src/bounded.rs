@@ -161,7 +161,8 @@ mod tests {
 
     #[test]
     fn bounds_are_refused_with_their_reason() {
-        assert!(decode(vec![1, 2, 3], "abcde").is_ok());
+        let ok = decode(vec![1, 2, 3], "abcde").unwrap();
+        assert_eq!((ok.v, ok.s.as_str()), (vec![1, 2, 3], "abcde"));
         assert_eq!(
             decode(vec![1, 2, 3, 4], "a").unwrap_err(),
             "4 numbers is more than the limit of 3"

@@ -114,17 +114,14 @@ pub fn max_rsync_delta(size: u64) -> u64 {
     size.saturating_add(size / 64 * 17).saturating_add(4096)
 }
 
+// Checked at build time: a staged path of the longest kind (prefix, '/', path, a temp
+// name's extra bytes, NUL) fits PATH_MAX.
+const _: () = assert!(MAX_STAGING_PREFIX + 1 + MAX_PATH_LEN + 150 < 4096);
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::delta;
-
-    #[test]
-    fn a_staged_path_of_the_longest_kind_fits_path_max() {
-        // prefix + '/' + path + a temp name's extra bytes + NUL
-        assert!(MAX_STAGING_PREFIX + 1 + MAX_PATH_LEN + 150 < 4096);
-        assert!(MAX_DEPTH * 2 <= MAX_PATH_LEN);
-    }
 
     #[test]
     fn the_largest_honest_signature_is_under_the_bound() {

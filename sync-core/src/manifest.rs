@@ -53,9 +53,10 @@ struct DeltaList(
     #[serde(deserialize_with = "de_excludes")] Vec<String>,
 );
 
-fn de_delta_list<'de, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<(Vec<ListItem>, Vec<String>)>, D::Error> {
+/// A restore list and its excludes, as a delta carries them.
+type ListAndExcludes = (Vec<ListItem>, Vec<String>);
+
+fn de_delta_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ListAndExcludes>, D::Error> {
     Ok(Option::<DeltaList>::deserialize(d)?.map(|l| (l.0, l.1)))
 }
 
