@@ -715,6 +715,41 @@ mod tests {
     }
 
     #[test]
+    fn entry_counts_and_link_targets_are_refused_before_allocation() {
+        // Empty list and excludes, then a count of entries one over the bound and no entry
+        // (postcard wants as many bytes as elements left; zeros do): refused from the count.
+        let mut bytes = vec![0u8, 0u8];
+        let mut n = MAX_ENTRIES as u64 + 1;
+        while n >= 0x80 {
+            bytes.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        bytes.push(n as u8);
+        bytes.resize(bytes.len() + MAX_ENTRIES + 1, 0);
+        let err = Manifest::decode(&bytes).unwrap_err().to_string();
+        assert!(
+            err.contains("1048577 manifest entries is more than the limit of 1048576"),
+            "{err}"
+        );
+        use crate::testing::{RawEntry, RawItem, RawKind, RawManifest};
+        let raw = RawManifest {
+            list: vec![RawItem {
+                path: "etc".into(),
+                dir: true,
+            }],
+            excludes: vec![],
+            entries: vec![RawEntry::new(
+                "etc",
+                RawKind::Symlink {
+                    target: "t".repeat(MAX_LINK_TARGET + 1),
+                },
+            )],
+        };
+        let err = Manifest::decode(&raw.encode()).unwrap_err().to_string();
+        assert!(err.contains("symlink target \"ttt"), "{err}");
+    }
+
+    #[test]
     fn a_file_over_the_size_limit_is_refused() {
         let mut f = file("etc/a", b"");
         f.kind = Kind::File {
