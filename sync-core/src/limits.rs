@@ -40,10 +40,12 @@ pub const MAX_STAGING_PREFIX: usize = 768;
 pub const MAX_ENTRIES: usize = 1 << 20;
 /// Longest symlink target: `PATH_MAX`.
 pub const MAX_LINK_TARGET: usize = 4096;
-/// Most restore-list items (`sysupgrade -l` lists hundreds on a busy router).
-pub const MAX_LIST_ITEMS: usize = 16 << 10;
-/// Largest restore list as staged (`tmp/restore_list`, one absolute path a line).
-pub const MAX_RESTORE_LIST_BYTES: usize = 1 << 20;
+/// Most restore-list items: `sysupgrade -l` lists every kept file, hundreds to a few
+/// thousand on a busy router; 64 Ki leaves a wide margin.
+pub const MAX_LIST_ITEMS: usize = 64 << 10;
+/// Largest restore list as staged (`tmp/restore_list`, one absolute path a line): 64 Ki
+/// paths of 64 bytes; it is hashed and staged on every sync that changes it.
+pub const MAX_RESTORE_LIST_BYTES: usize = 4 << 20;
 /// Most `exclude_list` patterns (a UCI list option someone typed).
 pub const MAX_EXCLUDES: usize = 1024;
 /// Longest `exclude_list` pattern: a glob over one path, so `PATH_MAX`.

@@ -680,7 +680,7 @@ mod tests {
             Err(ManifestError::Encoding(e)) if e.contains("restore list items")
         ));
         // Fewer items, but longer than a restore list can be in all.
-        m.list = (0..400)
+        m.list = (0..1600)
             .map(|i| ListItem {
                 path: RelPath::new(format!("etc/{i}/{}", vec!["y".repeat(250); 11].join("/")))
                     .unwrap(),
