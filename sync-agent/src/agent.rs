@@ -2,16 +2,19 @@
 //! `now` (one sync over a fresh connection, serialized by a lock). The daemon
 //! ([`crate::daemon`]) runs the same pieces over a connection it keeps open.
 
-use crate::transport::{self, ClientConfig, PeerInfo, ReadWrite, StreamHandler, TransportError};
+use crate::transport::{
+    ClientConfig, Connection, PeerInfo, ReadWrite, StreamHandler, TransportError,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use sync_core::manifest::Manifest;
 use sync_core::node::Node;
 use sync_core::prepare::{prepare_saved, PrepareError, Prepared};
 use sync_core::runner::Runner;
-use sync_core::session::{Backup, Primary, PrimaryState, SyncError, SyncReport};
+use sync_core::session::{Backup, Primary, PrimaryState, SessionLimits, SyncError, SyncReport};
 use sync_core::staging::Staging;
-use sync_core::wire::{Commit, RestoreReport};
+use sync_core::wire::{Commit, RestoreReport, WireError};
 
 /// What runs on the backup after each commit.
 pub type RestoreHook = Arc<dyn Fn(&Manifest, &Commit) -> RestoreReport + Send + Sync>;
@@ -162,6 +165,61 @@ pub fn primary_session(
     }
 }
 
+/// [`primary_session`] within `limits` (issue 14): the backup named in its errors, the
+/// session over by the deadline whatever the backup does.
+pub fn primary_session_within(
+    root: PathBuf,
+    manifest: Manifest,
+    mut progress: Box<dyn FnMut(u64, u64) + Send>,
+    limits: SessionLimits,
+) -> impl FnOnce(&mut dyn ReadWrite) -> Result<SyncReport, SyncError> + Send + 'static {
+    move |stream| {
+        let node = Node::new(&root);
+        let state = PrimaryState::new(&node.state_dir());
+        let node = node.name("primary");
+        Primary {
+            root: &root,
+            manifest: &manifest,
+            state: &state,
+            node: &node,
+            progress: &mut *progress,
+        }
+        .run_within(stream, &limits)
+    }
+}
+
+/// How long after the session's deadline the guard gives up on it: the session reports the
+/// deadline itself between reads, more precisely; the guard is for a read that waits on a
+/// backup that stopped answering, which only dropping the connection ends.
+fn guard_grace(deadline: Duration) -> Duration {
+    (deadline / 10).min(Duration::from_secs(5))
+}
+
+/// One primary session on `conn`, bounded: `deadline` (by default
+/// `limits::session_deadline` of the manifest) and every bound of `sync_core::limits`. An
+/// error with [`SyncError::is_deadline`] leaves the connection unusable: drop it.
+pub async fn bounded_session(
+    conn: &Connection,
+    root: PathBuf,
+    manifest: Manifest,
+    progress: Box<dyn FnMut(u64, u64) + Send>,
+    deadline: Option<Duration>,
+) -> Result<Result<SyncReport, SyncError>, TransportError> {
+    let mut limits = SessionLimits::for_manifest(conn.peer(), &manifest);
+    if let Some(d) = deadline {
+        limits.deadline = d;
+    }
+    let d = limits.deadline;
+    let session = primary_session_within(root, manifest, progress, limits);
+    match tokio::time::timeout(d + guard_grace(d), conn.session(session)).await {
+        Ok(r) => r,
+        Err(_) => Ok(Err(SyncError::Peer {
+            peer: format!("backup {}", conn.peer()),
+            source: Box::new(SyncError::Wire(WireError::Deadline(d))),
+        })),
+    }
+}
+
 /// Ok when the backup holds what we sent: it was up to date, or it committed our root.
 pub fn check_committed(report: &SyncReport) -> Result<(), NowError> {
     if report.up_to_date {
@@ -180,6 +238,14 @@ pub fn check_committed(report: &SyncReport) -> Result<(), NowError> {
 /// One sync: lock, restore list + scan, connect, run the protocol. Ok only when the backup
 /// committed our manifest (or already held it).
 pub async fn now(opts: NowOptions) -> Result<(Prepared, SyncReport), NowError> {
+    now_within(opts, None).await
+}
+
+/// [`now`] with the session's deadline given (`None`: from the manifest).
+pub async fn now_within(
+    opts: NowOptions,
+    deadline: Option<Duration>,
+) -> Result<(Prepared, SyncReport), NowError> {
     // The daemon's rule holds for a sync by hand too; a node where HA is not configured at
     // all (a bare two-root sync, the demo) may send.
     let g = crate::gate::gate(&opts.root);
@@ -195,8 +261,18 @@ pub async fn now(opts: NowOptions) -> Result<(Prepared, SyncReport), NowError> {
     let prepared = tokio::task::spawn_blocking(move || prepare_saved(&node, runner.as_ref()))
         .await
         .expect("scan task")?;
-    let session = primary_session(opts.root.clone(), prepared.manifest.clone(), opts.progress);
-    let report = transport::run(&opts.client, session).await??;
+    let conn = Connection::open(&opts.client).await?;
+    let result = bounded_session(
+        &conn,
+        opts.root.clone(),
+        prepared.manifest.clone(),
+        opts.progress,
+        deadline,
+    )
+    .await;
+    // Also what ends a session the guard gave up on (its read waits on this connection).
+    conn.disconnect().await;
+    let report = result??;
     check_committed(&report)?;
     Ok((prepared, report))
 }

@@ -74,6 +74,9 @@ pub struct DaemonConfig {
     pub backoff_max: Duration,
     /// Alert settings; `None`: from `keepalived.ha_peer` (read again when that file changes).
     pub alerts: Option<AlertConfig>,
+    /// Deadline of each sync session; `None`: from the manifest
+    /// (`sync_core::limits::session_deadline`).
+    pub session_deadline: Option<Duration>,
 }
 
 impl DaemonConfig {
@@ -88,6 +91,7 @@ impl DaemonConfig {
             backoff_min: BACKOFF_MIN,
             backoff_max: BACKOFF_MAX,
             alerts: None,
+            session_deadline: None,
         }
     }
 }
@@ -851,13 +855,25 @@ impl Engine {
             Err(e) => return fail(Outcome::of_transport(&e), e.to_string(), record),
         };
         record.network = true;
-        let session = agent::primary_session(self.cfg.root.clone(), manifest, Box::new(|_, _| {}));
         let session_start = Instant::now();
-        let result = conn.session(session).await;
+        let result = agent::bounded_session(
+            &conn,
+            self.cfg.root.clone(),
+            manifest,
+            Box::new(|_, _| {}),
+            self.cfg.session_deadline,
+        )
+        .await;
         record.session_ms = session_start.elapsed().as_secs_f64() * 1e3;
         let rep = match result {
             Ok(Ok(rep)) => rep,
             Ok(Err(e)) => {
+                if e.is_deadline() {
+                    // A session past its deadline may still wait on this connection: only
+                    // dropping it ends that; the next sync connects again.
+                    drop(conn);
+                    self.drop_connection();
+                }
                 let e = NowError::Sync(e);
                 return fail(Outcome::of_error(&e), e.to_string(), record);
             }

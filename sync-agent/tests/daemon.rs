@@ -45,6 +45,8 @@ enum BackupMode {
     RestoreFails,
     /// Refuses every session with an error.
     Fails,
+    /// Takes the session and never answers (issue 14): reads until the primary hangs up.
+    Silent,
 }
 
 /// A backup agent on its own thread and runtime; stops when dropped.
@@ -59,6 +61,10 @@ impl Backup {
         let handler: Arc<dyn StreamHandler> = match mode {
             BackupMode::Fails => Arc::new(|_: &mut dyn ReadWrite, _: &PeerInfo| {
                 Err::<(), String>("refused by the test backup".to_string())
+            }),
+            BackupMode::Silent => Arc::new(|s: &mut dyn ReadWrite, _: &PeerInfo| {
+                let _ = std::io::copy(s, &mut std::io::sink());
+                Err::<(), String>("the primary hung up".to_string())
             }),
             BackupMode::StagingOnly | BackupMode::RestoreFails => {
                 let restore: RestoreHook = match mode {
@@ -144,6 +150,8 @@ struct Setup {
     wrong_host_key: bool,
     /// Leave our key out of the backup's authorized_keys.
     unauthorized: bool,
+    /// The daemon's session deadline (`None`: from the manifest).
+    session_deadline: Option<Duration>,
 }
 
 impl Default for Setup {
@@ -158,6 +166,7 @@ impl Default for Setup {
             refused: false,
             wrong_host_key: false,
             unauthorized: false,
+            session_deadline: None,
         }
     }
 }
@@ -244,6 +253,7 @@ impl Cluster {
         cfg.backoff_min = Duration::from_millis(50);
         cfg.backoff_max = Duration::from_millis(400);
         cfg.alerts = Some(s.alerts);
+        cfg.session_deadline = s.session_deadline;
         let runner = Arc::new(RecordingRunner::new());
         let d = daemon::start(cfg, runner.clone()).await.expect("daemon");
         let handle = d.handle();
@@ -684,6 +694,40 @@ async fn backup_refusing_the_session_is_recorded() {
         .unwrap()
         .message
         .contains("refused by the test backup"));
+    c.stop().await;
+}
+
+/// Issue 14, finding 2: a backup that takes the session and never answers ends each sync at
+/// its deadline with an error naming it; the failures raise ha:sync:failed and the daemon
+/// carries on (it answers `now` and syncs again once the backup behaves).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_that_never_answers_fails_the_sync_at_its_deadline() {
+    let mut c = failure_is_recorded(
+        Setup {
+            mode: BackupMode::Silent,
+            session_deadline: Some(Duration::from_millis(300)),
+            alerts: AlertConfig {
+                command: None,
+                failures: 2,
+                max_wait: Duration::from_secs(3600),
+            },
+            ..Setup::default()
+        },
+        "Transfer Failed",
+    )
+    .await;
+    let e = c.st().last_error.unwrap();
+    assert!(e.message.contains("deadline of 300ms passed"), "{e:?}");
+    assert!(e.message.contains(&c.backup_addr.to_string()), "{e:?}");
+    wait_for("the alert raised", || c.st().alert_sync_failed).await;
+    assert!(c.uci_state("ha_alert", "sync_failed_at").is_some());
+    let reply = c.h().now().await;
+    assert!(!reply.ok);
+    assert!(reply.error.unwrap().contains("deadline"));
+    // The backup behaves again: the next sync goes through and clears the alert.
+    c.restart_backup(BackupMode::StagingOnly);
+    c.wait_staged("/etc/ha/routes", "{}\n").await;
+    wait_for("the alert cleared", || !c.st().alert_sync_failed).await;
     c.stop().await;
 }
 

@@ -17,8 +17,7 @@ use crate::manifest::Hash;
 use serde::{Deserialize, Serialize};
 use zstd::zstd_safe::{self, CParameter, DParameter};
 
-/// Largest file ha-sync moves (bounds every allocation made on a peer's word).
-pub const MAX_FILE_SIZE: u64 = 1 << 30;
+pub use crate::limits::MAX_FILE_SIZE;
 /// Files up to this size always go whole: a delta's overhead is not worth it.
 pub const WHOLE_MAX: u64 = 8 << 10;
 
@@ -124,6 +123,27 @@ pub fn decompress(payload: &[u8], size: u64) -> Result<Vec<u8>, DeltaError> {
     })
 }
 
+/// Decompresses a payload of at most `limit` bytes (any length up to it).
+fn decompress_at_most(payload: &[u8], limit: u64) -> Result<Vec<u8>, DeltaError> {
+    DCTX.with_borrow_mut(|d| {
+        let _ = d.reset(zstd_safe::ResetDirective::SessionAndParameters);
+        d.set_parameter(DParameter::WindowLogMax(window_log(limit as usize).max(27)))
+            .map_err(zerr)?;
+        let mut out: Vec<u8> = Vec::with_capacity(limit as usize + 1);
+        d.decompress(&mut out, payload).map_err(|c| {
+            if zstd_safe::get_error_name(c).contains("Destination buffer is too small") {
+                DeltaError::TooLarge(limit)
+            } else {
+                zerr(c)
+            }
+        })?;
+        if out.len() as u64 > limit {
+            return Err(DeltaError::TooLarge(limit));
+        }
+        Ok(out)
+    })
+}
+
 fn decompress_with(
     dctx: &mut zstd_safe::DCtx<'_>,
     payload: &[u8],
@@ -211,9 +231,18 @@ impl Codec for RsyncCodec {
         size: u64,
     ) -> Result<Vec<u8>, DeltaError> {
         let basis = basis.ok_or(DeltaError::NoBasis("an rsync delta"))?;
-        // A delta is at most a little over the file it rebuilds.
-        let delta = zstd::bulk::decompress(payload, (size as usize).saturating_mul(2) + 4096)
-            .map_err(|e| DeltaError::Rsync(e.to_string()))?;
+        if size > MAX_FILE_SIZE {
+            return Err(DeltaError::TooLarge(size));
+        }
+        // A delta is at most a little over the file it rebuilds: decoded within that, so a
+        // small payload cannot expand past the size it declares.
+        let limit = crate::limits::max_rsync_delta(size);
+        let delta = decompress_at_most(payload, limit).map_err(|e| match e {
+            DeltaError::TooLarge(_) => DeltaError::Rsync(format!(
+                "delta expands past {limit} bytes, more than a {size}-byte file needs"
+            )),
+            e => e,
+        })?;
         let mut out = Vec::with_capacity(size as usize);
         fast_rsync::apply_limited(basis, &delta, &mut out, size as usize)
             .map_err(|e| DeltaError::Rsync(e.to_string()))?;
@@ -377,6 +406,26 @@ mod tests {
         assert!(decompress(b"garbage", 10).is_err());
         assert!(matches!(
             decompress(&payload, MAX_FILE_SIZE + 1),
+            Err(DeltaError::TooLarge(_))
+        ));
+    }
+
+    /// Issue 14, finding 4: a small rsync payload that expands far past the size it declares
+    /// is refused by the bound, before fast_rsync sees it (no blow-up needed to show it).
+    #[test]
+    fn an_rsync_delta_is_decoded_within_the_declared_size() {
+        let basis = text(6, 1_000);
+        let new = edited(&basis);
+        let payload = RsyncCodec.encode(&new, Some(&signature(&basis))).unwrap();
+        let ok = RsyncCodec.decode(&payload, Some(&basis), new.len() as u64);
+        assert_eq!(ok.unwrap(), new);
+        // 4 MiB of zeros compress to a few hundred bytes: declared 1000 bytes, refused.
+        let bomb = compress(&vec![0u8; 4 << 20]);
+        assert!(bomb.len() < 4096);
+        let err = RsyncCodec.decode(&bomb, Some(&basis), 1000).unwrap_err();
+        assert!(err.to_string().contains("expands past"), "{err}");
+        assert!(matches!(
+            RsyncCodec.decode(&bomb, Some(&basis), MAX_FILE_SIZE + 1),
             Err(DeltaError::TooLarge(_))
         ));
     }

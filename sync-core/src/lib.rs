@@ -2,9 +2,11 @@
 //!
 //! Synchronous and free of tokio: the agents drive it over any byte stream.
 
+pub mod bounded;
 pub mod clock;
 pub mod delta;
 pub mod fsx;
+pub mod limits;
 pub mod local;
 pub mod manifest;
 pub mod node;

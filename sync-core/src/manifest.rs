@@ -6,14 +6,59 @@
 //! same tree and the same restore, which is what lets a no-change sync end after one
 //! round trip.
 
+use crate::bounded;
+pub use crate::limits::{MAX_ENTRIES, MAX_LINK_TARGET};
+use crate::limits::{
+    MAX_EXCLUDES, MAX_EXCLUDE_LEN, MAX_FILE_SIZE, MAX_LIST_ITEMS, MAX_RESTORE_LIST_BYTES,
+};
 use crate::path::RelPath;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::fmt;
 
-/// Most entries a manifest may have (bounds memory on a hostile peer's input).
-pub const MAX_ENTRIES: usize = 1 << 20;
-/// Longest symlink target accepted.
-pub const MAX_LINK_TARGET: usize = 4096;
+// Bounded fields of a peer's manifest (see `bounded`): each checked before it is allocated.
+fn de_entries<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Entry>, D::Error> {
+    bounded::seq(d, MAX_ENTRIES, "manifest entries")
+}
+
+fn de_paths<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<RelPath>, D::Error> {
+    bounded::seq(d, MAX_ENTRIES, "removed paths")
+}
+
+fn de_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ListItem>, D::Error> {
+    bounded::seq(d, MAX_LIST_ITEMS, "restore list items")
+}
+
+/// One exclude pattern, bounded.
+struct Pattern(String);
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        bounded::string(d, MAX_EXCLUDE_LEN, "exclude pattern").map(Pattern)
+    }
+}
+
+fn de_excludes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let v: Vec<Pattern> = bounded::seq(d, MAX_EXCLUDES, "exclude patterns")?;
+    Ok(v.into_iter().map(|p| p.0).collect())
+}
+
+fn de_target<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    bounded::string(d, MAX_LINK_TARGET, "symlink target")
+}
+
+/// A delta's new restore list and excludes, bounded like a manifest's.
+#[derive(Deserialize)]
+struct DeltaList(
+    #[serde(deserialize_with = "de_list")] Vec<ListItem>,
+    #[serde(deserialize_with = "de_excludes")] Vec<String>,
+);
+
+/// A restore list and its excludes, as a delta carries them.
+type ListAndExcludes = (Vec<ListItem>, Vec<String>);
+
+fn de_delta_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ListAndExcludes>, D::Error> {
+    Ok(Option::<DeltaList>::deserialize(d)?.map(|l| (l.0, l.1)))
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
 pub struct Hash(pub [u8; 32]);
@@ -53,9 +98,15 @@ impl fmt::Display for Hash {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
-    File { size: u64, hash: Hash },
+    File {
+        size: u64,
+        hash: Hash,
+    },
     Dir,
-    Symlink { target: String },
+    Symlink {
+        #[serde(deserialize_with = "de_target")]
+        target: String,
+    },
 }
 
 impl Kind {
@@ -113,10 +164,13 @@ pub struct ListItem {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Manifest {
+    #[serde(deserialize_with = "de_list")]
     pub list: Vec<ListItem>,
     /// exclude_list patterns as written in UCI; the backup needs them to leave excluded
     /// live files alone when it mirrors a directory.
+    #[serde(deserialize_with = "de_excludes")]
     pub excludes: Vec<String>,
+    #[serde(deserialize_with = "de_entries")]
     pub entries: Vec<Entry>,
 }
 
@@ -138,6 +192,14 @@ pub enum ManifestError {
     NotListed(RelPath),
     #[error("manifest encoding: {0}")]
     Encoding(String),
+    #[error("manifest {what} is over the limit of {limit}: {detail}")]
+    OverLimit {
+        what: &'static str,
+        limit: u64,
+        detail: String,
+    },
+    #[error("file {0} is larger than the limit of {MAX_FILE_SIZE} bytes")]
+    FileTooLarge(RelPath),
 }
 
 impl Manifest {
@@ -151,8 +213,8 @@ impl Manifest {
 
     /// Decodes and validates; what a peer sends goes through here.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-        let m: Manifest =
-            postcard::from_bytes(bytes).map_err(|e| ManifestError::Encoding(e.to_string()))?;
+        let m: Manifest = postcard::from_bytes(bytes)
+            .map_err(|e| ManifestError::Encoding(bounded::explain(e)))?;
         m.validate()?;
         Ok(m)
     }
@@ -160,11 +222,10 @@ impl Manifest {
     /// Structural checks a hostile manifest could fail: order, bounds, and no entry below a
     /// symlink or a file of the same manifest (writing there would follow the link).
     pub fn validate(&self) -> Result<(), ManifestError> {
-        if self.entries.len() > MAX_ENTRIES || self.list.len() > MAX_ENTRIES {
-            return Err(ManifestError::TooManyEntries(
-                self.entries.len().max(self.list.len()),
-            ));
+        if self.entries.len() > MAX_ENTRIES {
+            return Err(ManifestError::TooManyEntries(self.entries.len()));
         }
+        self.validate_list()?;
         let mut kinds: std::collections::HashMap<&str, &Kind> =
             std::collections::HashMap::with_capacity(self.entries.len());
         let mut prev: Option<&RelPath> = None;
@@ -173,6 +234,9 @@ impl Manifest {
                 return Err(ManifestError::NotSorted(e.path.clone()));
             }
             prev = Some(&e.path);
+            if e.size() > MAX_FILE_SIZE {
+                return Err(ManifestError::FileTooLarge(e.path.clone()));
+            }
             if let Kind::Symlink { target } = &e.kind {
                 if target.is_empty() || target.len() > MAX_LINK_TARGET || target.contains('\0') {
                     return Err(ManifestError::BadLinkTarget(e.path.clone()));
@@ -198,6 +262,48 @@ impl Manifest {
                 return Err(ManifestError::NotListed(e.path.clone()));
             }
             kinds.insert(p, &e.kind);
+        }
+        Ok(())
+    }
+
+    /// The restore list and excludes within what a router's configuration holds: they are
+    /// staged (`tmp/restore_list`) and hashed on every later sync.
+    fn validate_list(&self) -> Result<(), ManifestError> {
+        let over = |what, limit: usize, detail: String| {
+            Err(ManifestError::OverLimit {
+                what,
+                limit: limit as u64,
+                detail,
+            })
+        };
+        if self.list.len() > MAX_LIST_ITEMS {
+            return over(
+                "restore list",
+                MAX_LIST_ITEMS,
+                format!("{} items", self.list.len()),
+            );
+        }
+        let bytes: usize = self.list.iter().map(|l| l.path.as_str().len() + 2).sum();
+        if bytes > MAX_RESTORE_LIST_BYTES {
+            return over(
+                "restore list",
+                MAX_RESTORE_LIST_BYTES,
+                format!("{bytes} bytes"),
+            );
+        }
+        if self.excludes.len() > MAX_EXCLUDES {
+            return over(
+                "exclude list",
+                MAX_EXCLUDES,
+                format!("{} patterns", self.excludes.len()),
+            );
+        }
+        if let Some(x) = self.excludes.iter().find(|x| x.len() > MAX_EXCLUDE_LEN) {
+            return over(
+                "exclude pattern",
+                MAX_EXCLUDE_LEN,
+                format!("{:?}", bounded::head(x)),
+            );
         }
         Ok(())
     }
@@ -313,8 +419,11 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Op> {
 pub struct ManifestDelta {
     pub base: Hash,
     /// New restore list and excludes, when they changed.
+    #[serde(deserialize_with = "de_delta_list")]
     pub list: Option<(Vec<ListItem>, Vec<String>)>,
+    #[serde(deserialize_with = "de_entries")]
     pub upserts: Vec<Entry>,
+    #[serde(deserialize_with = "de_paths")]
     pub removes: Vec<RelPath>,
 }
 
@@ -336,6 +445,11 @@ impl ManifestDelta {
             upserts,
             removes,
         }
+    }
+
+    /// Decodes a peer's delta: every field bounded, every refusal with its reason.
+    pub fn decode(bytes: &[u8]) -> Result<ManifestDelta, ManifestError> {
+        postcard::from_bytes(bytes).map_err(|e| ManifestError::Encoding(bounded::explain(e)))
     }
 
     /// Applies to `base`; the caller checks the result's root hash against the sender's.
@@ -386,7 +500,7 @@ pub fn fuzz_decode(data: &[u8]) {
         let _ = m.root_hash();
         let _ = ManifestDelta::between(&m, &Manifest::default()).apply(&m);
     }
-    if let Ok(d) = postcard::from_bytes::<ManifestDelta>(data) {
+    if let Ok(d) = ManifestDelta::decode(data) {
         let _ = d.apply(&Manifest::default());
     }
 }
@@ -492,5 +606,157 @@ mod tests {
         c.excludes.push("/etc/x".into());
         assert_ne!(a.root_hash(), c.root_hash());
         assert_eq!(Hash::from_hex(&a.root_hash().to_hex()), Some(a.root_hash()));
+    }
+
+    fn raw(paths: &[&str], excludes: Vec<String>) -> Vec<u8> {
+        use crate::testing::{RawEntry, RawItem, RawKind, RawManifest};
+        RawManifest {
+            list: vec![RawItem {
+                path: "etc".into(),
+                dir: true,
+            }],
+            excludes,
+            entries: paths
+                .iter()
+                .map(|p| RawEntry::new(p, RawKind::Dir))
+                .collect(),
+        }
+        .encode()
+    }
+
+    /// Issue 14, finding 8: each refusal names the entry and the rule, not "Serde
+    /// Deserialization Error".
+    #[test]
+    fn refused_paths_say_which_and_why() {
+        // The fault campaign's entry: 2,040 directories, 4,079 bytes.
+        let campaign = vec!["d"; 2040].join("/");
+        let deep = vec!["d"; 100].join("/");
+        let long = format!("etc/{}", "x/".repeat(1600));
+        for (bad, why) in [
+            ("etc/../x", "has a '..' component"),
+            ("/etc/x", "is absolute"),
+            ("etc//x", "has an empty or '.' component"),
+            ("etc/./x", "has an empty or '.' component"),
+            ("etc/a\0b", "contains a NUL byte"),
+            (long.as_str(), "is longer than the limit of 3072 bytes"),
+            (deep.as_str(), "is deeper than the limit of 64 components"),
+            (campaign.as_str(), "is longer than the limit of 3072 bytes"),
+            (".ha-sync/manifest", "is reserved for ha-sync's own state"),
+        ] {
+            let err = Manifest::decode(&raw(&["etc", bad], vec![])).unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(why), "{bad:?}: {msg}");
+            let quoted = format!("{:?}", &bad[..bad.len().min(20)]);
+            assert!(msg.contains(&quoted[..quoted.len() - 1]), "{bad:?}: {msg}");
+            assert!(!msg.contains("Serde"), "{msg}");
+        }
+    }
+
+    /// Issue 14, finding 4: a 400 MB exclude string is refused by its bound (here one byte
+    /// over it), and so are too many of them, before anything is stored.
+    #[test]
+    fn excludes_and_lists_are_bounded() {
+        let long = "x".repeat(MAX_EXCLUDE_LEN + 1);
+        let err = Manifest::decode(&raw(&["etc"], vec![long])).unwrap_err();
+        assert!(err.to_string().contains("exclude pattern \"xxxx"), "{err}");
+        assert!(err.to_string().contains("limit of 4096 bytes"), "{err}");
+        let many = vec!["/etc/x".to_string(); MAX_EXCLUDES + 1];
+        let err = Manifest::decode(&raw(&["etc"], many)).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("1025 exclude patterns is more than the limit of 1024"),
+            "{err}"
+        );
+        assert!(Manifest::decode(&raw(&["etc"], vec!["/etc/x".into()])).is_ok());
+        let mut m = manifest(vec![dir("etc")]);
+        m.list = (0..MAX_LIST_ITEMS + 1)
+            .map(|i| ListItem {
+                path: RelPath::new(format!("etc/f{i}")).unwrap(),
+                dir: false,
+            })
+            .collect();
+        assert!(matches!(
+            Manifest::decode(&m.encode()),
+            Err(ManifestError::Encoding(e)) if e.contains("restore list items")
+        ));
+        // Fewer items, but longer than a restore list can be in all.
+        m.list = (0..1600)
+            .map(|i| ListItem {
+                path: RelPath::new(format!("etc/{i}/{}", vec!["y".repeat(250); 11].join("/")))
+                    .unwrap(),
+                dir: false,
+            })
+            .collect();
+        let err = m.validate().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ManifestError::OverLimit {
+                    what: "restore list",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_delta_round_trips_and_is_bounded_like_a_manifest() {
+        let old = manifest(vec![dir("etc"), file("etc/a", b"1")]);
+        let mut new = manifest(vec![dir("etc"), file("etc/a", b"2")]);
+        new.excludes = vec!["/etc/b".into()];
+        let d = ManifestDelta::between(&old, &new);
+        let back = ManifestDelta::decode(&postcard::to_allocvec(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+        let mut bad = d.clone();
+        bad.list = Some((new.list.clone(), vec!["y".repeat(MAX_EXCLUDE_LEN + 1)]));
+        let err = ManifestDelta::decode(&postcard::to_allocvec(&bad).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("exclude pattern"), "{err}");
+    }
+
+    #[test]
+    fn entry_counts_and_link_targets_are_refused_before_allocation() {
+        // Empty list and excludes, then a count of entries one over the bound and no entry
+        // (postcard wants as many bytes as elements left; zeros do): refused from the count.
+        let mut bytes = vec![0u8, 0u8];
+        let mut n = MAX_ENTRIES as u64 + 1;
+        while n >= 0x80 {
+            bytes.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        bytes.push(n as u8);
+        bytes.resize(bytes.len() + MAX_ENTRIES + 1, 0);
+        let err = Manifest::decode(&bytes).unwrap_err().to_string();
+        assert!(
+            err.contains("1048577 manifest entries is more than the limit of 1048576"),
+            "{err}"
+        );
+        use crate::testing::{RawEntry, RawItem, RawKind, RawManifest};
+        let raw = RawManifest {
+            list: vec![RawItem {
+                path: "etc".into(),
+                dir: true,
+            }],
+            excludes: vec![],
+            entries: vec![RawEntry::new(
+                "etc",
+                RawKind::Symlink {
+                    target: "t".repeat(MAX_LINK_TARGET + 1),
+                },
+            )],
+        };
+        let err = Manifest::decode(&raw.encode()).unwrap_err().to_string();
+        assert!(err.contains("symlink target \"ttt"), "{err}");
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused() {
+        let mut f = file("etc/a", b"");
+        f.kind = Kind::File {
+            size: MAX_FILE_SIZE + 1,
+            hash: Hash::default(),
+        };
+        let m = manifest(vec![dir("etc"), f]);
+        assert!(matches!(m.validate(), Err(ManifestError::FileTooLarge(_))));
     }
 }

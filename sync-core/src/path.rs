@@ -5,11 +5,10 @@
 //! anything that could step out of the tree it is joined to: absolute paths, `..`, `.`, empty
 //! components, NUL. Symlinks on the way are the job of `fsx`, which never follows them.
 
+use crate::bounded::{head, refuse};
+pub use crate::limits::{MAX_DEPTH, MAX_NAME_LEN, MAX_PATH_LEN};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-
-/// Longest path accepted from a peer (Linux PATH_MAX).
-pub const MAX_PATH_LEN: usize = 4096;
 
 /// Names reserved for ha-sync's own state inside a staging tree.
 pub const RESERVED_TOP: &str = ".ha-sync";
@@ -28,8 +27,12 @@ pub enum PathError {
     NotAbsolute(String),
     #[error("path is empty")]
     Empty,
-    #[error("path of {0} bytes is longer than {MAX_PATH_LEN}")]
-    TooLong(usize),
+    #[error("path {0:?} is longer than the limit of {MAX_PATH_LEN} bytes")]
+    TooLong(String),
+    #[error("path {0:?} is deeper than the limit of {MAX_DEPTH} components")]
+    TooDeep(String),
+    #[error("path {0:?} has a component longer than the limit of {MAX_NAME_LEN} bytes")]
+    NameTooLong(String),
     #[error("path {0:?} is reserved for ha-sync's own state")]
     Reserved(String),
 }
@@ -45,24 +48,31 @@ impl RelPath {
         if s.is_empty() {
             return Err(PathError::Empty);
         }
+        // Errors quote at most the head of a path: a peer's may be kilobytes long.
         if s.len() > MAX_PATH_LEN {
-            return Err(PathError::TooLong(s.len()));
+            return Err(PathError::TooLong(head(&s)));
         }
         if s.contains('\0') {
-            return Err(PathError::Nul(s));
+            return Err(PathError::Nul(head(&s)));
         }
         if s.starts_with('/') {
-            return Err(PathError::Absolute(s));
+            return Err(PathError::Absolute(head(&s)));
         }
+        let mut depth = 0;
         for c in s.split('/') {
+            depth += 1;
             match c {
-                ".." => return Err(PathError::DotDot(s)),
-                "" | "." => return Err(PathError::EmptyComponent(s)),
+                ".." => return Err(PathError::DotDot(head(&s))),
+                "" | "." => return Err(PathError::EmptyComponent(head(&s))),
+                c if c.len() > MAX_NAME_LEN => return Err(PathError::NameTooLong(head(&s))),
                 _ => {}
             }
         }
+        if depth > MAX_DEPTH {
+            return Err(PathError::TooDeep(head(&s)));
+        }
         if s.split('/').next() == Some(RESERVED_TOP) {
-            return Err(PathError::Reserved(s));
+            return Err(PathError::Reserved(head(&s)));
         }
         Ok(RelPath(s))
     }
@@ -109,10 +119,23 @@ impl RelPath {
 }
 
 impl<'de> Deserialize<'de> for RelPath {
-    // Validation on the way in: a peer cannot smuggle a bad path past the type.
+    // Validation on the way in: a peer cannot smuggle a bad path past the type. The length
+    // is checked on the borrowed input, before a huge path is copied.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        RelPath::new(s).map_err(serde::de::Error::custom)
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RelPath;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a relative path")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RelPath, E> {
+                if s.len() > MAX_PATH_LEN {
+                    return Err(refuse(PathError::TooLong(head(s)).to_string()));
+                }
+                RelPath::new(s).map_err(|e| refuse(e.to_string()))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -176,7 +199,17 @@ mod tests {
         ));
         assert!(matches!(
             RelPath::new("x".repeat(5000)),
-            Err(PathError::TooLong(5000))
+            Err(PathError::TooLong(_))
+        ));
+        assert!(matches!(
+            RelPath::new("x".repeat(256)),
+            Err(PathError::NameTooLong(_))
+        ));
+        assert!(RelPath::new("x".repeat(255)).is_ok());
+        assert!(RelPath::new(vec!["d"; MAX_DEPTH].join("/")).is_ok());
+        assert!(matches!(
+            RelPath::new(vec!["d"; MAX_DEPTH + 1].join("/")),
+            Err(PathError::TooDeep(_))
         ));
     }
 
@@ -185,6 +218,12 @@ mod tests {
         let bytes = postcard::to_allocvec(&"../../etc/shadow").unwrap();
         let err = postcard::from_bytes::<RelPath>(&bytes).unwrap_err();
         assert!(matches!(err, postcard::Error::SerdeDeCustom));
+        // The rule it broke survives postcard (issue 14, finding 8).
+        let err = postcard::from_bytes::<RelPath>(&bytes).unwrap_err();
+        assert_eq!(
+            crate::bounded::explain(err),
+            "path \"../../etc/shadow\" has a '..' component"
+        );
     }
 
     #[test]

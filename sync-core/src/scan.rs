@@ -10,7 +10,7 @@
 //! warning: they are not configuration.
 
 use crate::manifest::{Entry, Hash, Kind, ListItem, Manifest};
-use crate::path::RelPath;
+use crate::path::{PathError, RelPath};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io;
@@ -343,10 +343,24 @@ impl Scanner<'_> {
             stats.skipped += 1;
             return Ok(None);
         };
-        let path = RelPath::new(rel).map_err(|e| ScanError::Bad {
-            path: full.to_path_buf(),
-            msg: e.to_string(),
-        })?;
+        let path = match RelPath::new(rel) {
+            Ok(p) => p,
+            // Past the bounds a backup accepts (`limits`): sending it would fail the whole
+            // sync there; leaving it out fails only this entry.
+            Err(
+                e @ (PathError::TooLong(_) | PathError::TooDeep(_) | PathError::NameTooLong(_)),
+            ) => {
+                tracing::warn!("{}: {e}; skipped", full.display());
+                stats.skipped += 1;
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(ScanError::Bad {
+                    path: full.to_path_buf(),
+                    msg: e.to_string(),
+                })
+            }
+        };
         let ft = md.file_type();
         let kind = if ft.is_dir() {
             Kind::Dir

@@ -3,6 +3,7 @@
 //! put them on an SSH channel. See `wire` for the conversation.
 
 use crate::delta::{self, codec, Encoding, WHOLE_MAX};
+use crate::limits::{self, MAX_REFETCHES, MAX_SIGNATURE};
 use crate::manifest::{Entry, Hash, Kind, Manifest, ManifestDelta, Op};
 use crate::path::RelPath;
 use crate::scan::{self, ScanError};
@@ -12,7 +13,7 @@ use crate::wire::{
     unexpected, Commit, Conn, FileHeader, Hello, ManifestForm, Msg, RestoreReport, Traffic, Want,
     WantKind, Welcome, WireError, MAGIC, MAX_MANIFEST, PROTOCOL_VERSION,
 };
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,6 +32,46 @@ pub enum SyncError {
     Manifest(String),
     #[error("state {path}: {source}")]
     State { path: PathBuf, source: io::Error },
+    /// The peer went past one of the session's bounds (`limits`).
+    #[error("{0}")]
+    Limit(String),
+    /// An error the peer caused (what it sent, or did not send in time), naming the peer.
+    #[error("{peer}: {source}")]
+    Peer {
+        peer: String,
+        #[source]
+        source: Box<SyncError>,
+    },
+}
+
+impl SyncError {
+    /// Whether the session ended because its deadline passed.
+    pub fn is_deadline(&self) -> bool {
+        match self {
+            SyncError::Wire(WireError::Deadline(_)) => true,
+            SyncError::Peer { source, .. } => source.is_deadline(),
+            _ => false,
+        }
+    }
+}
+
+/// The bounds of one primary session besides the fixed ones of `limits`.
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// How the backup is named in errors (its address; empty: by its node name only).
+    pub peer: String,
+    /// How long the session may take; by default `limits::session_deadline` of the manifest.
+    pub deadline: Duration,
+}
+
+impl SessionLimits {
+    /// The defaults for a session sending `m` to `peer`.
+    pub fn for_manifest(peer: &str, m: &Manifest) -> SessionLimits {
+        SessionLimits {
+            peer: peer.to_string(),
+            deadline: limits::session_deadline(m),
+        }
+    }
 }
 
 /// What the primary saw of one sync.
@@ -186,9 +227,43 @@ pub struct Primary<'a> {
 }
 
 impl Primary<'_> {
+    /// One session with the default bounds, the backup named by its node name in errors.
     pub fn run<S: Read + Write>(&mut self, stream: S) -> Result<SyncReport, SyncError> {
-        let start = Instant::now();
+        let limits = SessionLimits::for_manifest("", self.manifest);
+        self.run_within(stream, &limits)
+    }
+
+    /// One session within `limits` (and those of `limits`): whatever the backup does, it
+    /// ends, and an error the backup caused names it.
+    pub fn run_within<S: Read + Write>(
+        &mut self,
+        stream: S,
+        limits: &SessionLimits,
+    ) -> Result<SyncReport, SyncError> {
         let mut conn = Conn::new(stream);
+        conn.set_deadline(limits.deadline);
+        conn.set_receive_limit(limits::primary_receive_budget(self.manifest));
+        let mut node = None;
+        self.converse(&mut conn, &mut node).map_err(|e| match e {
+            e @ (SyncError::Wire(_) | SyncError::Limit(_)) => SyncError::Peer {
+                peer: match (node, limits.peer.as_str()) {
+                    (Some(n), "") => format!("backup {n}"),
+                    (Some(n), addr) => format!("backup {n} ({addr})"),
+                    (None, "") => "backup".into(),
+                    (None, addr) => format!("backup {addr}"),
+                },
+                source: Box::new(e),
+            },
+            e => e,
+        })
+    }
+
+    fn converse<S: Read + Write>(
+        &mut self,
+        conn: &mut Conn<S>,
+        node: &mut Option<String>,
+    ) -> Result<SyncReport, SyncError> {
+        let start = Instant::now();
         let root = self.manifest.root_hash();
         let acked_root = self.state.acked_root();
         let mut rep = SyncReport {
@@ -207,6 +282,7 @@ impl Primary<'_> {
             Msg::Welcome(w) => w,
             other => return Err(unexpected("Welcome", &other).into()),
         };
+        *node = Some(crate::bounded::head(&welcome.node));
         tracing::debug!("primary: welcome at {:?}", start.elapsed());
         rep.restored = welcome.restored;
         if welcome.staging_root == Some(root) {
@@ -247,6 +323,8 @@ impl Primary<'_> {
             len: z.len() as u64,
         })?;
         conn.send_chunks(&z)?;
+        // Times each file went out this session (pushed or wanted): bounded per file.
+        let mut sends: HashMap<RelPath, usize> = HashMap::new();
         if let Some(b) = &base {
             for op in crate::manifest::diff(b, self.manifest) {
                 if !op.needs_content() {
@@ -268,38 +346,28 @@ impl Primary<'_> {
                         basis.as_ref().map(|(h, d)| (*h, d.as_slice())),
                         None,
                     )?;
-                    self.send_encoded(&mut conn, enc, &mut rep)?;
+                    sends.insert(new.path.clone(), 1);
+                    self.send_encoded(conn, enc, &mut rep)?;
                 }
             }
         }
         conn.send(&Msg::EndOfPush)?;
         conn.flush()?;
         tracing::debug!("primary: manifest and pushes sent at {:?}", start.elapsed());
+        let mut rounds = 0;
         loop {
-            let mut wants = Vec::new();
-            loop {
-                match conn.recv()? {
-                    Msg::Want(w) => wants.push(w),
-                    Msg::EndOfWants => break,
-                    other => return Err(unexpected("Want or EndOfWants", &other).into()),
-                }
-            }
+            let wants = self.recv_wants(conn, &mut sends)?;
             if wants.is_empty() {
                 break;
             }
-            for w in &wants {
-                if !self
-                    .manifest
-                    .get(&w.path)
-                    .is_some_and(|e| matches!(e.kind, Kind::File { .. }))
-                {
-                    return Err(SyncError::Data {
-                        path: w.path.to_abs(),
-                        msg: "backup asked for a file that is not in the manifest".into(),
-                    });
-                }
+            rounds += 1;
+            if rounds > 1 + MAX_REFETCHES {
+                return Err(SyncError::Limit(format!(
+                    "round {rounds} of wants; a session answers at most {} (limits::MAX_REFETCHES)",
+                    1 + MAX_REFETCHES
+                )));
             }
-            self.send_wanted(&mut conn, &wants, &mut rep)?;
+            self.send_wanted(conn, &wants, &mut rep)?;
             conn.send(&Msg::EndOfData)?;
             conn.flush()?;
         }
@@ -323,6 +391,64 @@ impl Primary<'_> {
         rep.traffic = conn.traffic;
         rep.elapsed = start.elapsed();
         Ok(rep)
+    }
+
+    /// One round of wants, each checked as it comes: a file of the manifest, once a round,
+    /// sent at most `1 + MAX_REFETCHES` times a session, with a signature of a bounded size,
+    /// the round within `limits::want_round_budget`. So a round holds at most the
+    /// manifest's files and its memory is set by the manifest, not by the backup.
+    fn recv_wants<S: Read + Write>(
+        &self,
+        conn: &mut Conn<S>,
+        sends: &mut HashMap<RelPath, usize>,
+    ) -> Result<Vec<Want>, SyncError> {
+        let budget = limits::want_round_budget(self.manifest);
+        let start = conn.traffic.received;
+        let mut wants = Vec::new();
+        let mut seen = HashSet::new();
+        loop {
+            let w = match conn.recv()? {
+                Msg::Want(w) => w,
+                Msg::EndOfWants => return Ok(wants),
+                other => return Err(unexpected("Want or EndOfWants", &other).into()),
+            };
+            let refuse = |why: String| Err(SyncError::Limit(format!("{}: {why}", w.path.to_abs())));
+            if !self
+                .manifest
+                .get(&w.path)
+                .is_some_and(|e| matches!(e.kind, Kind::File { .. }))
+            {
+                return refuse("wanted, but not a file of the manifest".into());
+            }
+            if !seen.insert(w.path.clone()) {
+                return refuse("asked for twice in one round".into());
+            }
+            if let WantKind::Rsync { signature, .. } = &w.kind {
+                if signature.len() > MAX_SIGNATURE {
+                    return refuse(format!(
+                        "signature of {} bytes is over the limit of {MAX_SIGNATURE}",
+                        signature.len()
+                    ));
+                }
+            }
+            let taken = conn.traffic.received - start;
+            if taken > budget {
+                return refuse(format!(
+                    "one round of wants took {taken} bytes, over the limit of {budget} for this manifest"
+                ));
+            }
+            let n = sends.entry(w.path.clone()).or_insert(0);
+            *n += 1;
+            if *n > 1 + MAX_REFETCHES {
+                return refuse(format!(
+                    "asked for a {}th time; a file is sent at most {} times a session \
+                     (it never verifies on the backup?)",
+                    *n,
+                    1 + MAX_REFETCHES
+                ));
+            }
+            wants.push(w);
+        }
     }
 
     /// Encodes the wanted files on worker threads (compression is the costly part of a
@@ -561,9 +687,6 @@ pub struct Backup<'a> {
     pub restore: &'a mut RestoreFn<'a>,
 }
 
-/// Refetch rounds before a file that never verifies fails the sync.
-const MAX_REFETCH_ROUNDS: usize = 2;
-
 impl Backup<'_> {
     pub fn run<S: Read + Write>(&mut self, stream: S) -> Result<BackupReport, SyncError> {
         let mut conn = Conn::new(stream);
@@ -619,8 +742,8 @@ impl Backup<'_> {
                 Manifest::decode(&body).map_err(|e| SyncError::Manifest(e.to_string()))?
             }
             ManifestForm::Delta => {
-                let d: ManifestDelta =
-                    postcard::from_bytes(&body).map_err(|e| SyncError::Manifest(e.to_string()))?;
+                let d =
+                    ManifestDelta::decode(&body).map_err(|e| SyncError::Manifest(e.to_string()))?;
                 let base = self
                     .staging
                     .committed()
@@ -640,7 +763,16 @@ impl Backup<'_> {
             ));
         }
         tracing::debug!("backup: manifest decoded and checked at {:?}", t0.elapsed());
-        let ops = crate::manifest::diff(&*self.staging.current(&new.list)?, &new);
+        let ops = match self.staging.current(&new.list) {
+            Ok(cur) => crate::manifest::diff(&cur, &new),
+            Err(e) => {
+                // Staging that cannot even be rescanned must not wedge every later sync
+                // (issue 14, finding 6): empty it and take everything again.
+                tracing::warn!("staging cannot be rescanned ({e}): emptied for a full sync");
+                self.staging.reset()?;
+                crate::manifest::diff(&Manifest::default(), &new)
+            }
+        };
         tracing::debug!(
             "backup: manifest in, {} ops, diff {:?}",
             ops.len(),
@@ -690,19 +822,21 @@ impl Backup<'_> {
                     kind,
                 });
             }
+            // Given up before asking again: the primary answers at most 1 + MAX_REFETCHES
+            // sends of a file, and would refuse one more.
+            if !wants.is_empty() && round == MAX_REFETCHES {
+                let p = needed.keys().next().expect("wants not empty").to_abs();
+                return Err(SyncError::Data {
+                    path: p,
+                    msg: "content never matched its hash; giving up".into(),
+                });
+            }
             for w in &wants {
                 conn.send(&Msg::Want(w.clone()))?;
             }
             conn.send(&Msg::EndOfWants)?;
             if wants.is_empty() {
                 break;
-            }
-            if round == MAX_REFETCH_ROUNDS {
-                let p = needed.keys().next().expect("wants not empty").to_abs();
-                return Err(SyncError::Data {
-                    path: p,
-                    msg: "content never matched its hash; giving up".into(),
-                });
             }
             round += 1;
             conn.flush()?;
@@ -766,7 +900,8 @@ impl Backup<'_> {
                 m if m == end => return Ok(()),
                 other => return Err(unexpected(end.name(), &other).into()),
             };
-            let (payload, size, hash) = conn.recv_file_payload(2 * delta::MAX_FILE_SIZE)?;
+            // Checked before a byte of it is taken (issue 14, finding 4): a path the manifest
+            // has as a file this sync needs, a payload bounded by that file's size.
             let Some(entry) = new
                 .get(&h.path)
                 .filter(|e| matches!(e.kind, Kind::File { .. }))
@@ -780,6 +915,23 @@ impl Backup<'_> {
                 return Err(SyncError::Data {
                     path: h.path.to_abs(),
                     msg: "file sent that was not needed".into(),
+                });
+            }
+            let limit = limits::max_payload(entry.size());
+            let (payload, size, hash) = conn.recv_file_payload(limit).map_err(|e| match e {
+                e @ WireError::TooLarge { .. } => SyncError::Data {
+                    path: h.path.to_abs(),
+                    msg: e.to_string(),
+                },
+                e => e.into(),
+            })?;
+            if size > limit {
+                return Err(SyncError::Data {
+                    path: h.path.to_abs(),
+                    msg: format!(
+                        "declared {size} bytes; the manifest says {}, so at most {limit}",
+                        entry.size()
+                    ),
                 });
             }
             let basis = match h.encoding {

@@ -141,6 +141,17 @@ pub struct Staging {
 impl Staging {
     /// Opens (creating) the staging tree at `path`.
     pub fn open(path: &Path) -> Result<Staging, ApplyError> {
+        // Every path a peer may send fits below a prefix this long (`limits`).
+        let len = path.as_os_str().len();
+        if len > crate::limits::MAX_STAGING_PREFIX {
+            return Err(ApplyError::Refused {
+                path: path.display().to_string(),
+                msg: format!(
+                    "staging directory of {len} bytes is longer than the limit of {}",
+                    crate::limits::MAX_STAGING_PREFIX
+                ),
+            });
+        }
         let dir = Dir::open(path, true).map_err(at(path))?;
         match dir.lstat(STATE).map_err(at(path.join(STATE)))? {
             Some(st) if st.kind == FileType::Dir => {}
@@ -253,6 +264,33 @@ impl Staging {
         }
         .scan(&items, &[])?;
         Ok(std::borrow::Cow::Owned(m))
+    }
+
+    /// Empties the tree (ha-sync's state aside) and forgets the committed manifest: the
+    /// way out of a staging tree that cannot be rescanned, whatever is in it. The dirty mark
+    /// stays until the next commit, so a crash meanwhile still means "rescan".
+    pub fn reset(&mut self) -> Result<(), ApplyError> {
+        self.begin()?;
+        for name in self.dir.list().map_err(at(&self.path))? {
+            if name != STATE {
+                // `remove_all` walks by directory handle: no path is ever too long for it.
+                self.dir
+                    .remove_all(&name)
+                    .map_err(at(self.path.join(&name)))?;
+            }
+        }
+        for name in ["manifest", "root"] {
+            match self.state.unlink(name) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(at(self.path.join(STATE).join(name))(e))
+                }
+                _ => {}
+            }
+        }
+        self.committed = std::cell::OnceCell::from(None);
+        self.root = None;
+        self.last_parent = None;
+        Ok(())
     }
 
     /// Marks the tree as changing; from here until `commit` a crash means "rescan".

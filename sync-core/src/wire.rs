@@ -26,17 +26,14 @@ use crate::path::RelPath;
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
+pub use crate::limits::{MAX_FRAME, MAX_MANIFEST, MAX_TEXT};
+use std::time::{Duration, Instant};
+
 pub const MAGIC: [u8; 4] = *b"HAS\x01";
 /// 2: `Welcome.restored`.
 pub const PROTOCOL_VERSION: u32 = 2;
-/// Largest frame, header excluded.
-pub const MAX_FRAME: usize = 8 << 20;
 /// Payload bytes per chunk frame.
 pub const CHUNK: usize = 256 << 10;
-/// Largest encoded manifest (after decompression).
-pub const MAX_MANIFEST: u64 = 512 << 20;
-/// Longest free-text field (errors, node names).
-pub const MAX_TEXT: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -62,6 +59,10 @@ pub enum WireError {
     },
     #[error("peer reported an error: {0}")]
     Remote(String),
+    #[error("the session's deadline of {0:?} passed (the peer answers too slowly or not at all)")]
+    Deadline(Duration),
+    #[error("the peer sent more than the {0} bytes this session may take")]
+    Budget(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,8 +195,8 @@ impl Msg {
 
     /// Decodes one frame's body: every field checked (paths validated by `RelPath`).
     pub fn decode(body: &[u8]) -> Result<Msg, WireError> {
-        let (msg, rest): (Msg, &[u8]) =
-            postcard::take_from_bytes(body).map_err(|e| WireError::Malformed(e.to_string()))?;
+        let (msg, rest): (Msg, &[u8]) = postcard::take_from_bytes(body)
+            .map_err(|e| WireError::Malformed(crate::bounded::explain(e)))?;
         if !rest.is_empty() {
             return Err(WireError::Malformed(format!(
                 "{} trailing bytes",
@@ -267,6 +268,10 @@ pub struct Conn<S: Read + Write> {
     out: Vec<u8>,
     pub traffic: Traffic,
     flushed_since_read: bool,
+    /// Past it, every read and write fails with `Deadline` (with the session's length).
+    deadline: Option<(Instant, Duration)>,
+    /// Most bytes this side takes from the peer.
+    receive_limit: Option<u64>,
 }
 
 impl<S: Read + Write> Conn<S> {
@@ -276,7 +281,54 @@ impl<S: Read + Write> Conn<S> {
             out: Vec::with_capacity(64 << 10),
             traffic: Traffic::default(),
             flushed_since_read: false,
+            deadline: None,
+            receive_limit: None,
         }
+    }
+
+    /// Ends the conversation with `WireError::Deadline` once `within` has passed from now.
+    /// Checked before every read and write of the stream: a peer that trickles bytes is
+    /// caught within one read. A read that blocks forever is only caught when the stream
+    /// has a read timeout (sockets: `set_read_timeout`), or by whoever owns the transport.
+    pub fn set_deadline(&mut self, within: Duration) {
+        self.deadline = Some((Instant::now() + within, within));
+    }
+
+    /// Ends the conversation with `WireError::Budget` once the peer sent more than `bytes`.
+    pub fn set_receive_limit(&mut self, bytes: u64) {
+        self.receive_limit = Some(bytes);
+    }
+
+    fn check_deadline(&self) -> Result<(), WireError> {
+        match self.deadline {
+            Some((at, within)) if Instant::now() >= at => Err(WireError::Deadline(within)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether an error of a stream read or write means "nothing yet, check the deadline".
+    fn is_wait(&self, e: &io::Error) -> bool {
+        e.kind() == io::ErrorKind::Interrupted
+            || (self.deadline.is_some()
+                && matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ))
+    }
+
+    /// Reads exactly `buf`, checking the deadline before each read of the stream.
+    fn fill(&mut self, buf: &mut [u8], when: &'static str) -> Result<(), WireError> {
+        let mut got = 0;
+        while got < buf.len() {
+            self.check_deadline()?;
+            match self.stream.read(&mut buf[got..]) {
+                Ok(0) => return Err(WireError::Closed(when)),
+                Ok(n) => got += n,
+                Err(e) if self.is_wait(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     pub fn into_inner(self) -> S {
@@ -339,11 +391,18 @@ impl<S: Read + Write> Conn<S> {
     }
 
     fn write_out(&mut self) -> Result<(), WireError> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out)?;
-            self.traffic.sent += self.out.len() as u64;
-            self.out.clear();
+        let mut done = 0;
+        while done < self.out.len() {
+            self.check_deadline()?;
+            match self.stream.write(&self.out[done..]) {
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+                Ok(n) => done += n,
+                Err(e) if self.is_wait(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        self.traffic.sent += self.out.len() as u64;
+        self.out.clear();
         Ok(())
     }
 
@@ -361,13 +420,18 @@ impl<S: Read + Write> Conn<S> {
             self.flushed_since_read = false;
         }
         let mut len = [0u8; 4];
-        read_exact_or_closed(&mut self.stream, &mut len, " before a frame")?;
+        self.fill(&mut len, " before a frame")?;
         let len = u32::from_le_bytes(len) as u64;
         if len as usize > MAX_FRAME {
             return Err(WireError::FrameTooLarge(len));
         }
+        if let Some(limit) = self.receive_limit {
+            if self.traffic.received + 4 + len > limit {
+                return Err(WireError::Budget(limit));
+            }
+        }
         let mut body = vec![0u8; len as usize];
-        read_exact_or_closed(&mut self.stream, &mut body, " in the middle of a frame")?;
+        self.fill(&mut body, " in the middle of a frame")?;
         self.traffic.received += 4 + len;
         let msg = Msg::decode(&body)?;
         if let Msg::Error(e) = msg {
@@ -423,18 +487,6 @@ impl<S: Read + Write> Conn<S> {
             }
         }
         Ok(buf)
-    }
-}
-
-fn read_exact_or_closed(
-    r: &mut impl Read,
-    buf: &mut [u8],
-    when: &'static str,
-) -> Result<(), WireError> {
-    match r.read_exact(buf) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(WireError::Closed(when)),
-        Err(e) => Err(e.into()),
     }
 }
 
@@ -648,6 +700,26 @@ mod tests {
                 "len {len}"
             );
         }
+    }
+
+    #[test]
+    fn the_receive_limit_and_the_deadline_end_a_conversation() {
+        let mut c = conn_with(Vec::new());
+        for _ in 0..10 {
+            c.send(&hello()).unwrap();
+        }
+        c.flush().unwrap();
+        let bytes = c.into_inner().0.into_inner();
+        let frame = bytes.len() as u64 / 10;
+        let mut r = conn_with(bytes.clone());
+        r.set_receive_limit(3 * frame);
+        for _ in 0..3 {
+            r.recv().unwrap();
+        }
+        assert!(matches!(r.recv(), Err(WireError::Budget(_))));
+        let mut r = conn_with(bytes);
+        r.set_deadline(std::time::Duration::ZERO);
+        assert!(matches!(r.recv(), Err(WireError::Deadline(_))));
     }
 
     #[test]
