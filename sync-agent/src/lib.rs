@@ -2,7 +2,6 @@
 
 pub mod agent;
 pub mod alerts;
-pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod daemon;

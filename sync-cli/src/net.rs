@@ -169,7 +169,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     runtime()?.block_on(async move {
         let server = transport::bind(cfg, Arc::new(handler)).await?;
         // The cluster actions (ns-ha-config on the primary), for the cluster key only.
-        let server = sync_agent::cluster::remote::register(server, &a.root, Arc::new(SystemRunner));
+        let server = ha_cluster::remote::register(server, &a.root, Arc::new(SystemRunner));
         eprintln!(
             "ha-sync: backup agent listening on {}",
             server.local_addr()?
@@ -374,7 +374,7 @@ pub fn watch(a: WatchArgs) -> Result<()> {
 pub fn status(a: StatusArgs) -> Result<()> {
     let socket = a.socket.unwrap_or_else(|| status::default_socket(&a.root));
     let live = control::status(&socket).ok();
-    status::refresh_keepalived_json(&a.root, &SystemRunner);
+    sync_core::keepalived::refresh_json(&a.root, &SystemRunner);
     let st = status::collect(&a.root, live);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&st.to_json())?);

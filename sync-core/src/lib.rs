@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod delta;
 pub mod fsx;
+pub mod keepalived;
 pub mod local;
 pub mod manifest;
 pub mod path;
