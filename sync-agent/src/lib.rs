@@ -9,8 +9,6 @@
 pub mod agent;
 pub mod alerts;
 pub mod backup;
-pub mod cluster;
-pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod gate;

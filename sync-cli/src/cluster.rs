@@ -1,16 +1,16 @@
 //! `ha-sync cluster ACTION ...` and the `ns-ha-config` entry (the same words, when the binary
 //! is run through a link or wrapper named `ns-ha-config`). Parsing and printing only: the
-//! actions live in `sync_agent::cluster`.
+//! actions live in the `ha-cluster` crate.
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use ha_cluster::keepalived::{Notify, RenderOptions};
+use ha_cluster::remote::SshPeer;
+use ha_cluster::request::{BootstrapRequest, Peer};
+use ha_cluster::{actions, bootstrap, upgrade, Ctx};
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use sync_agent::cluster::keepalived::{Notify, RenderOptions};
-use sync_agent::cluster::remote::ShellIo;
-use sync_agent::cluster::remote::SshPeer;
-use sync_agent::cluster::{actions, bootstrap, upgrade, Ctx, Peer};
-use sync_agent::transport::PtySize;
+use sync_agent::transport::{PtySize, ShellIo};
 use sync_core::runner::SystemRunner;
 
 #[derive(Args)]
@@ -168,7 +168,6 @@ pub fn run(a: ClusterArgs) -> Result<()> {
                 &backup_node_ip,
                 22,
                 &password,
-                "check",
                 &bootstrap::check_request(&lan_interface),
             ))?;
             println!("Backup node SSH host key: {}", c.ssh_fingerprint);
@@ -197,13 +196,8 @@ pub fn run(a: ClusterArgs) -> Result<()> {
         Action::InitBackupNode { lan_interface: _ } => {
             let (backup, req) = bootstrap::init_request(&ctx)?;
             let password = read_password(&backup.to_string())?;
-            let c = runtime()?.block_on(bootstrap::call(
-                &backup.to_string(),
-                22,
-                &password,
-                "init",
-                &req,
-            ))?;
+            let c =
+                runtime()?.block_on(bootstrap::call(&backup.to_string(), 22, &password, &req))?;
             let fp = bootstrap::pin_agent(&ctx, backup, &c.answer)?;
             println!("Backup node SSH host key (port 22): {}", c.ssh_fingerprint);
             println!("Backup agent host key (port 65022) pinned: {fp}");
@@ -326,10 +320,9 @@ pub fn run(a: ClusterArgs) -> Result<()> {
                 .take(1 << 20)
                 .read_to_end(&mut buf)
                 .context("reading the request")?;
-            let req: serde_json::Value =
-                serde_json::from_slice(&buf).context("the request is not JSON")?;
-            let answer = bootstrap::serve(&ctx, &step, &req)?;
-            println!("{answer}");
+            let req = BootstrapRequest::from_wire(&step, &buf)?;
+            let answer = bootstrap::serve(&ctx, req)?;
+            println!("{}", String::from_utf8_lossy(&answer.to_wire()?));
         }
     }
     Ok(())

@@ -141,7 +141,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     runtime()?.block_on(async move {
         let server = backup::bind(&node, opts).await?;
         // The cluster actions (ns-ha-config on the primary), for the cluster key only.
-        let server = sync_agent::cluster::remote::register(server, &a.root, Arc::new(SystemRunner));
+        let server = ha_cluster::remote::register(server, &a.root, Arc::new(SystemRunner));
         eprintln!(
             "ha-sync: backup agent listening on {}",
             server.local_addr()?
@@ -351,7 +351,7 @@ pub fn status(a: StatusArgs) -> Result<()> {
         .socket
         .unwrap_or_else(|| Node::new(&a.root).control_socket());
     let live = control::status(&socket).ok();
-    status::refresh_keepalived_json(&a.root, &SystemRunner);
+    sync_core::keepalived::refresh_json(&a.root, &SystemRunner);
     let st = status::collect(&a.root, live);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&st.to_json())?);

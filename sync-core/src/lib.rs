@@ -6,6 +6,7 @@ pub mod bounded;
 pub mod clock;
 pub mod delta;
 pub mod fsx;
+pub mod keepalived;
 pub mod limits;
 pub mod local;
 pub mod manifest;

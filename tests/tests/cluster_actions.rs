@@ -5,10 +5,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
-use sync_agent::cluster::actions;
-use sync_agent::cluster::keepalived::{self, Notify, RenderOptions};
-use sync_agent::cluster::{upgrade, ClusterError, Ctx, Peer, RemoteAction};
+use ha_cluster::actions;
+use ha_cluster::keepalived::{self, Notify, RenderOptions};
+use ha_cluster::request::{
+    ClusterAnswer, ClusterRequest, ImageHeader, Peer, RemoteAction, UploadAnswer, MAX_IMAGE,
+};
+use ha_cluster::{upgrade, ClusterError, Ctx};
 use sync_core::runner::{CmdOutput, RecordingRunner};
 use sync_core::uci::Package;
 
@@ -134,26 +136,27 @@ impl<'a> LocalPeer<'a> {
 }
 
 impl Peer for LocalPeer<'_> {
-    fn call(&self, action: RemoteAction, req: &Value) -> Result<Value, ClusterError> {
+    fn call(&self, req: &ClusterRequest) -> Result<ClusterAnswer, ClusterError> {
+        let action = req.action();
         self.calls.borrow_mut().push(action);
         // As over SSH: the request and the answer travel as JSON text.
-        let req: Value = serde_json::from_str(&req.to_string()).expect("json");
-        actions::serve(&self.node.ctx(), action, &req)
-            .map_err(|e| ClusterError::Peer(e.to_string()))
+        let req =
+            ClusterRequest::from_wire(action, &req.to_wire().expect("encode")).expect("decode");
+        let answer =
+            actions::serve(&self.node.ctx(), req).map_err(|e| ClusterError::Peer(e.to_string()))?;
+        Ok(ClusterAnswer::from_wire(action, &answer.to_wire().expect("encode")).expect("decode"))
     }
 
-    fn send_image(
-        &self,
-        header: &upgrade::ImageHeader,
-        image: &Path,
-    ) -> Result<Value, ClusterError> {
+    fn send_image(&self, header: &ImageHeader, image: &Path) -> Result<UploadAnswer, ClusterError> {
         // As over SSH: a header line, then the image.
-        let mut wire = serde_json::to_vec(header).expect("json");
-        wire.push(b'\n');
+        let mut wire = header.to_line().expect("header");
         wire.extend(fs::read(image).expect("image"));
         let got = upgrade::receive_image(&self.node.ctx(), &mut wire.as_slice())
             .map_err(|e| ClusterError::Peer(e.to_string()))?;
-        Ok(serde_json::json!({ "result": "installing", "image": got }))
+        Ok(UploadAnswer {
+            result: "installing".into(),
+            image: got.display().to_string(),
+        })
     }
 }
 
@@ -710,21 +713,17 @@ fn backup_refusals_come_back_through_the_peer() {
     assert!(e.contains("interface lan2 uses proto dhcp"), "{e}");
     assert_eq!(p.read("etc/config/keepalived"), before);
     // a node configured as primary takes no orders
-    let e = err_text(actions::serve(
-        &p.ctx(),
-        RemoteAction::Disable,
-        &serde_json::json!({}),
-    ));
+    let e = err_text(actions::serve(&p.ctx(), ClusterRequest::Disable));
     assert!(e.contains("configured as the primary"), "{e}");
     // changes are made on the primary
     let b2 = Node::backup();
     actions::serve(
         &b2.ctx(),
-        RemoteAction::Configure,
-        &serde_json::json!({
-            "spec": sync_agent::cluster::keepalived::read(&p.uci()).expect("read").expect("spec").1,
-            "start": true
-        }),
+        ClusterRequest::Configure {
+            spec: keepalived::read(&p.uci()).expect("read").expect("spec").1,
+            start: true,
+            removed: Vec::new(),
+        },
     )
     .expect("configure");
     let e = err_text(actions::add_vip(
@@ -812,11 +811,11 @@ fn enable_disable_and_reset_run_on_both_nodes_in_order() {
     let peer = LocalPeer::new(&b);
     actions::serve(
         &b.ctx(),
-        RemoteAction::Configure,
-        &serde_json::json!({
-            "spec": keepalived::read(&p.uci()).expect("read").expect("spec").1,
-            "start": true
-        }),
+        ClusterRequest::Configure {
+            spec: keepalived::read(&p.uci()).expect("read").expect("spec").1,
+            start: true,
+            removed: Vec::new(),
+        },
     )
     .expect("configure backup");
     fs::create_dir_all(b.root.join("usr/share/keepalived/rsync/etc")).expect("staging");
@@ -872,10 +871,10 @@ fn enable_disable_and_reset_run_on_both_nodes_in_order() {
     p.init();
     struct Down;
     impl Peer for Down {
-        fn call(&self, _: RemoteAction, _: &Value) -> Result<Value, ClusterError> {
+        fn call(&self, _: &ClusterRequest) -> Result<ClusterAnswer, ClusterError> {
             Err(ClusterError::Peer("connection refused".into()))
         }
-        fn send_image(&self, _: &upgrade::ImageHeader, _: &Path) -> Result<Value, ClusterError> {
+        fn send_image(&self, _: &ImageHeader, _: &Path) -> Result<UploadAnswer, ClusterError> {
             Err(ClusterError::Peer("connection refused".into()))
         }
     }
@@ -1049,8 +1048,8 @@ fn upgrade_remote_refusals_leave_no_image_behind() {
     no_part(&b);
 
     // damaged or cut uploads, straight into the backup's receiver
-    let header = upgrade::ImageHeader::of(&image).expect("header");
-    let wire = |h: &upgrade::ImageHeader, body: &[u8]| {
+    let header = ImageHeader::of(&image).expect("header");
+    let wire = |h: &ImageHeader, body: &[u8]| {
         let mut w = serde_json::to_vec(h).expect("json");
         w.push(b'\n');
         w.extend_from_slice(body);
@@ -1066,8 +1065,8 @@ fn upgrade_remote_refusals_leave_no_image_behind() {
         .expect_err("cut")
         .to_string();
     assert!(e.contains("upload cut short: 5000 of 65536 bytes"), "{e}");
-    let huge = upgrade::ImageHeader {
-        size: upgrade::MAX_IMAGE + 1,
+    let huge = ImageHeader {
+        size: MAX_IMAGE + 1,
         ..header.clone()
     };
     let e = upgrade::receive_image(&b.ctx(), &mut wire(&huge, b"").as_slice())

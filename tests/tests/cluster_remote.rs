@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ha_sync_tests::cluster::Keys;
-use serde_json::json;
-use sync_agent::cluster::remote::{self, HostKey, Login, SshPeer};
-use sync_agent::cluster::{
-    actions, bootstrap, keepalived, upgrade, ClusterError, Ctx, Peer, RemoteAction,
+use ha_cluster::remote::{self, SshPeer};
+use ha_cluster::request::{
+    BootstrapAnswer, ClusterAnswer, ClusterRequest, Peer, RemoteAction, WantedIface,
 };
+use ha_cluster::{actions, bootstrap, cluster_pub, keepalived, upgrade, ClusterError, Ctx};
+use ha_sync_tests::cluster::Keys;
+use sync_agent::transport::client::{self, Algorithms, HostCheck, Login, ShellIo, Target};
 use sync_agent::transport::{self, PtySize, ServerConfig};
 use sync_core::runner::RecordingRunner;
 use sync_core::uci::Package;
@@ -54,11 +55,7 @@ fn backup() -> Backup {
     fs::write(&keys.authorized, ak).expect("ak");
     // what init-backup-node leaves: the cluster key's public half
     fs::create_dir_all(root.join("etc/ha-sync")).expect("mkdir");
-    fs::copy(
-        dir.path().join("keys/id_ed25519.pub"),
-        remote::cluster_pub(&root),
-    )
-    .expect("cluster pub");
+    fs::copy(dir.path().join("keys/id_ed25519.pub"), cluster_pub(&root)).expect("cluster pub");
 
     let cfg = ServerConfig::new(
         "127.0.0.1:0".parse().expect("addr"),
@@ -138,13 +135,18 @@ fn cluster_key_runs_the_actions() {
     let b = backup();
     let p = peer(&b, &b.keys.id);
     let answer = p
-        .call(
-            RemoteAction::Validate,
-            &json!({ "interfaces": [{ "name": "lan", "address": "192.168.100.239" }] }),
-        )
+        .call(&ClusterRequest::Validate {
+            interfaces: vec![WantedIface {
+                name: "lan".into(),
+                address: Some("192.168.100.239".parse().expect("ip")),
+            }],
+        })
         .expect("validate");
-    assert_eq!(answer["interfaces"][0]["device"], "br-lan");
-    assert_eq!(answer["configured"], false);
+    let ClusterAnswer::Validated(answer) = answer else {
+        panic!("validate answered {answer:?}");
+    };
+    assert_eq!(answer.interfaces[0].device, "br-lan");
+    assert!(!answer.configured);
 
     // configure from a real primary's spec: the backup's sections are written
     let (primary, runner) = initialized_primary();
@@ -162,10 +164,12 @@ fn cluster_key_runs_the_actions() {
 
     // a refusal on the backup comes back as its message
     let e = p
-        .call(
-            RemoteAction::Validate,
-            &json!({ "interfaces": [{ "name": "wan" }] }),
-        )
+        .call(&ClusterRequest::Validate {
+            interfaces: vec![WantedIface {
+                name: "wan".into(),
+                address: None,
+            }],
+        })
         .expect_err("wan is dhcp");
     assert!(
         e.to_string().contains("interface wan uses proto dhcp"),
@@ -177,8 +181,36 @@ fn cluster_key_runs_the_actions() {
 fn other_keys_are_refused_for_every_action() {
     let b = backup();
     let p = peer(&b, &b.other);
-    for action in RemoteAction::ALL {
-        let e = p.call(action, &json!({})).expect_err("refused");
+    let (primary, _runner) = initialized_primary();
+    let spec = keepalived::read(
+        &Package::load(&primary.path().join("etc/config/keepalived")).expect("uci"),
+    )
+    .expect("read")
+    .expect("spec")
+    .1;
+    let requests = [
+        ClusterRequest::Validate {
+            interfaces: Vec::new(),
+        },
+        ClusterRequest::Configure {
+            spec,
+            start: false,
+            removed: Vec::new(),
+        },
+        ClusterRequest::Enable,
+        ClusterRequest::Disable,
+        ClusterRequest::Reset,
+    ];
+    assert_eq!(
+        requests
+            .iter()
+            .map(ClusterRequest::action)
+            .collect::<Vec<_>>(),
+        RemoteAction::ALL
+    );
+    for request in &requests {
+        let action = request.action();
+        let e = p.call(request).expect_err("refused");
         let text = e.to_string();
         assert!(
             text.contains("cluster actions are refused for key")
@@ -190,9 +222,9 @@ fn other_keys_are_refused_for_every_action() {
     assert!(!b.root.join("etc/config/keepalived").exists());
 
     // without the cluster key's public half (before init-backup-node) nobody may
-    fs::remove_file(remote::cluster_pub(&b.root)).expect("rm");
+    fs::remove_file(cluster_pub(&b.root)).expect("rm");
     let e = peer(&b, &b.keys.id)
-        .call(RemoteAction::Enable, &json!({}))
+        .call(&ClusterRequest::Enable)
         .expect_err("refused");
     assert!(e.to_string().contains("no cluster key on this node"), "{e}");
 }
@@ -210,17 +242,19 @@ fn no_other_command_and_no_password() {
         "ha-sync-cluster validate; id",
     ] {
         let e = rt
-            .block_on(remote::exec(
-                remote::Target {
+            .block_on(client::exec(
+                Target {
                     host: "127.0.0.1",
                     port: b.addr.port(),
                     user: "root",
                     login: &Login::Key(b.keys.id.clone()),
-                    check: HostKey::Pinned(b.keys.known_hosts.clone()),
+                    check: HostCheck::Pinned(b.keys.known_hosts.clone()),
+                    algorithms: Algorithms::Agent,
                     timeout: Duration::from_secs(20),
                 },
                 cmd,
                 &b"{}"[..],
+                1 << 20,
             ))
             .expect_err("refused");
         assert!(e.to_string().contains("refused to run"), "{cmd}: {e}");
@@ -231,7 +265,6 @@ fn no_other_command_and_no_password() {
             "127.0.0.1",
             b.addr.port(),
             "Wrong,Password-1234",
-            "check",
             &bootstrap::check_request("lan"),
         ))
         .expect_err("refused");
@@ -242,7 +275,9 @@ fn no_other_command_and_no_password() {
     // an unknown host key is refused with the pinning hint
     fs::write(&b.keys.known_hosts, "").expect("unpin");
     let e = peer(&b, &b.keys.id)
-        .call(RemoteAction::Validate, &json!({"interfaces": []}))
+        .call(&ClusterRequest::Validate {
+            interfaces: Vec::new(),
+        })
         .expect_err("unknown host key");
     assert!(e.to_string().contains("not in"), "{e}");
 }
@@ -266,7 +301,11 @@ fn bootstrap_init_installs_the_cluster_key_and_answers_the_agent_host_key() {
         root: broot,
         runner: &brunner,
     };
-    let answer = bootstrap::serve(&bctx, "init", &req).expect("serve init");
+    let answer = bootstrap::serve(&bctx, req.clone()).expect("serve init");
+    assert!(
+        matches!(answer, BootstrapAnswer::Initialized(_)),
+        "{answer:?}"
+    );
     let fp = bootstrap::pin_agent(&pctx, ip, &answer).expect("pin");
     assert!(fp.starts_with("SHA256:"));
     let known = fs::read_to_string(primary.path().join("etc/ha-sync/known_hosts")).expect("kh");
@@ -279,7 +318,7 @@ fn bootstrap_init_installs_the_cluster_key_and_answers_the_agent_host_key() {
         fs::read_to_string(primary.path().join("etc/ha-sync/id_ed25519.pub")).expect("pub");
     let key_b64 = cluster_pub.split_whitespace().nth(1).expect("b64");
     assert!(ak.contains(key_b64));
-    assert!(fs::read_to_string(remote::cluster_pub(broot))
+    assert!(fs::read_to_string(ha_cluster::cluster_pub(broot))
         .expect("cluster pub")
         .contains(key_b64));
     let k = Package::load(&broot.join("etc/config/keepalived")).expect("uci");
@@ -294,7 +333,7 @@ fn bootstrap_init_installs_the_cluster_key_and_answers_the_agent_host_key() {
         ]
     );
     // run twice: the key is not added twice
-    bootstrap::serve(&bctx, "init", &req).expect("again");
+    bootstrap::serve(&bctx, req).expect("again");
     let ak2 = fs::read_to_string(broot.join("etc/ha-sync/authorized_keys")).expect("ak");
     assert_eq!(ak2.matches(key_b64).count(), 1);
 }
@@ -363,7 +402,7 @@ fn ssh_remote_gives_the_cluster_key_a_shell_on_a_terminal() {
     let (their_screen, screen) = tokio::io::duplex(1 << 16);
     let (resize, resized) = tokio::sync::mpsc::channel(4);
     let shell = std::thread::spawn(move || {
-        p.shell(remote::ShellIo {
+        p.shell(ShellIo {
             stdin: their_keys,
             stdout: their_screen,
             stderr: tokio::io::sink(),
@@ -423,7 +462,7 @@ fn ssh_remote_without_a_terminal_runs_on_pipes() {
     let mut out = Vec::new();
     let mut err = Vec::new();
     let status = p
-        .shell(remote::ShellIo {
+        .shell(ShellIo {
             stdin: &b"echo out-$((6*7)); echo err >&2; test -t 0 || echo no-tty; exit 3\n"[..],
             stdout: &mut out,
             stderr: &mut err,
@@ -443,7 +482,7 @@ fn ssh_remote_is_refused_for_other_keys() {
     let mut out = Vec::new();
     let mut err = Vec::new();
     let status = peer(&b, &b.other)
-        .shell(remote::ShellIo {
+        .shell(ShellIo {
             stdin: &b"touch /tmp/ha-sync-should-not-exist\n"[..],
             stdout: &mut out,
             stderr: &mut err,
@@ -486,8 +525,8 @@ fn upgrade_remote_over_ssh_installs_after_answering() {
     assert!(!b.root.join(upgrade::IMAGE_PATH).exists());
 
     let r = upgrade::upgrade_remote(&pctx, &peer(&b, &b.keys.id), Some(&image)).expect("upgrade");
-    assert_eq!(r.answer["result"], "installing");
-    assert_eq!(r.answer["image"], "/tmp/ha-sync-upgrade.img");
+    assert_eq!(r.answer.result, "installing");
+    assert_eq!(r.answer.image, "/tmp/ha-sync-upgrade.img");
     assert_eq!(
         fs::read(b.root.join(upgrade::IMAGE_PATH)).expect("image"),
         data

@@ -35,10 +35,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ha_cluster::keepalived::{self, Notify, RenderOptions};
+use ha_cluster::request::ClusterRequest;
+use ha_cluster::{actions, conntrackd, Ctx, Role};
 use ha_sync_tests::cluster::enter_netns;
 use restore_hooks::VrrpState;
-use sync_agent::cluster::keepalived::{self, Notify, RenderOptions};
-use sync_agent::cluster::{actions, conntrackd, Ctx, RemoteAction, Role};
 use sync_core::runner::RecordingRunner;
 
 const KEEPALIVED: &str = "/usr/sbin/keepalived";
@@ -581,8 +582,11 @@ fn vip_moves_to_the_backup_and_back() {
             root: &broot,
             runner: &brunner,
         },
-        RemoteAction::Configure,
-        &serde_json::json!({ "spec": spec, "start": true }),
+        ClusterRequest::Configure {
+            spec: spec.clone(),
+            start: true,
+            removed: Vec::new(),
+        },
     )
     .expect("configure the backup");
     // The cluster key the init generated, authorized on the backup (README, "by hand").

@@ -1,9 +1,14 @@
-//! The primary's side: connect, check the pinned host key, log in with a key, run the
-//! `ha-sync` subsystem and hand its stream to synchronous code.
+//! The one SSH client of ha-sync: connect, check the host key ([`HostCheck`]), log in
+//! ([`Login`]), then run the `ha-sync` subsystem and hand its stream to synchronous code
+//! ([`Connection::session`]), run a command ([`Connection::exec`]) or an interactive shell
+//! ([`Connection::shell`]).
 //!
-//! Two ways to use it: [`run`] connects, runs one session and disconnects (`ha-sync now`);
-//! [`Connection`] stays connected and opens one channel per session (the daemon), which
+//! The sync uses it two ways: [`run`] connects, runs one session and disconnects (`ha-sync
+//! now`); [`Connection`] stays connected and opens one channel per session (the daemon), which
 //! saves the TCP and SSH handshakes, key exchange and login on every sync after the first.
+//! The cluster companion (crate `ha-cluster`) calls [`exec`] and [`shell`] for its remote
+//! actions on the agent (pinned host key, cluster key) and for its first contact with the
+//! backup on port 22 (host key captured for the operator to check, root's password).
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -20,9 +25,11 @@ use super::bridge;
 use super::keys::{
     check_known_host, fingerprint, known_hosts_name, load_private_key, HostKeyStatus,
 };
+use super::shell::PtySize;
 use super::{
     ReadWrite, Result, TransportError, CHANNEL_WINDOW, DEFAULT_PORT, MAX_PACKET, SUBSYSTEM,
 };
+use sync_core::node::peer_addr;
 
 /// How long to wait, once the local side is done, for the remote's exit status.
 const RESULT_WAIT: Duration = Duration::from_secs(60);
@@ -89,16 +96,43 @@ pub fn parse_peer(peer: &str) -> Result<(String, u16)> {
     }
 }
 
-enum HostCheck {
+/// How the client checks the server's host key.
+#[derive(Debug, Clone)]
+pub enum HostCheck {
     /// Accept only a key pinned in this known_hosts file.
-    Pinned {
-        known_hosts: PathBuf,
-        host: String,
-        port: u16,
-        peer: String,
-    },
-    /// Record the key and refuse it (for `fetch_host_key`).
+    Pinned(PathBuf),
+    /// Accept the key the server presents and record it: first contact, where the operator
+    /// compares the printed fingerprint (as with a first `ssh`), and [`fetch_host_key`].
     Capture(Arc<Mutex<Option<PublicKey>>>),
+}
+
+/// How to log in.
+pub enum Login {
+    /// A private key (ed25519 or RSA, OpenSSH format).
+    Key(PathBuf),
+    /// First contact with the backup only; the password is never logged nor put in an error.
+    Password(String),
+}
+
+/// Which algorithms the client offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithms {
+    /// ha-sync's agent: the short lists of [`preferred`], large windows, keepalives.
+    Agent,
+    /// Any SSH server (first contact on port 22, OpenSSH or dropbear): russh's defaults.
+    Standard,
+}
+
+/// Where and how to connect.
+pub struct Target<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub user: &'a str,
+    pub login: &'a Login,
+    pub check: HostCheck,
+    pub algorithms: Algorithms,
+    /// Bound on connecting and logging in; for [`exec`], on the whole call.
+    pub timeout: Duration,
 }
 
 /// Cancellation tokens of the open channels, by id.
@@ -106,6 +140,10 @@ type ChannelTokens = Arc<Mutex<HashMap<ChannelId, CancellationToken>>>;
 
 struct Handler {
     check: HostCheck,
+    host: String,
+    port: u16,
+    /// The peer as messages name it.
+    peer: String,
     /// Cancelled when the connection ends (russh drops the handler with it).
     gone: CancellationToken,
     /// Each channel's token, cancelled when the server closes that channel, so a write
@@ -126,44 +164,37 @@ impl client::Handler for Handler {
         &mut self,
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, TransportError> {
-        let key = match key {
-            PublicKeyOrCertificate::PublicKey { key, .. } => key,
-            PublicKeyOrCertificate::Certificate(_) => {
-                let host = match &self.check {
-                    HostCheck::Pinned { host, port, .. } => known_hosts_name(host, *port),
-                    HostCheck::Capture(_) => "peer".into(),
-                };
-                return Err(TransportError::HostCertificate { host });
-            }
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return Err(TransportError::HostCertificate {
+                host: known_hosts_name(&self.host, self.port),
+            });
         };
         match &self.check {
             HostCheck::Capture(slot) => {
                 if let Ok(mut s) = slot.lock() {
                     *s = Some(key.clone());
                 }
-                Ok(false)
+                Ok(true)
             }
-            HostCheck::Pinned {
-                known_hosts,
-                host,
-                port,
-                peer,
-            } => match check_known_host(known_hosts, host, *port, key)? {
-                HostKeyStatus::Known => Ok(true),
-                HostKeyStatus::Unknown => Err(TransportError::HostKeyUnknown {
-                    host: known_hosts_name(host, *port),
-                    peer: peer.clone(),
-                    path: known_hosts.clone(),
-                    fingerprint: fingerprint(key),
-                }),
-                HostKeyStatus::Changed { line } => Err(TransportError::HostKeyChanged {
-                    host: known_hosts_name(host, *port),
-                    peer: peer.clone(),
-                    path: known_hosts.clone(),
-                    line,
-                    fingerprint: fingerprint(key),
-                }),
-            },
+            HostCheck::Pinned(known_hosts) => {
+                let host = known_hosts_name(&self.host, self.port);
+                match check_known_host(known_hosts, &self.host, self.port, key)? {
+                    HostKeyStatus::Known => Ok(true),
+                    HostKeyStatus::Unknown => Err(TransportError::HostKeyUnknown {
+                        host,
+                        peer: self.peer.clone(),
+                        path: known_hosts.clone(),
+                        fingerprint: fingerprint(key),
+                    }),
+                    HostKeyStatus::Changed { line } => Err(TransportError::HostKeyChanged {
+                        host,
+                        peer: self.peer.clone(),
+                        path: known_hosts.clone(),
+                        line,
+                        fingerprint: fingerprint(key),
+                    }),
+                }
+            }
         }
     }
 
@@ -183,7 +214,16 @@ impl client::Handler for Handler {
     }
 }
 
-fn ssh_config() -> client::Config {
+fn ssh_config(algorithms: Algorithms) -> client::Config {
+    if algorithms == Algorithms::Standard {
+        return client::Config {
+            client_id: russh::SshId::Standard(
+                concat!("SSH-2.0-ha-sync_", env!("CARGO_PKG_VERSION")).into(),
+            ),
+            nodelay: true,
+            ..Default::default()
+        };
+    }
     client::Config {
         client_id: russh::SshId::Standard(
             concat!("SSH-2.0-ha-sync_", env!("CARGO_PKG_VERSION")).into(),
@@ -250,50 +290,72 @@ fn preferred() -> Preferred {
     p
 }
 
-async fn connect(
-    cfg: &ClientConfig,
+/// TCP connection and SSH handshake (the handler checks the host key); no login.
+async fn handshake(
     host: &str,
     port: u16,
+    algorithms: Algorithms,
     handler: Handler,
 ) -> Result<client::Handle<Handler>> {
-    let config = Arc::new(ssh_config());
+    let config = Arc::new(ssh_config(algorithms));
+    let peer = handler.peer.clone();
     let socket = tokio::net::TcpStream::connect((host, port))
         .await
-        .map_err(|source| TransportError::Connect {
-            peer: cfg.peer.clone(),
-            source,
-        })?;
+        .map_err(|source| TransportError::Connect { peer, source })?;
     let _ = socket.set_nodelay(true);
     client::connect_stream(config, socket, handler).await
 }
 
+/// Logs in; `key` is the loaded key of a [`Login::Key`].
 async fn authenticate(
     session: &mut client::Handle<Handler>,
-    cfg: &ClientConfig,
-    key: PrivateKey,
+    user: &str,
+    peer: &str,
+    login: &Login,
+    key: Option<PrivateKey>,
 ) -> Result<()> {
-    let fp = fingerprint(key.public_key());
-    let key = Arc::new(key);
-    let hash = if key.algorithm().is_rsa() {
-        // russh signs RSA with the hash we name; the server lists what it accepts.
-        session
-            .best_supported_rsa_hash()
-            .await?
-            .unwrap_or(Some(HashAlg::Sha256))
-    } else {
-        None
+    let (result, rejected) = match (login, key) {
+        (Login::Key(path), Some(key)) => {
+            let fp = fingerprint(key.public_key());
+            let key = Arc::new(key);
+            let hash = if key.algorithm().is_rsa() {
+                // russh signs RSA with the hash we name; the server lists what it accepts.
+                session
+                    .best_supported_rsa_hash()
+                    .await?
+                    .unwrap_or(Some(HashAlg::Sha256))
+            } else {
+                None
+            };
+            let result = session
+                .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, hash))
+                .await?;
+            let rejected = TransportError::AuthRejected {
+                user: user.to_string(),
+                peer: peer.to_string(),
+                key: path.clone(),
+                fingerprint: fp,
+            };
+            (result, rejected)
+        }
+        (Login::Password(pw), _) => {
+            let result = session.authenticate_password(user, pw.as_str()).await?;
+            let rejected = TransportError::PasswordRejected {
+                user: user.to_string(),
+                peer: peer.to_string(),
+            };
+            (result, rejected)
+        }
+        (Login::Key(path), None) => {
+            return Err(TransportError::Internal(format!(
+                "key {} not loaded",
+                path.display()
+            )))
+        }
     };
-    let result = session
-        .authenticate_publickey(&cfg.user, PrivateKeyWithHashAlg::new(key, hash))
-        .await?;
     match result {
         AuthResult::Success => Ok(()),
-        AuthResult::Failure { .. } => Err(TransportError::AuthRejected {
-            user: cfg.user.clone(),
-            peer: cfg.peer.clone(),
-            key: cfg.key.clone(),
-            fingerprint: fp,
-        }),
+        AuthResult::Failure { .. } => Err(rejected),
     }
 }
 
@@ -358,39 +420,72 @@ impl Connection {
     /// Connects, checks the pinned host key and logs in, all within `cfg.connect_timeout`.
     pub async fn open(cfg: &ClientConfig) -> Result<Connection> {
         let (host, port) = parse_peer(&cfg.peer)?;
-        let key = {
-            let path = cfg.key.clone();
-            tokio::task::spawn_blocking(move || load_private_key(&path))
-                .await
-                .map_err(|e| TransportError::Internal(e.to_string()))??
+        let login = Login::Key(cfg.key.clone());
+        let target = Target {
+            host: &host,
+            port,
+            user: &cfg.user,
+            login: &login,
+            check: HostCheck::Pinned(cfg.known_hosts.clone()),
+            algorithms: Algorithms::Agent,
+            timeout: cfg.connect_timeout,
+        };
+        Connection::establish(target, cfg.peer.clone()).await
+    }
+
+    /// Connects to `target`, checks its host key and logs in, all within `target.timeout`.
+    pub async fn connect(target: Target<'_>) -> Result<Connection> {
+        let peer = peer_addr(target.host, target.port);
+        Connection::establish(target, peer).await
+    }
+
+    /// `peer`: how messages name the server.
+    async fn establish(target: Target<'_>, peer: String) -> Result<Connection> {
+        let Target {
+            host,
+            port,
+            user,
+            login,
+            check,
+            algorithms,
+            timeout,
+        } = target;
+        let key = match login {
+            Login::Key(path) => {
+                let path = path.clone();
+                Some(
+                    tokio::task::spawn_blocking(move || load_private_key(&path))
+                        .await
+                        .map_err(|e| TransportError::Internal(e.to_string()))??,
+                )
+            }
+            Login::Password(_) => None,
         };
         let gone = CancellationToken::new();
         let channels = ChannelTokens::default();
         let handler = Handler {
-            check: HostCheck::Pinned {
-                known_hosts: cfg.known_hosts.clone(),
-                host: host.clone(),
-                port,
-                peer: cfg.peer.clone(),
-            },
+            check,
+            host: host.to_string(),
+            port,
+            peer: peer.clone(),
             gone: gone.clone(),
             channels: channels.clone(),
         };
         let setup = async {
-            let mut session = connect(cfg, &host, port, handler).await?;
-            authenticate(&mut session, cfg, key).await?;
+            let mut session = handshake(host, port, algorithms, handler).await?;
+            authenticate(&mut session, user, &peer, login, key).await?;
             Ok::<_, TransportError>(session)
         };
-        let handle = tokio::time::timeout(cfg.connect_timeout, setup)
-            .await
-            .map_err(|_| TransportError::ConnectTimeout {
-                peer: cfg.peer.clone(),
-                timeout: cfg.connect_timeout,
-            })??;
+        let handle = tokio::time::timeout(timeout, setup).await.map_err(|_| {
+            TransportError::ConnectTimeout {
+                peer: peer.clone(),
+                timeout,
+            }
+        })??;
         Ok(Connection {
             handle,
-            peer: cfg.peer.clone(),
-            open_timeout: cfg.connect_timeout,
+            peer,
+            open_timeout: timeout,
             gone,
             channels,
         })
@@ -519,22 +614,214 @@ pub async fn fetch_host_key(peer: &str) -> Result<PublicKey> {
     let slot = Arc::new(Mutex::new(None));
     let handler = Handler {
         check: HostCheck::Capture(slot.clone()),
+        host: host.clone(),
+        port,
+        peer: peer.to_string(),
         gone: CancellationToken::new(),
         channels: ChannelTokens::default(),
     };
-    let cfg = ClientConfig::new(peer, PathBuf::new(), PathBuf::new());
-    let result = tokio::time::timeout(cfg.connect_timeout, connect(&cfg, &host, port, handler))
+    let timeout = ClientConfig::new(peer, PathBuf::new(), PathBuf::new()).connect_timeout;
+    let result = tokio::time::timeout(timeout, handshake(&host, port, Algorithms::Agent, handler))
         .await
         .map_err(|_| TransportError::ConnectTimeout {
             peer: peer.to_string(),
-            timeout: cfg.connect_timeout,
+            timeout,
         })?;
+    if let Ok(session) = &result {
+        let _ = session
+            .disconnect(Disconnect::ByApplication, "host key read", "en")
+            .await;
+    }
     let captured = slot.lock().ok().and_then(|mut s| s.take());
     match (captured, result) {
         (Some(key), _) => Ok(key),
         (None, Err(e)) => Err(e),
         (None, Ok(_)) => Err(TransportError::Internal(format!("{peer} sent no host key"))),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands and shells
+
+/// What a remote command returned.
+#[derive(Debug, Default)]
+pub struct ExecOutput {
+    pub status: Option<u32>,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// The local ends of an interactive [`shell`].
+pub struct ShellIo<I, O, E> {
+    pub stdin: I,
+    pub stdout: O,
+    pub stderr: E,
+    /// The terminal's name and size, when there is one (then the remote shell gets a
+    /// terminal too, and stderr arrives mixed into stdout as on any terminal).
+    pub terminal: Option<(String, PtySize)>,
+    /// New sizes of the local terminal.
+    pub resized: tokio::sync::mpsc::Receiver<PtySize>,
+}
+
+impl Connection {
+    /// Runs `command` with `input` on its stdin (then EOF) on a new channel and collects its
+    /// output (at most `max_output` bytes of each stream) and exit status.
+    pub async fn exec(
+        &self,
+        command: &str,
+        input: impl tokio::io::AsyncRead + Unpin,
+        max_output: usize,
+    ) -> Result<ExecOutput> {
+        let peer = &self.peer;
+        let channel = self.handle.channel_open_session().await?;
+        channel.exec(true, command).await?;
+        // Sent while the answer is read: a refused command (Failure) or an early error must
+        // not wait for a whole image upload.
+        let (mut read, write) = channel.split();
+        let send = async {
+            write.data(input).await?;
+            write.eof().await
+        };
+        tokio::pin!(send);
+        let mut sending = true;
+        let mut out = ExecOutput::default();
+        loop {
+            let msg = tokio::select! {
+                r = &mut send, if sending => {
+                    sending = false;
+                    // The peer may close before reading everything; its answer says why.
+                    if let Err(e) = r {
+                        tracing::debug!("sending to {peer}: {e}");
+                    }
+                    continue;
+                }
+                m = read.wait() => m,
+            };
+            match msg {
+                Some(ChannelMsg::Failure) => {
+                    return Err(TransportError::ExecRefused {
+                        peer: peer.clone(),
+                        command: command.to_string(),
+                    })
+                }
+                Some(ChannelMsg::Data { data }) => out.stdout.extend_from_slice(&data),
+                Some(ChannelMsg::ExtendedData { data, .. }) => out.stderr.extend_from_slice(&data),
+                Some(ChannelMsg::ExitStatus { exit_status }) => out.status = Some(exit_status),
+                Some(ChannelMsg::Close) | None => break,
+                Some(_) => {}
+            }
+            if out.stdout.len() > max_output || out.stderr.len() > max_output {
+                return Err(TransportError::OutputTooLarge { peer: peer.clone() });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens an interactive shell (the server decides which, and for which key) and connects
+    /// it to `io` until it exits; returns its exit status.
+    pub async fn shell<I, O, E>(&self, io: ShellIo<I, O, E>) -> Result<u32>
+    where
+        I: tokio::io::AsyncRead + Unpin,
+        O: tokio::io::AsyncWrite + Unpin,
+        E: tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let peer = &self.peer;
+        let ShellIo {
+            mut stdin,
+            mut stdout,
+            mut stderr,
+            terminal,
+            mut resized,
+        } = io;
+        let mut channel = self.handle.channel_open_session().await?;
+        if let Some((term, size)) = &terminal {
+            channel
+                .request_pty(
+                    true,
+                    term,
+                    u32::from(size.cols),
+                    u32::from(size.rows),
+                    0,
+                    0,
+                    &[],
+                )
+                .await?;
+        }
+        channel.request_shell(true).await?;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut stdin_open = true;
+        let mut status = None;
+        loop {
+            tokio::select! {
+                n = stdin.read(&mut buf), if stdin_open => match n.map_err(TransportError::Terminal)? {
+                    0 => {
+                        stdin_open = false;
+                        channel.eof().await?;
+                    }
+                    n => channel.data(&buf[..n]).await?,
+                },
+                Some(size) = resized.recv() => {
+                    let _ = channel
+                        .window_change(u32::from(size.cols), u32::from(size.rows), 0, 0)
+                        .await;
+                }
+                msg = channel.wait() => match msg {
+                    Some(ChannelMsg::Failure) => {
+                        return Err(TransportError::ShellRefused { peer: peer.clone() })
+                    }
+                    Some(ChannelMsg::Data { data }) => {
+                        stdout.write_all(&data).await.map_err(TransportError::Terminal)?;
+                        stdout.flush().await.map_err(TransportError::Terminal)?;
+                    }
+                    Some(ChannelMsg::ExtendedData { data, .. }) => {
+                        stderr.write_all(&data).await.map_err(TransportError::Terminal)?;
+                        stderr.flush().await.map_err(TransportError::Terminal)?;
+                    }
+                    Some(ChannelMsg::ExitStatus { exit_status }) => status = Some(exit_status),
+                    Some(ChannelMsg::ExitSignal { .. }) => status = status.or(Some(255)),
+                    Some(ChannelMsg::Close) | None => break,
+                    Some(_) => {}
+                },
+            }
+        }
+        status.ok_or_else(|| TransportError::ShellEnded { peer: peer.clone() })
+    }
+}
+
+/// Connects to the target, logs in, runs `command` with `input` on its stdin (then EOF) and
+/// collects its output and exit status, all within `target.timeout`.
+pub async fn exec(
+    target: Target<'_>,
+    command: &str,
+    input: impl tokio::io::AsyncRead + Unpin,
+    max_output: usize,
+) -> Result<ExecOutput> {
+    let timeout = target.timeout;
+    let peer = peer_addr(target.host, target.port);
+    let work = async {
+        let conn = Connection::connect(target).await?;
+        let out = conn.exec(command, input, max_output).await?;
+        conn.disconnect().await;
+        Ok(out)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| TransportError::ConnectTimeout { peer, timeout })?
+}
+
+/// Connects to the target, logs in (within `target.timeout`) and runs an interactive shell
+/// there until it exits (no time bound); returns its exit status.
+pub async fn shell<I, O, E>(target: Target<'_>, io: ShellIo<I, O, E>) -> Result<u32>
+where
+    I: tokio::io::AsyncRead + Unpin,
+    O: tokio::io::AsyncWrite + Unpin,
+    E: tokio::io::AsyncWrite + Unpin,
+{
+    let conn = Connection::connect(target).await?;
+    let status = conn.shell(io).await;
+    conn.disconnect().await;
+    status
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! The backup runs [`server::Server`] (key-only SSH on port 65022, one subsystem named
 //! [`SUBSYSTEM`]); the primary calls [`client::run`], or keeps a [`client::Connection`] open
-//! and runs one session per channel on it (the daemon). Both sides hand the sync protocol a
+//! and runs one session per channel on it (the daemon). [`client`] is also the SSH client of
+//! the cluster companion (commands and shells, password logins on port 22). Both sides hand the sync protocol a
 //! plain blocking byte stream ([`ReadWrite`]) on a blocking thread: the protocol code never
 //! sees SSH or tokio.
 //!
@@ -26,7 +27,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use client::{fetch_host_key, run, ClientConfig, Connection};
+pub use client::{
+    fetch_host_key, run, Algorithms, ClientConfig, Connection, ExecOutput, HostCheck, Login,
+    ShellIo, Target,
+};
 pub use keys::{
     check_known_host, generate_keypair, load_or_create_host_key, load_private_key, pin_known_host,
     AuthorizedKeys, HostKeyStatus,
@@ -134,6 +138,29 @@ pub enum TransportError {
         key: PathBuf,
         fingerprint: String,
     },
+    /// Bootstrap only; the password is in no message.
+    #[error(
+        "{peer} refused the password of {user}: check the backup's root password (and that it \
+         allows password logins on SSH)"
+    )]
+    PasswordRejected { user: String, peer: String },
+    #[error(
+        "{peer} refused to run {command:?}: is ha-sync's agent (not another SSH server) \
+         listening there, and up to date?"
+    )]
+    ExecRefused { peer: String, command: String },
+    #[error(
+        "{peer} refused a shell: is ha-sync's agent (not another SSH server) listening there, \
+         and up to date?"
+    )]
+    ShellRefused { peer: String },
+    #[error("connection to {peer} ended before the shell exited")]
+    ShellEnded { peer: String },
+    #[error("{peer}: answer too large")]
+    OutputTooLarge { peer: String },
+    /// Reading or writing the local ends of a shell.
+    #[error("terminal: {0}")]
+    Terminal(#[source] std::io::Error),
     #[error("{peer} refused the `{subsystem}` subsystem")]
     SubsystemRefused { peer: String, subsystem: String },
     #[error("remote error (exit status {status}): {message}")]

@@ -20,6 +20,11 @@
 //!
 //! The interfaces and node addresses of the cluster travel between nodes as a [`Spec`]; each
 //! node writes its own sections from it ([`write`]) and reads it back ([`read`]).
+//!
+//! What keepalived itself reports (its state and statistics dumps, and the virtual IPs of
+//! these sections as `ha-sync status` shows them) is read by `sync_core::keepalived`: the
+//! daemon and `ha-sync status` in sync-agent read it too, and sync-agent cannot depend on this
+//! crate.
 
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -27,23 +32,23 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 use sync_core::uci::Package;
 
-use super::addr::Cidr;
-use super::{role_section, ClusterError, Role};
+use crate::addr::Cidr;
+use crate::{role_section, ClusterError, Role};
 
 /// The VRRP router id of the cluster (the incumbent's).
-pub const VRID: u8 = 100;
-pub const PRIORITY_PRIMARY: u8 = 100;
-pub const PRIORITY_BACKUP: u8 = 50;
+pub(crate) const VRID: u8 = 100;
+pub(crate) const PRIORITY_PRIMARY: u8 = 100;
+pub(crate) const PRIORITY_BACKUP: u8 = 50;
 /// The instance name keepalived reports in `NAME=` to the hooks.
-pub const INSTANCE_NAME: &str = "ha";
-pub const PEER_SECTION: &str = "ha_peer";
+pub(crate) const INSTANCE_NAME: &str = "ha";
+pub(crate) const PEER_SECTION: &str = "ha_peer";
 /// The label `<device>:ha` keepalived gives each virtual IP (so `ip addr` shows which are
 /// virtual); Linux caps a label at IFNAMSIZ - 1 = 15 bytes.
-pub const LABEL_SUFFIX: &str = "ha";
-pub const MAX_LABEL: usize = 15;
+pub(crate) const LABEL_SUFFIX: &str = "ha";
+pub(crate) const MAX_LABEL: usize = 15;
 /// The cluster key on the primary, as `ha_peer.ssh_key` names it.
-pub const CLUSTER_KEY: &str = "/etc/ha-sync/id_ed25519";
-pub const STAGING: &str = "/usr/share/keepalived/rsync";
+pub(crate) const CLUSTER_KEY: &str = "/etc/ha-sync/id_ed25519";
+pub(crate) const STAGING: &str = "/usr/share/keepalived/rsync";
 
 /// The incumbent's default `sync_list`.
 pub const DEFAULT_SYNC_LIST: &[&str] = &[
@@ -128,12 +133,12 @@ impl Spec {
 }
 
 /// A random VRRP PASS secret: 8 hex characters (PASS authentication keeps 8 bytes).
-pub fn generate_password() -> String {
+pub(crate) fn generate_password() -> String {
     format!("{:08x}", rand::random::<u32>())
 }
 
 /// Refuses a device whose `<dev>:ha` label would not fit in a Linux label.
-pub fn check_label(device: &str) -> Result<(), ClusterError> {
+pub(crate) fn check_label(device: &str) -> Result<(), ClusterError> {
     let label = format!("{device}:{LABEL_SUFFIX}");
     if label.len() > MAX_LABEL {
         return Err(ClusterError::LabelTooLong {
@@ -301,7 +306,7 @@ pub fn write(
     let p = pkg.ensure_section("peer", PEER_SECTION)?;
     p.set("name", PEER_SECTION)?;
     p.set("address", &peer.to_string())?;
-    p.set("ssh_port", &crate::transport::DEFAULT_PORT.to_string())?;
+    p.set("ssh_port", &sync_agent::transport::DEFAULT_PORT.to_string())?;
     match role {
         Role::Primary => p.set("ssh_key", CLUSTER_KEY)?,
         Role::Backup => {

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use sync_core::uci::{Package, Section};
 
-use super::addr::Cidr;
-use super::ClusterError;
+use crate::addr::Cidr;
+use crate::ClusterError;
 
 pub const NETWORK: &str = "etc/config/network";
 pub const DHCP: &str = "etc/config/dhcp";
@@ -81,7 +81,10 @@ pub fn interface(root: &Path, name: &str) -> Result<Iface, ClusterError> {
 }
 
 /// The static interface holding `ip`, if any.
-pub fn interface_with_address(root: &Path, ip: Ipv4Addr) -> Result<Option<Iface>, ClusterError> {
+pub(crate) fn interface_with_address(
+    root: &Path,
+    ip: Ipv4Addr,
+) -> Result<Option<Iface>, ClusterError> {
     Ok(interfaces(root)?
         .into_iter()
         .find(|i| i.addr.is_some_and(|a| a.addr == ip)))
@@ -122,7 +125,7 @@ fn dhcp_option(options: &[String], code: u8, name: &str) -> Option<String> {
 /// The requirements the spec sets on a LAN interface: a static IPv4 address, and, when a DHCP
 /// server runs on it, option 3 = the virtual IP, option 6 set, and (for extra LANs) force
 /// start. Returns the interface, or every problem found (each saying what to change).
-pub fn check_lan(
+pub(crate) fn check_lan(
     root: &Path,
     name: &str,
     vip: Option<Cidr>,
@@ -211,7 +214,7 @@ pub fn check_lan(
 /// remove-interface on the primary: interface `name` takes its virtual IP as its own address
 /// (in place of `own`, same prefix), so clients that keep the virtual IP as their gateway
 /// (DHCP option 3) keep reaching this node. Returns whether the configuration changed.
-pub fn take_over_address(
+pub(crate) fn take_over_address(
     root: &Path,
     name: &str,
     own: Ipv4Addr,

@@ -1,7 +1,7 @@
 //! First contact with the backup: `check-backup-node` and `init-backup-node` log in on port 22
 //! as root with the password the operator types (or pipes in), run `ha-sync cluster
-//! serve-bootstrap ACTION` there with a JSON request, and from then on everything goes to the
-//! agent on 65022 with the cluster key.
+//! serve-bootstrap STEP` there with a JSON request ([`BootstrapRequest`]), and from then on
+//! everything goes to the agent on 65022 with the cluster key.
 //!
 //! init-backup-node installs on the backup: the cluster key's public half (in the agent's
 //! authorized_keys, and as the only key allowed to run the cluster actions), the cluster
@@ -16,51 +16,58 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use sync_agent::transport::client::{self, Algorithms, HostCheck, Login, Target};
+use sync_agent::transport::keys::fingerprint;
+use sync_agent::transport::{self, PublicKey};
 
-use super::keepalived::{self, Spec};
-use super::remote::{self, HostKey, Login};
-use super::{actions, ClusterError, Ctx, RemoteAction, Role};
-use crate::config;
-use crate::transport::keys::fingerprint;
-use crate::transport::{self, PublicKey};
+use crate::keepalived::{self, Spec};
+use crate::request::{
+    BootstrapAnswer, BootstrapRequest, ClusterAnswer, ClusterRequest, Initialized, WantedIface,
+};
+use crate::services::has_agent_service;
+use crate::{actions, cluster_pub, load_uci, ClusterError, Ctx, Role};
 
 /// The command run on the backup over port 22.
-pub const REMOTE_COMMAND: &str = "ha-sync cluster serve-bootstrap";
+pub(crate) const REMOTE_COMMAND: &str = "ha-sync cluster serve-bootstrap";
+
+/// Largest answer accepted.
+const MAX_ANSWER: usize = 1 << 20;
 
 /// What a bootstrap call found.
 #[derive(Debug)]
 pub struct Contacted {
     /// The answer of the backup.
-    pub answer: Value,
+    pub answer: BootstrapAnswer,
     /// Fingerprint of the backup's SSH server on port 22 (for the operator to compare).
     pub ssh_fingerprint: String,
 }
 
-/// Runs `ha-sync cluster serve-bootstrap <what>` on `host:port` as root with `password`.
+/// Runs `ha-sync cluster serve-bootstrap <step>` on `host:port` as root with `password`.
 pub async fn call(
     host: &str,
     port: u16,
     password: &str,
-    what: &str,
-    request: &Value,
+    request: &BootstrapRequest,
 ) -> Result<Contacted, ClusterError> {
+    let what = request.step();
     let slot = std::sync::Arc::new(std::sync::Mutex::new(None::<PublicKey>));
-    let input = serde_json::to_vec(request)
-        .map_err(|e| ClusterError::Invalid(format!("encoding the request: {e}")))?;
+    let input = request.to_wire()?;
     let login = Login::Password(password.to_string());
-    let target = remote::Target {
+    let target = Target {
         host,
         port,
         user: "root",
         login: &login,
-        check: HostKey::Capture(slot.clone()),
+        check: HostCheck::Capture(slot.clone()),
+        // Whatever SSH server the backup runs on port 22 (dropbear on OpenWrt).
+        algorithms: Algorithms::Standard,
         timeout: Duration::from_secs(120),
     };
-    let out = remote::exec(
+    let out = client::exec(
         target,
         &format!("{REMOTE_COMMAND} {what}"),
         input.as_slice(),
+        MAX_ANSWER,
     )
     .await?;
     let ssh_fingerprint = slot
@@ -71,7 +78,7 @@ pub async fn call(
     let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     match out.status {
         Some(0) => Ok(Contacted {
-            answer: serde_json::from_slice(&out.stdout).map_err(|e| {
+            answer: BootstrapAnswer::from_wire(what, &out.stdout).map_err(|e| {
                 ClusterError::Peer(format!(
                     "unexpected answer ({e}); is ha-sync installed on the backup? {stderr}"
                 ))
@@ -91,14 +98,19 @@ pub async fn call(
 }
 
 /// The request of `check-backup-node <ip> <lan>`.
-pub fn check_request(lan: &str) -> Value {
-    json!({ "interfaces": [{ "name": lan }] })
+pub fn check_request(lan: &str) -> BootstrapRequest {
+    BootstrapRequest::Check {
+        interfaces: vec![WantedIface {
+            name: lan.to_string(),
+            address: None,
+        }],
+    }
 }
 
 /// The request of `init-backup-node`: the cluster spec and the cluster key's public half.
 /// Refuses when the primary is not initialized.
-pub fn init_request(ctx: &Ctx) -> Result<(Ipv4Addr, Value), ClusterError> {
-    let pkg = sync_core::uci::Package::load_or_empty(&ctx.path(super::KEEPALIVED_UCI))?;
+pub fn init_request(ctx: &Ctx) -> Result<(Ipv4Addr, BootstrapRequest), ClusterError> {
+    let pkg = load_uci(ctx)?;
     let spec: Spec = match keepalived::read(&pkg)? {
         Some((Role::Primary, s)) => s,
         Some((Role::Backup, _)) => {
@@ -123,19 +135,29 @@ pub fn init_request(ctx: &Ctx) -> Result<(Ipv4Addr, Value), ClusterError> {
     let public = std::fs::read_to_string(&pub_path).map_err(ClusterError::io(pub_path))?;
     Ok((
         backup,
-        json!({ "spec": spec, "cluster_key": public.trim(), "start": true }),
+        BootstrapRequest::Init {
+            spec,
+            cluster_key: public.trim().to_string(),
+            start: true,
+        },
     ))
 }
 
 /// Pins the agent host key the backup answered with, for `[backup]:65022`.
-pub fn pin_agent(ctx: &Ctx, backup: Ipv4Addr, answer: &Value) -> Result<String, ClusterError> {
-    let text = answer["host_key"]
-        .as_str()
-        .ok_or_else(|| ClusterError::Peer("the backup sent no agent host key".into()))?;
-    let key = PublicKey::from_openssh(text)
+pub fn pin_agent(
+    ctx: &Ctx,
+    backup: Ipv4Addr,
+    answer: &BootstrapAnswer,
+) -> Result<String, ClusterError> {
+    let BootstrapAnswer::Initialized(Initialized { host_key, .. }) = answer else {
+        return Err(ClusterError::Peer(
+            "the backup sent no agent host key".into(),
+        ));
+    };
+    let key = PublicKey::from_openssh(host_key)
         .map_err(|e| ClusterError::Peer(format!("bad agent host key: {e}")))?;
     transport::pin_known_host(
-        &config::known_hosts(ctx.root),
+        &sync_core::node::Node::new(ctx.root).keys().known_hosts,
         &backup.to_string(),
         transport::DEFAULT_PORT,
         &key,
@@ -143,37 +165,61 @@ pub fn pin_agent(ctx: &Ctx, backup: Ipv4Addr, answer: &Value) -> Result<String, 
     Ok(fingerprint(&key))
 }
 
-/// The backup's side: `ha-sync cluster serve-bootstrap <what>`, run by root over port 22.
+/// The backup's side: `ha-sync cluster serve-bootstrap <step>`, run by root over port 22.
 /// `check`: validate the interfaces; `init`: install the cluster key, write the backup's
 /// sections, start the services and the agent, answer the agent's host key.
-pub fn serve(ctx: &Ctx, what: &str, req: &Value) -> Result<Value, ClusterError> {
-    match what {
-        "check" => actions::serve(ctx, RemoteAction::Validate, req),
-        "init" => {
-            let key_line = req["cluster_key"]
-                .as_str()
-                .ok_or_else(|| ClusterError::Invalid("request without cluster_key".into()))?;
-            let key = PublicKey::from_openssh(key_line)
+pub fn serve(ctx: &Ctx, request: BootstrapRequest) -> Result<BootstrapAnswer, ClusterError> {
+    match request {
+        BootstrapRequest::Check { interfaces } => {
+            match actions::serve(ctx, ClusterRequest::Validate { interfaces })? {
+                ClusterAnswer::Validated(v) => Ok(BootstrapAnswer::Checked(v)),
+                other => Err(ClusterError::Invalid(format!(
+                    "validate answered {other:?}"
+                ))),
+            }
+        }
+        BootstrapRequest::Init {
+            spec,
+            cluster_key,
+            start,
+        } => {
+            let key = PublicKey::from_openssh(&cluster_key)
                 .map_err(|e| ClusterError::Invalid(format!("bad cluster key: {e}")))?;
             install_cluster_key(ctx.root, &key)?;
-            let answer = actions::serve(ctx, RemoteAction::Configure, req)?;
-            let host = transport::load_or_create_host_key(&config::host_key(ctx.root))?;
-            if crate::cluster::actions::has_agent_service(ctx) {
+            let configured = match actions::serve(
+                ctx,
+                ClusterRequest::Configure {
+                    spec,
+                    start,
+                    removed: Vec::new(),
+                },
+            )? {
+                ClusterAnswer::Configured { configured } => configured,
+                other => {
+                    return Err(ClusterError::Invalid(format!(
+                        "configure answered {other:?}"
+                    )))
+                }
+            };
+            let host = transport::load_or_create_host_key(
+                &sync_core::node::Node::new(ctx.root).keys().host_key,
+            )?;
+            if has_agent_service(ctx) {
                 for a in ["enable", "restart"] {
                     let _ = ctx
                         .runner
                         .run(&sync_core::runner::Cmd::new("/etc/init.d/ha-sync").arg(a));
                 }
             }
-            let host_pub = host
+            let host_key = host
                 .public_key()
                 .to_openssh()
                 .map_err(|e| ClusterError::Invalid(format!("encoding the host key: {e}")))?;
-            Ok(json!({ "configured": answer["configured"], "host_key": host_pub }))
+            Ok(BootstrapAnswer::Initialized(Initialized {
+                configured,
+                host_key,
+            }))
         }
-        other => Err(ClusterError::Invalid(format!(
-            "unknown bootstrap step {other:?} (expected check or init)"
-        ))),
     }
 }
 
@@ -185,11 +231,11 @@ fn install_cluster_key(root: &Path, key: &PublicKey) -> Result<(), ClusterError>
     let line = plain
         .to_openssh()
         .map_err(|e| ClusterError::Invalid(format!("encoding the cluster key: {e}")))?;
-    let dir = root.join(config::ETC_DIR);
+    let dir = root.join(sync_core::node::ETC_DIR);
     std::fs::create_dir_all(&dir).map_err(ClusterError::io(&dir))?;
-    let cpub = remote::cluster_pub(root);
+    let cpub = cluster_pub(root);
     std::fs::write(&cpub, format!("{line}\n")).map_err(ClusterError::io(&cpub))?;
-    let ak = config::authorized_keys(root);
+    let ak = sync_core::node::Node::new(root).keys().authorized_keys;
     let existing = match std::fs::read_to_string(&ak) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),

@@ -10,18 +10,16 @@ use std::fmt::Write as _;
 use std::fs;
 use std::net::Ipv4Addr;
 
-use serde_json::{json, Value};
-use sync_core::runner::Cmd;
+use sync_core::fsx;
 use sync_core::uci::Package;
 
-use super::addr::Cidr;
-use super::keepalived::{self, Alias, HaIface, Spec};
-use super::network::{self, Iface};
-use super::{conntrackd, ClusterError, Ctx, Peer, RemoteAction, Role, KEEPALIVED_UCI};
-use crate::config;
-
-/// Services the cluster enables, starts, stops and disables together.
-pub const SERVICES: &[&str] = &["keepalived", "conntrackd"];
+use crate::addr::Cidr;
+use crate::keepalived::{self, Alias, HaIface, Spec};
+use crate::network::{self, Iface};
+use crate::request::{ClusterAnswer, ClusterRequest, FoundIface, Peer, Validation, WantedIface};
+use crate::services::{enabled, reload, service, start_services, stop_services};
+use crate::KEEPALIVED_UCI;
+use crate::{cluster_pub, conntrackd, load_uci, role_section, ClusterError, Ctx, Role};
 
 fn parse_vip(value: &str) -> Result<Cidr, ClusterError> {
     value.parse().map_err(|why| ClusterError::BadCidr {
@@ -35,10 +33,6 @@ fn parse_ip(value: &str, what: &'static str) -> Result<Ipv4Addr, ClusterError> {
         value: value.to_string(),
         what,
     })
-}
-
-pub(crate) fn load_uci(ctx: &Ctx) -> Result<Package, ClusterError> {
-    Ok(Package::load_or_empty(&ctx.path(KEEPALIVED_UCI))?)
 }
 
 /// This node's configured cluster, or `NotConfigured`.
@@ -92,96 +86,12 @@ fn write_node(ctx: &Ctx, mut pkg: Package, spec: &Spec, role: Role) -> Result<()
     Ok(())
 }
 
-/// Replaces a small file atomically (temp file + rename), mode 0644.
+/// Replaces a configuration file (keepalived.conf, conntrackd.conf) durably and atomically,
+/// mode 0644: a power cut right after a cluster change must not leave keepalived without
+/// its configuration.
 fn write_text(path: &std::path::Path, text: &str) -> Result<(), ClusterError> {
-    let mut pkg_tmp = path.as_os_str().to_os_string();
-    pkg_tmp.push(format!(".ha-sync-tmp.{}", std::process::id()));
-    let tmp = std::path::PathBuf::from(pkg_tmp);
-    let res = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, path));
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res.map_err(ClusterError::io(path))
-}
-
-/// Runs `cmd`; a command that cannot start or fails is an error naming it, with its stderr.
-pub(crate) fn run_checked(
-    ctx: &Ctx,
-    action: &'static str,
-    cmd: &Cmd,
-) -> Result<sync_core::runner::CmdOutput, ClusterError> {
-    let out = ctx.runner.run(cmd).map_err(|e| ClusterError::Command {
-        action,
-        cmd: cmd.line(),
-        detail: e.to_string(),
-    })?;
-    if out.success() {
-        Ok(out)
-    } else {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        Err(ClusterError::Command {
-            action,
-            cmd: cmd.line(),
-            detail: format!(
-                "exit status {:?}: {}",
-                out.code,
-                if stderr.trim().is_empty() {
-                    stdout.trim()
-                } else {
-                    stderr.trim()
-                }
-            ),
-        })
-    }
-}
-
-fn service(ctx: &Ctx, svc: &str, action: &'static str) -> Result<(), ClusterError> {
-    run_checked(
-        ctx,
-        action,
-        &Cmd::new(format!("/etc/init.d/{svc}")).arg(action),
-    )
-    .map(drop)
-}
-
-fn start_services(ctx: &Ctx) -> Result<(), ClusterError> {
-    for svc in SERVICES {
-        service(ctx, svc, "enable")?;
-        service(ctx, svc, "restart")?;
-    }
-    Ok(())
-}
-
-fn stop_services(ctx: &Ctx) -> Result<(), ClusterError> {
-    for svc in SERVICES {
-        service(ctx, svc, "stop")?;
-        service(ctx, svc, "disable")?;
-    }
-    Ok(())
-}
-
-/// After a change of the VIPs: keepalived reloads (SIGHUP keeps its state, so the primary
-/// keeps the VIPs; a restart would hand them to the backup for a moment), conntrackd
-/// restarts with its new ignore list. Only when the cluster is enabled.
-fn reload(ctx: &Ctx) -> Result<(), ClusterError> {
-    if !enabled(ctx) {
-        return Ok(());
-    }
-    service(ctx, "keepalived", "reload")?;
-    service(ctx, "conntrackd", "restart")
-}
-
-/// Whether ha-sync's own init script is installed (on a router; not on a test root).
-pub fn has_agent_service(ctx: &Ctx) -> bool {
-    ctx.path("etc/init.d/ha-sync").is_file()
-}
-
-/// Whether keepalived is enabled at boot (`/etc/init.d/keepalived enabled`).
-pub fn enabled(ctx: &Ctx) -> bool {
-    ctx.runner
-        .run(&Cmd::new("/etc/init.d/keepalived").arg("enabled"))
-        .is_ok_and(|o| o.success())
+    fsx::write_atomic(path, text.as_bytes(), 0o644, fsx::Durability::Durable)
+        .map_err(ClusterError::io(path))
 }
 
 /// A change of the running cluster: this node's sections, the backup's (which also drops
@@ -195,10 +105,11 @@ fn change(
 ) -> Result<(), ClusterError> {
     write_node(ctx, pkg, spec, Role::Primary)?;
     if let Some(p) = peer {
-        p.call(
-            RemoteAction::Configure,
-            &json!({ "spec": spec, "start": false, "removed": removed }),
-        )?;
+        p.call(&ClusterRequest::Configure {
+            spec: spec.clone(),
+            start: false,
+            removed: removed.iter().map(|r| r.to_string()).collect(),
+        })?;
     }
     reload(ctx)
 }
@@ -213,13 +124,17 @@ pub fn check_primary_node(ctx: &Ctx, lan: &str) -> Result<Iface, ClusterError> {
 
 /// The backup's half of `check-backup-node` (and of `validate`): each interface exists and
 /// is static, with `address` when one is expected.
-pub fn check_backup_local(
+pub(crate) fn check_backup_local(
     ctx: &Ctx,
-    wanted: &[(String, Option<Ipv4Addr>)],
+    wanted: &[WantedIface],
 ) -> Result<Vec<Iface>, ClusterError> {
     let mut problems = Vec::new();
     let mut found = Vec::new();
-    for (name, want) in wanted {
+    for WantedIface {
+        name,
+        address: want,
+    } in wanted
+    {
         let iface = match network::interface(ctx.root, name) {
             Ok(i) => i,
             Err(e) => {
@@ -274,7 +189,7 @@ pub fn init_primary_node(
         return Err(ClusterError::AlreadyConfigured(format!(
             "HA is already configured on this node (role {}): run `ns-ha-config reset` first \
              to start over",
-            super::role_section(role)
+            role_section(role)
         )));
     }
     let primary = parse_ip(primary_ip, "the primary node")?;
@@ -344,10 +259,10 @@ fn check_node_addresses(
 }
 
 /// The cluster key (ed25519) the primary logs in to the backup's agent with; generated once.
-pub fn ensure_cluster_key(ctx: &Ctx) -> Result<std::path::PathBuf, ClusterError> {
-    let key = config::default_key(ctx.root);
+pub(crate) fn ensure_cluster_key(ctx: &Ctx) -> Result<std::path::PathBuf, ClusterError> {
+    let key = sync_core::node::Node::new(ctx.root).keys().default_key;
     if !key.exists() {
-        crate::transport::generate_keypair(&key)?;
+        sync_agent::transport::generate_keypair(&key)?;
     }
     Ok(key)
 }
@@ -393,10 +308,12 @@ pub fn add_lan_interface(
     check_node_addresses(&iface.name, addr, primary, backup, vip)?;
     keepalived::check_label(&checked.device)?;
     if let Some(p) = peer {
-        p.call(
-            RemoteAction::Validate,
-            &json!({ "interfaces": [{ "name": iface.name, "address": backup.to_string() }] }),
-        )?;
+        p.call(&ClusterRequest::Validate {
+            interfaces: vec![WantedIface {
+                name: iface.name.clone(),
+                address: Some(backup),
+            }],
+        })?;
     }
     let new = HaIface {
         name: iface.name.clone(),
@@ -603,7 +520,7 @@ pub fn render_config(ctx: &Ctx, opts: &keepalived::RenderOptions) -> Result<Stri
 /// `status`, in the spec's layout. `Status` is `enabled` when a role is configured and
 /// keepalived is enabled.
 pub fn status(ctx: &Ctx) -> String {
-    let mut st = crate::status::collect(ctx.root, None);
+    let mut st = sync_agent::status::collect(ctx.root, None);
     if st.status == "enabled" && !enabled(ctx) {
         st.status = "disabled".into();
     }
@@ -619,7 +536,7 @@ pub fn enable(ctx: &Ctx, peer: Option<&dyn Peer>) -> Result<(), ClusterError> {
     configured_primary(ctx)?;
     start_services(ctx)?;
     if let Some(p) = peer {
-        p.call(RemoteAction::Enable, &json!({}))?;
+        p.call(&ClusterRequest::Enable)?;
     }
     Ok(())
 }
@@ -628,7 +545,7 @@ pub fn enable(ctx: &Ctx, peer: Option<&dyn Peer>) -> Result<(), ClusterError> {
 pub fn disable(ctx: &Ctx, peer: Option<&dyn Peer>) -> Result<(), ClusterError> {
     configured_primary(ctx)?;
     if let Some(p) = peer {
-        p.call(RemoteAction::Disable, &json!({}))?;
+        p.call(&ClusterRequest::Disable)?;
     }
     stop_services(ctx)
 }
@@ -651,7 +568,7 @@ pub fn reset(ctx: &Ctx, peer: Option<&dyn Peer>) -> Result<ResetReport, ClusterE
     }
     let mut report = ResetReport::default();
     if let Some(p) = peer {
-        if let Err(e) = p.call(RemoteAction::Reset, &json!({})) {
+        if let Err(e) = p.call(&ClusterRequest::Reset) {
             report.peer_error = Some(e.to_string());
         }
     }
@@ -669,11 +586,11 @@ fn reset_local(ctx: &Ctx, mut pkg: Package) -> Result<(), ClusterError> {
     pkg.write_atomic(&ctx.path(KEEPALIVED_UCI))?;
     let mut gone = vec![
         ctx.path(conntrackd::CONF),
-        config::default_key(ctx.root),
-        config::known_hosts(ctx.root),
-        config::authorized_keys(ctx.root),
-        config::host_key(ctx.root),
-        super::remote::cluster_pub(ctx.root),
+        sync_core::node::Node::new(ctx.root).keys().default_key,
+        sync_core::node::Node::new(ctx.root).keys().known_hosts,
+        sync_core::node::Node::new(ctx.root).keys().authorized_keys,
+        sync_core::node::Node::new(ctx.root).keys().host_key,
+        cluster_pub(ctx.root),
     ];
     for k in gone.clone() {
         let mut p = k.into_os_string();
@@ -688,7 +605,7 @@ fn reset_local(ctx: &Ctx, mut pkg: Package) -> Result<(), ClusterError> {
             _ => {}
         }
     }
-    let staging = config::under_root(ctx.root, &staging);
+    let staging = sync_core::node::Node::new(ctx.root).path(&staging);
     // Never remove the root itself, whatever sync_dir says.
     if staging != ctx.root && staging.starts_with(ctx.root) {
         match fs::remove_dir_all(&staging) {
@@ -707,14 +624,9 @@ fn reset_local(ctx: &Ctx, mut pkg: Package) -> Result<(), ClusterError> {
 // ---------------------------------------------------------------------------------------------
 // The backup's side of the remote actions
 
-fn field<'a>(req: &'a Value, name: &str) -> Result<&'a Value, ClusterError> {
-    req.get(name)
-        .ok_or_else(|| ClusterError::Invalid(format!("request without {name:?}")))
-}
-
-/// Runs `action` for the primary on this (backup) node; the agent calls it for the cluster
+/// Runs `request` for the primary on this (backup) node; the agent calls it for the cluster
 /// key only.
-pub fn serve(ctx: &Ctx, action: RemoteAction, req: &Value) -> Result<Value, ClusterError> {
+pub fn serve(ctx: &Ctx, request: ClusterRequest) -> Result<ClusterAnswer, ClusterError> {
     let pkg = load_uci(ctx)?;
     let role = keepalived::role_of(&pkg);
     if role == Some(Role::Primary) {
@@ -723,64 +635,52 @@ pub fn serve(ctx: &Ctx, action: RemoteAction, req: &Value) -> Result<Value, Clus
                 .into(),
         ));
     }
-    match action {
-        RemoteAction::Validate => {
-            let wanted: Vec<(String, Option<Ipv4Addr>)> = field(req, "interfaces")?
-                .as_array()
-                .map(|a| a.as_slice())
-                .unwrap_or_default()
-                .iter()
-                .map(|i| {
-                    (
-                        i["name"].as_str().unwrap_or_default().to_string(),
-                        i["address"].as_str().and_then(|a| a.parse().ok()),
-                    )
-                })
-                .collect();
-            let found = check_backup_local(ctx, &wanted)?;
-            Ok(json!({
-                "configured": role.is_some(),
-                "interfaces": found.iter().map(|i| json!({
-                    "name": i.name,
-                    "device": i.device,
-                    "address": i.addr.map(|a| a.to_string()),
-                })).collect::<Vec<_>>(),
+    match request {
+        ClusterRequest::Validate { interfaces } => {
+            let found = check_backup_local(ctx, &interfaces)?;
+            Ok(ClusterAnswer::Validated(Validation {
+                configured: role.is_some(),
+                interfaces: found
+                    .into_iter()
+                    .map(|i| FoundIface {
+                        name: i.name,
+                        device: i.device,
+                        address: i.addr,
+                    })
+                    .collect(),
             }))
         }
-        RemoteAction::Configure => {
-            let spec: Spec = serde_json::from_value(field(req, "spec")?.clone())
-                .map_err(|e| ClusterError::Invalid(format!("bad cluster spec: {e}")))?;
-            let wanted: Vec<(String, Option<Ipv4Addr>)> = spec
+        ClusterRequest::Configure {
+            spec,
+            start,
+            removed,
+        } => {
+            let wanted: Vec<WantedIface> = spec
                 .interfaces
                 .iter()
-                .map(|i| (i.name.clone(), Some(i.backup)))
+                .map(|i| WantedIface {
+                    name: i.name.clone(),
+                    address: Some(i.backup),
+                })
                 .collect();
             check_backup_local(ctx, &wanted)?;
             write_node(ctx, pkg, &spec, Role::Backup)?;
             // Interfaces the primary took out of the cluster (never one still in it).
             let mut network_changed = false;
-            for gone in field(req, "removed")
-                .ok()
-                .and_then(Value::as_array)
-                .map(Vec::as_slice)
-                .unwrap_or_default()
-                .iter()
-                .filter_map(Value::as_str)
-                .filter(|n| spec.interface(n).is_none())
-            {
+            for gone in removed.iter().filter(|n| spec.interface(n).is_none()) {
                 network_changed |= network::remove_interface(ctx.root, gone)?;
             }
             if network_changed {
                 service(ctx, "network", "reload")?;
             }
-            if req["start"].as_bool() == Some(true) {
+            if start {
                 start_services(ctx)?;
             } else {
                 reload(ctx)?;
             }
-            Ok(json!({ "configured": true }))
+            Ok(ClusterAnswer::Configured { configured: true })
         }
-        RemoteAction::Enable => {
+        ClusterRequest::Enable => {
             if role.is_none() {
                 return Err(ClusterError::NotConfigured(
                     "HA is not configured on the backup: run `ns-ha-config init-backup-node`"
@@ -788,17 +688,17 @@ pub fn serve(ctx: &Ctx, action: RemoteAction, req: &Value) -> Result<Value, Clus
                 ));
             }
             start_services(ctx)?;
-            Ok(json!({}))
+            Ok(ClusterAnswer::Done)
         }
-        RemoteAction::Disable => {
+        ClusterRequest::Disable => {
             stop_services(ctx)?;
-            Ok(json!({}))
+            Ok(ClusterAnswer::Done)
         }
-        RemoteAction::Reset => {
+        ClusterRequest::Reset => {
             if role.is_some() {
                 reset_local(ctx, pkg)?;
             }
-            Ok(json!({}))
+            Ok(ClusterAnswer::Done)
         }
     }
 }

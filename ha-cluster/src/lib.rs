@@ -1,13 +1,26 @@
 //! The cluster companion: the actions of the incumbent's `ns-ha-config` (set up, inspect,
 //! change and tear down the two-node cluster) over keepalived, conntrackd and the agent.
 //!
+//! A crate of its own, above `sync-agent`: it uses the agent's SSH client and registers its
+//! actions on the agent's server, and the agent (daemon, status, sync) needs nothing of it.
+//! What both read of keepalived's own files (VRRP state, statistics, virtual IPs) is in
+//! `sync_core::keepalived`.
+//!
+//! Pure code, on files under a root: [`keepalived`] (the UCI sections of
+//! `/etc/config/keepalived` and the `keepalived.conf` renderer), [`conntrackd`]
+//! (`conntrackd.conf`), [`network`] (`/etc/config/network` and `dhcp`), [`addr`].
+//!
+//! Over the agent, layered so that no module imports one that imports it back:
+//! - [`request`]: what the primary asks of the backup ([`request::ClusterRequest`], one
+//!   variant per remote action, and the typed answers), and the [`Peer`] the actions call.
+//! - `services` (inside): the init scripts the actions run, through a [`Runner`].
 //! - [`actions`]: each action, run on the primary (or, for `check-*`/`status`, on either node)
-//!   against a root directory and a [`Runner`], so tests run them on temporary roots.
-//! - [`keepalived`]: the UCI sections of `/etc/config/keepalived` and the `keepalived.conf`
-//!   renderer; [`conntrackd`]: `conntrackd.conf`.
-//! - [`remote`]: the named actions the backup's agent serves to the cluster key only
-//!   (validate, configure, enable, disable, reset), the shell of `ssh-remote`, and the
-//!   client that calls them; [`upgrade`]: `upgrade-remote`'s image upload and install.
+//!   against a root directory and a [`Runner`], so tests run them on temporary roots; and the
+//!   backup's half of each remote action ([`actions::serve`]).
+//! - [`upgrade`]: `upgrade-remote`'s image upload and install.
+//! - [`remote`]: the agent serving the remote actions, the upload and the shell of
+//!   `ssh-remote` to the cluster key only, and [`remote::SshPeer`], the [`Peer`] over SSH.
+//! - [`bootstrap`]: first contact with the backup (port 22, root's password).
 //!
 //! Actions that change the cluster change the primary's UCI, then hand the whole [`Spec`] to
 //! the backup (`configure`), which writes its own sections from it: both nodes always describe
@@ -15,6 +28,7 @@
 //! its own role and addresses).
 //!
 //! [`Spec`]: keepalived::Spec
+//! [`Peer`]: request::Peer
 
 pub mod actions;
 pub mod addr;
@@ -23,18 +37,32 @@ pub mod conntrackd;
 pub mod keepalived;
 pub mod network;
 pub mod remote;
+pub mod request;
+mod services;
 pub mod upgrade;
 
 use std::path::{Path, PathBuf};
 
 pub use restore_hooks::Role;
+use sync_agent::transport::TransportError;
 use sync_core::runner::Runner;
+use sync_core::uci::Package;
 
-/// The UCI file of the cluster, relative to the root.
-pub const KEEPALIVED_UCI: &str = "etc/config/keepalived";
+pub(crate) use sync_core::node::KEEPALIVED_UCI;
+
+/// The cluster key's public half on the backup (written by init-backup-node): the only key
+/// the agent runs the cluster actions for.
+pub fn cluster_pub(root: &Path) -> PathBuf {
+    root.join(sync_core::node::ETC_DIR).join("cluster_key.pub")
+}
+
+/// This node's cluster UCI (empty when there is none yet).
+pub(crate) fn load_uci(ctx: &Ctx) -> Result<Package, ClusterError> {
+    Ok(Package::load_or_empty(&ctx.path(KEEPALIVED_UCI))?)
+}
 
 /// The UCI section naming this node's role (`keepalived.primary` / `keepalived.backup`).
-pub fn role_section(role: Role) -> &'static str {
+pub(crate) fn role_section(role: Role) -> &'static str {
     match role {
         Role::Primary => "primary",
         Role::Backup => "backup",
@@ -95,7 +123,7 @@ pub enum ClusterError {
     #[error(transparent)]
     Uci(#[from] sync_core::uci::UciError),
     #[error(transparent)]
-    Transport(#[from] crate::transport::TransportError),
+    Transport(TransportError),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -111,51 +139,22 @@ impl ClusterError {
     }
 }
 
-/// The named actions the backup's agent runs for the primary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RemoteAction {
-    /// Check HA interfaces on the backup: exist, static; report device and address.
-    Validate,
-    /// Write the backup's cluster sections (and conntrackd) from the primary's spec.
-    Configure,
-    Enable,
-    Disable,
-    Reset,
-}
-
-impl RemoteAction {
-    pub const ALL: [RemoteAction; 5] = [
-        RemoteAction::Validate,
-        RemoteAction::Configure,
-        RemoteAction::Enable,
-        RemoteAction::Disable,
-        RemoteAction::Reset,
-    ];
-
-    /// The exact `exec` command string the agent accepts.
-    pub fn command(self) -> &'static str {
-        match self {
-            RemoteAction::Validate => "ha-sync-cluster validate",
-            RemoteAction::Configure => "ha-sync-cluster configure",
-            RemoteAction::Enable => "ha-sync-cluster enable",
-            RemoteAction::Disable => "ha-sync-cluster disable",
-            RemoteAction::Reset => "ha-sync-cluster reset",
+impl From<TransportError> for ClusterError {
+    /// What the backup refused, or a shell that ended early, is the peer's answer (as
+    /// `backup node: ...`); a local terminal error names the terminal; the rest (connection,
+    /// host key, login with a key) stays the transport's.
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::PasswordRejected { .. }
+            | TransportError::ExecRefused { .. }
+            | TransportError::ShellRefused { .. }
+            | TransportError::ShellEnded { .. }
+            | TransportError::OutputTooLarge { .. } => ClusterError::Peer(e.to_string()),
+            TransportError::Terminal(source) => ClusterError::Io {
+                path: PathBuf::from("terminal"),
+                source,
+            },
+            e => ClusterError::Transport(e),
         }
     }
-}
-
-/// The backup, as the primary's actions reach it: one JSON request, one JSON answer.
-pub trait Peer {
-    fn call(
-        &self,
-        action: RemoteAction,
-        request: &serde_json::Value,
-    ) -> Result<serde_json::Value, ClusterError>;
-
-    /// Sends a firmware image for the backup to check and install (see [`upgrade`]).
-    fn send_image(
-        &self,
-        header: &upgrade::ImageHeader,
-        image: &Path,
-    ) -> Result<serde_json::Value, ClusterError>;
 }

@@ -5,8 +5,8 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use super::keepalived::Spec;
-use super::Role;
+use crate::keepalived::Spec;
+use crate::Role;
 
 /// Where OpenWrt's conntrackd reads its configuration (and where the hooks expect it).
 pub const CONF: &str = "etc/conntrackd/conntrackd.conf";

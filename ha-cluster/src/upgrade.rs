@@ -2,25 +2,22 @@
 //! it (size, blake3, free space, `sysupgrade -T`) and installs it with `sysupgrade` (settings
 //! kept: the backup must come back as the same cluster node).
 //!
-//! On the wire (exec `ha-sync-cluster upgrade`, cluster key only): one JSON line
-//! `{"name", "size", "blake3"}`, then exactly `size` bytes of image; the answer is one JSON
-//! document. The backup answers before it installs: sysupgrade ends every process, the agent
-//! and its connection included.
+//! On the wire (exec `ha-sync-cluster upgrade`, cluster key only):
+//! one JSON line, the [`ImageHeader`] `{"name", "size", "blake3"}`, then exactly `size` bytes
+//! of image; the answer is one JSON document, an [`UploadAnswer`]. The backup answers before
+//! it installs: sysupgrade ends every process, the agent and its connection included.
 
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use sync_agent::transport::ReadWrite;
 use sync_core::runner::{Cmd, Runner};
 
-use super::actions::run_checked;
-use super::{ClusterError, Ctx, Peer};
-
-/// Largest image accepted (OpenWrt x86 images are tens of MB; NethSecurity's about 150 MB).
-pub const MAX_IMAGE: u64 = 1 << 30;
+use crate::request::{ImageHeader, Peer, UploadAnswer, MAX_IMAGE};
+use crate::services::run_checked;
+use crate::{keepalived, load_uci, ClusterError, Ctx, Role};
 /// Longest header line.
 const MAX_HEADER: u64 = 4096;
 /// Where the backup keeps the image it received, relative to the root (RAM on OpenWrt, as
@@ -28,53 +25,10 @@ const MAX_HEADER: u64 = 4096;
 pub const IMAGE_PATH: &str = "tmp/ha-sync-upgrade.img";
 const PART_PATH: &str = "tmp/.ha-sync-upgrade.img.part";
 pub const SYSUPGRADE: &str = "/sbin/sysupgrade";
-/// The exec command of the upload on the agent.
-pub const COMMAND: &str = "ha-sync-cluster upgrade";
 /// NethSecurity's downloader: `ns-download -f -l` fetches the latest image, prints its path.
 pub const DOWNLOADER: &str = "ns-download";
 /// Time given to the answer to reach the primary before sysupgrade stops everything.
 const INSTALL_DELAY: Duration = Duration::from_secs(1);
-
-/// What precedes the image on the wire.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ImageHeader {
-    /// File name on the primary, for the logs.
-    pub name: String,
-    pub size: u64,
-    /// blake3 of the whole image, hex.
-    pub blake3: String,
-}
-
-impl ImageHeader {
-    /// Reads `image` once to size and hash it.
-    pub fn of(image: &Path) -> Result<ImageHeader, ClusterError> {
-        let mut f = File::open(image).map_err(ClusterError::io(image))?;
-        let meta = f.metadata().map_err(ClusterError::io(image))?;
-        if !meta.is_file() {
-            return Err(ClusterError::Invalid(format!(
-                "{} is not a regular file; give the image file",
-                image.display()
-            )));
-        }
-        if meta.len() > MAX_IMAGE {
-            return Err(ClusterError::Invalid(format!(
-                "{} is {} bytes, larger than any image ({MAX_IMAGE} bytes at most)",
-                image.display(),
-                meta.len()
-            )));
-        }
-        let mut hasher = blake3::Hasher::new();
-        let n = std::io::copy(&mut f, &mut hasher).map_err(ClusterError::io(image))?;
-        Ok(ImageHeader {
-            name: image
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            size: n,
-            blake3: hasher.finalize().to_hex().to_string(),
-        })
-    }
-}
 
 /// What the primary learns.
 #[derive(Debug, Clone)]
@@ -84,7 +38,7 @@ pub struct UpgradeReport {
     pub downloaded: bool,
     pub header: ImageHeader,
     /// The backup's answer.
-    pub answer: Value,
+    pub answer: UploadAnswer,
 }
 
 /// The primary's side: finds the image (or downloads the latest with `ns-download`), then
@@ -233,7 +187,7 @@ fn path_arg(ctx: &Ctx, path: &Path) -> String {
 
 /// The backup's side, step 2: `sysupgrade <image>` after [`INSTALL_DELAY`], on a thread of
 /// its own so the answer leaves first. Settings are kept (no `-n`).
-pub fn install_later(root: PathBuf, runner: std::sync::Arc<dyn Runner>, image: PathBuf) {
+pub(crate) fn install_later(root: PathBuf, runner: std::sync::Arc<dyn Runner>, image: PathBuf) {
     std::thread::spawn(move || {
         std::thread::sleep(INSTALL_DELAY);
         let ctx = Ctx {
@@ -249,17 +203,17 @@ pub fn install_later(root: PathBuf, runner: std::sync::Arc<dyn Runner>, image: P
 }
 
 /// Serves one upload for the agent: receive, check, answer, then install.
-pub fn serve_upload(
+pub(crate) fn serve_upload(
     root: &Path,
     runner: std::sync::Arc<dyn Runner>,
-    stream: &mut dyn crate::transport::ReadWrite,
+    stream: &mut dyn ReadWrite,
 ) -> Result<(), String> {
     let ctx = Ctx {
         root,
         runner: runner.as_ref(),
     };
-    let pkg = super::actions::load_uci(&ctx).map_err(|e| e.to_string())?;
-    if super::keepalived::role_of(&pkg) == Some(super::Role::Primary) {
+    let pkg = load_uci(&ctx).map_err(|e| e.to_string())?;
+    if keepalived::role_of(&pkg) == Some(Role::Primary) {
         return Err(
             "this node is configured as the primary; upgrade it with sysupgrade, \
                     upgrade-remote is for the backup"
@@ -267,8 +221,11 @@ pub fn serve_upload(
         );
     }
     let image = receive_image(&ctx, stream).map_err(|e| e.to_string())?;
-    let answer = json!({ "result": "installing", "image": path_arg(&ctx, &image) });
-    let text = serde_json::to_vec(&answer).map_err(|e| e.to_string())?;
+    let answer = UploadAnswer {
+        result: "installing".into(),
+        image: path_arg(&ctx, &image),
+    };
+    let text = answer.to_wire().map_err(|e| e.to_string())?;
     stream
         .write_all(&text)
         .and_then(|()| stream.flush())
