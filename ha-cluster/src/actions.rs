@@ -580,8 +580,8 @@ fn reset_local(ctx: &Ctx, mut pkg: Package) -> Result<(), ClusterError> {
     stop_services(ctx)?;
     let staging = pkg
         .get(keepalived::PEER_SECTION, "sync_dir")
-        .unwrap_or(keepalived::STAGING)
-        .to_string();
+        .map(str::to_string)
+        .unwrap_or_else(|| sync_core::node::router_path(sync_core::node::DEFAULT_STAGING));
     keepalived::clear(&mut pkg);
     pkg.write_atomic(&ctx.path(KEEPALIVED_UCI))?;
     let mut gone = vec![

@@ -30,6 +30,7 @@ use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
+use sync_core::node;
 use sync_core::uci::Package;
 
 use crate::addr::Cidr;
@@ -46,9 +47,6 @@ pub(crate) const PEER_SECTION: &str = "ha_peer";
 /// virtual); Linux caps a label at IFNAMSIZ - 1 = 15 bytes.
 pub(crate) const LABEL_SUFFIX: &str = "ha";
 pub(crate) const MAX_LABEL: usize = 15;
-/// The cluster key on the primary, as `ha_peer.ssh_key` names it.
-pub(crate) const CLUSTER_KEY: &str = "/etc/ha-sync/id_ed25519";
-pub(crate) const STAGING: &str = "/usr/share/keepalived/rsync";
 
 /// The incumbent's default `sync_list`.
 pub const DEFAULT_SYNC_LIST: &[&str] = &[
@@ -308,13 +306,17 @@ pub fn write(
     p.set("address", &peer.to_string())?;
     p.set("ssh_port", &sync_agent::transport::DEFAULT_PORT.to_string())?;
     match role {
-        Role::Primary => p.set("ssh_key", CLUSTER_KEY)?,
+        // The cluster key on the primary, as `ha_peer.ssh_key` names it.
+        Role::Primary => p.set(
+            "ssh_key",
+            &node::router_path(&format!("{}/{}", node::ETC_DIR, node::CLUSTER_KEY_NAME)),
+        )?,
         Role::Backup => {
             p.delete("ssh_key");
         }
     }
     if p.get("sync_dir").is_none() {
-        p.set("sync_dir", STAGING)?;
+        p.set("sync_dir", &node::router_path(node::DEFAULT_STAGING))?;
     }
     p.set("sync_mode", mode)?;
     for (opt, default) in [

@@ -29,7 +29,8 @@ const CONNTRACKD_CONF: &str = "/etc/conntrackd/conntrackd.conf";
 pub(crate) const HOTPLUG_CALL: &str = "/sbin/hotplug-call";
 /// The file listing the paths a NOTIFY_SYNC changed, one a line; its path is in
 /// `HA_SYNC_CHANGED` for the hotplug scripts.
-pub const CHANGED_FILE: &str = "var/run/ha-sync/changed";
+/// (In the state directory.)
+pub const CHANGED_FILE: &str = "changed";
 
 struct Steps<'a> {
     ctx: &'a Ctx<'a>,
@@ -303,7 +304,7 @@ pub(crate) fn notify_sync(
             .map_err(crate::at(ctx.root.join("etc/crontabs/cron.update")));
         s.check(r);
     }
-    let list = ctx.root.join(CHANGED_FILE);
+    let list = Node::new(ctx.root).state_dir().join(CHANGED_FILE);
     let text: String = changed.iter().map(|c| format!("{c}\n")).collect();
     // Like the init scripts: only when the node has it (a Debian test bed has no hotplug
     // scripts to run, and a missing program would fail every restore there).

@@ -30,7 +30,7 @@ use sync_core::uci::{self, UciError};
 use sync_core::wire::RestoreReport;
 
 /// The daemon's status file, relative to the root.
-pub const STATUS_FILE: &str = "var/run/ha-sync/status.json";
+pub const STATUS_FILE: &str = "status.json";
 
 /// How a sync ended, as `keepalived.ha_peer.last_sync_status` says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,7 +268,9 @@ pub fn write_uci(root: &Path, status: &str, time: u64) -> Result<(), StatusError
 
 /// Writes [`STATUS_FILE`] atomically (temp file + rename: a reader never sees half of it).
 pub fn write_json(root: &Path, s: &DaemonStatus) -> Result<(), StatusError> {
-    let path = root.join(STATUS_FILE);
+    let path = sync_core::node::Node::new(root)
+        .state_dir()
+        .join(STATUS_FILE);
     let io = |source| StatusError::Io {
         path: path.clone(),
         source,
@@ -283,7 +285,9 @@ pub fn write_json(root: &Path, s: &DaemonStatus) -> Result<(), StatusError> {
 
 /// Reads [`STATUS_FILE`]; `None` when there is none (no daemon ever ran since boot).
 pub fn read_json(root: &Path) -> Result<Option<DaemonStatus>, StatusError> {
-    let path = root.join(STATUS_FILE);
+    let path = sync_core::node::Node::new(root)
+        .state_dir()
+        .join(STATUS_FILE);
     match std::fs::read(&path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)

@@ -29,6 +29,8 @@ pub const STATE_DIR: &str = "var/run/ha-sync";
 pub const ETC_DIR: &str = "etc/ha-sync";
 /// The staging tree when UCI names none (`keepalived.ha_peer.sync_dir`).
 pub const DEFAULT_STAGING: &str = "usr/share/keepalived/rsync";
+/// The cluster key's file name in [`ETC_DIR`] when UCI names none.
+pub const CLUSTER_KEY_NAME: &str = "id_ed25519";
 /// The daemon's control socket (`ha-sync now`, `ha-sync status`).
 pub const CONTROL_SOCKET: &str = "var/run/ha-sync.sock";
 /// The agent's port, as the incumbent's dropbear instance on the HA link.
@@ -127,6 +129,12 @@ impl PeerConfig {
     }
 }
 
+/// A root-relative path as the router spells it (`/usr/share/keepalived/rsync`), the form
+/// UCI options hold.
+pub fn router_path(rel: &str) -> String {
+    format!("/{rel}")
+}
+
 /// `host:port` for a host that may be an IPv6 literal.
 pub fn peer_addr(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
@@ -206,7 +214,7 @@ impl Node {
             host_key: etc.join("host_key"),
             authorized_keys: etc.join("authorized_keys"),
             known_hosts: etc.join("known_hosts"),
-            default_key: etc.join("id_ed25519"),
+            default_key: etc.join(CLUSTER_KEY_NAME),
         }
     }
 
