@@ -27,6 +27,9 @@ pub const SYSTEM_UCI: &str = "etc/config/system";
 pub const STATE_DIR: &str = "var/run/ha-sync";
 /// ha-sync's own keys: host key, cluster key, authorized and known hosts. Never synced.
 pub const ETC_DIR: &str = "etc/ha-sync";
+/// Persistent agent data: the attic, the failback base. Not under `var/` (tmpfs on OpenWrt):
+/// what a failback needs must survive a reboot; on the overlay, like the default staging tree.
+pub const DATA_DIR: &str = "usr/share/ha-sync";
 /// The staging tree when UCI names none (`keepalived.ha_peer.sync_dir`).
 pub const DEFAULT_STAGING: &str = "usr/share/keepalived/rsync";
 /// The cluster key's file name in [`ETC_DIR`] when UCI names none.
@@ -196,6 +199,27 @@ impl Node {
     /// `<root>/var/run/ha-sync`: stat cache, status, locks, the hooks' VRRP record.
     pub fn state_dir(&self) -> PathBuf {
         self.root.join(STATE_DIR)
+    }
+
+    /// `<root>/usr/share/ha-sync`: persistent data (attic, failback base).
+    pub fn data_dir(&self) -> PathBuf {
+        self.root.join(DATA_DIR)
+    }
+
+    /// Every live version a restore, pull or merge replaces is kept here.
+    pub fn attic_dir(&self) -> PathBuf {
+        self.data_dir().join("attic")
+    }
+
+    /// The agent's own directories: never a restore target nor mirrored over, whatever the
+    /// restore list says (staging, state, keys, data).
+    pub fn protected_dirs(&self) -> Vec<PathBuf> {
+        vec![
+            self.staging_dir(),
+            self.state_dir(),
+            self.etc_dir(),
+            self.data_dir(),
+        ]
     }
 
     /// `<root>/var/run/ha-sync.sock`.
