@@ -7,8 +7,8 @@
 //!   re-opened with capped exponential backoff, and the first sync on the new one catches up
 //!   whatever changed meanwhile.
 //! - **Triggers.** inotify on everything that decides what is synced ([`crate::triggers`]),
-//!   debounced into bursts (200 ms of quiet, at most 2 s); a periodic reconcile (default 60 s)
-//!   as the safety net; `ha-sync now` over the control socket ([`crate::control`]).
+//!   debounced into bursts (the first change after quiet at once; then 200 ms of quiet, at
+//!   most 2 s); a periodic reconcile (default 60 s) as the safety net; `ha-sync now` over the control socket ([`crate::control`]).
 //!   Between them the daemon sleeps: no polling.
 //! - **Cheap syncs.** The stat cache stays in memory, so a sync of an unchanged tree reads
 //!   no file. A change-triggered sync whose manifest equals what the backup committed on this
@@ -625,6 +625,8 @@ impl Engine {
                     Trigger::Activated
                 };
                 self.wake = Some((Instant::now(), t));
+                // The activation's sync carries what changed while inactive.
+                self.debounce.take();
                 self.backoff = self.cfg.backoff_min;
             }
             (true, false) | (false, false) => {
@@ -746,6 +748,7 @@ impl Engine {
         let reset = std::mem::take(&mut self.rescan);
         self.wake = None;
         let a = self.attempt(trigger, burst, reset).await;
+        self.debounce.synced(Instant::now());
         self.finish(trigger, started, a).await
     }
 

@@ -16,9 +16,11 @@
 //! opens and reads, the daemon's own status files) are dropped. A false positive costs one
 //! sync that finds nothing changed; the stat cache makes that a few milliseconds.
 //!
-//! **Bursts** ([`Debounce`]). A sync starts after 200 ms without events, and at most 2 s
-//! after the first event of a burst, so a flood of edits becomes a few syncs and a steady
-//! trickle cannot postpone them forever.
+//! **Bursts** ([`Debounce`]). The first change after a quiet period syncs at once (after
+//! [`LEADING`], long enough for a write-then-rename to land): an admin's edit reaches the
+//! backup in tens of milliseconds. What arrives while a sync runs, or within 200 ms of the last
+//! one, waits for 200 ms without events, and at most 2 s after the first event of its burst,
+//! so a flood of edits becomes a few syncs and a steady trickle cannot postpone them forever.
 //!
 //! **Lost events.** A queue overflow (inotify's, flagged by notify as "rescan", or ours when
 //! the daemon falls behind) or a watch that cannot be set (`max_user_watches`) means a change
@@ -38,19 +40,27 @@ use tokio::sync::{mpsc, Notify};
 
 /// Quiet time that ends a burst.
 pub const QUIET: Duration = Duration::from_millis(200);
+/// Delay of a burst's leading edge: `uci commit` and editors write a temporary file and rename
+/// it; a few milliseconds let the rename land so the first sync carries the finished file.
+pub const LEADING: Duration = Duration::from_millis(10);
 /// Longest a burst may postpone its sync.
 pub const MAX_DELAY: Duration = Duration::from_secs(2);
 /// Events queued between notify's thread and the daemon before we count an overflow.
 const QUEUE: usize = 4096;
 
-/// Folds events into bursts: due `quiet` after the last event, and never later than `max`
-/// after the first.
+/// Folds events into bursts. A burst that starts after a quiet period (nothing synced for
+/// `quiet`) is due at once (its leading edge, [`LEADING`] later); any other is due `quiet`
+/// after its last event, and never later than `max` after its first.
 #[derive(Debug, Clone)]
 pub struct Debounce {
     quiet: Duration,
     max: Duration,
     first: Option<Instant>,
     last: Option<Instant>,
+    /// This burst began after a quiet period: it does not wait for more.
+    leading: bool,
+    /// When the last sync ended.
+    synced: Option<Instant>,
 }
 
 impl Debounce {
@@ -60,18 +70,33 @@ impl Debounce {
             max,
             first: None,
             last: None,
+            leading: false,
+            synced: None,
         }
     }
 
     /// An event at `at`.
     pub fn note(&mut self, at: Instant) {
+        if self.first.is_none() {
+            self.leading = self
+                .synced
+                .is_none_or(|s| at.saturating_duration_since(s) >= self.quiet);
+        }
         self.first.get_or_insert(at);
         self.last = Some(self.last.map_or(at, |l| l.max(at)));
+    }
+
+    /// A sync ended at `at`: events in the next `quiet` are a burst of their own, coalesced.
+    pub fn synced(&mut self, at: Instant) {
+        self.synced = Some(at);
     }
 
     /// When the pending burst is due, if there is one.
     pub fn deadline(&self) -> Option<Instant> {
         let (first, last) = (self.first?, self.last?);
+        if self.leading {
+            return Some(first + LEADING.min(self.quiet));
+        }
         Some((last + self.quiet).min(first + self.max))
     }
 
@@ -82,6 +107,7 @@ impl Debounce {
     /// Ends the burst; returns the time of its first event.
     pub fn take(&mut self) -> Option<Instant> {
         self.last = None;
+        self.leading = false;
         self.first.take()
     }
 }
@@ -505,11 +531,34 @@ mod tests {
     use sync_core::restore_list::{EntryKind, ListEntry};
 
     #[test]
+    fn debounce_syncs_the_first_change_after_quiet_at_once() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = Debounce::new(ms(200), ms(2000));
+        // Nothing synced yet: the first event is a leading edge.
+        d.note(t0);
+        d.note(t0 + ms(5));
+        assert_eq!(d.deadline(), Some(t0 + LEADING));
+        assert_eq!(d.take(), Some(t0));
+        d.synced(t0 + ms(40));
+        // Events that arrived during the sync, or right after it, wait for quiet.
+        d.note(t0 + ms(41));
+        assert_eq!(d.deadline(), Some(t0 + ms(241)));
+        d.take();
+        d.synced(t0 + ms(300));
+        // Quiet again: the next edit goes at once.
+        d.note(t0 + ms(900));
+        assert_eq!(d.deadline(), Some(t0 + ms(900) + LEADING));
+    }
+
+    #[test]
     fn debounce_waits_for_quiet_but_not_forever() {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut d = Debounce::new(ms(200), ms(2000));
         assert_eq!(d.deadline(), None);
+        // A sync just ended: this burst is coalesced.
+        d.synced(t0);
         d.note(t0);
         assert_eq!(d.deadline(), Some(t0 + ms(200)));
         d.note(t0 + ms(150));
