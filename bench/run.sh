@@ -3,7 +3,10 @@
 # See bench/README.md. Run as root:
 #   bench/run.sh [--scale N]... [--rounds R] [--mode auto|net|local] [--no-pcap]
 #                [--bin PATH] [--out DIR] [--tag NAME] [--force] [--no-install] [--keep]
-#                [--ssh-shell /bin/sh|keep] [--quiet-wait SECONDS]
+#                [--ssh-shell /bin/sh|keep] [--quiet-wait SECONDS] [--staging-only] [--fs tmpfs|ext4]
+# ha-sync as shipped: the static musl build (built if missing), the backup restoring each commit
+# to its live tree; --staging-only stops at the staging tree (what rsync writes); --fs ext4 puts
+# the trees on an ext4 loop device instead of a tmpfs.
 # Writes OUT/latest.csv (one row per sync) and OUT/latest.md (the tables, via report.py).
 set -uo pipefail
 
@@ -22,12 +25,14 @@ KEEP=0
 SSH_SHELL=/bin/sh
 QUIET_WAIT=0
 QUIET_PCT=25
+STAGING_ONLY=0
+FS=tmpfs
 SCENARIOS=(full nochange edit bigedit delete add touch)
 TOOLS=(ha-sync rsync rsync-z)
 NS_P=ha-p NS_B=ha-b IP_P=198.18.0.1 IP_B=198.18.0.2
 SSH_PORT=65022 HS_PORT=65023
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "run.sh: $*" >&2; exit 2; }
 log() { echo "[$(date +%T)] $*" >&2; }
 
@@ -44,6 +49,8 @@ while [ $# -gt 0 ]; do
     --no-install) INSTALL=0; shift ;;
     --keep) KEEP=1; shift ;;
     --ssh-shell) SSH_SHELL=${2:?}; shift 2 ;;
+    --staging-only) STAGING_ONLY=1; shift ;;
+    --fs) case "${2:-}" in tmpfs|ext4) FS=$2 ;; *) die "--fs tmpfs|ext4" ;; esac; shift 2 ;;
     --quiet-wait) [[ "${2:-}" =~ ^[0-9]+$ ]] || die "--quiet-wait needs seconds"; QUIET_WAIT=$2; shift 2 ;;
     -h|--help) usage 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; usage 2 ;;
@@ -71,10 +78,13 @@ NCPU=$(nproc)
 PY=$(python3 -c 'import sys; print(sys.executable)')   # the real interpreter, not a pyenv shim
 
 if [ -z "$BIN" ]; then
-  BIN="$REPO/target/release/ha-sync"
+  # The product: a static musl binary with mimalloc (README "Router builds", .ci/musl).
+  BIN="$REPO/target/x86_64-unknown-linux-musl/release/ha-sync"
   if [ ! -x "$BIN" ]; then
-    log "no $BIN: cargo build --release -p sync-cli"
-    (cd "$REPO" && cargo build --release -p sync-cli) >&2 || die "cargo build --release -p sync-cli failed"
+    log "no $BIN: cargo build --release --target x86_64-unknown-linux-musl -p sync-cli"
+    (cd "$REPO" && rustup target add x86_64-unknown-linux-musl >/dev/null \
+      && CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --target x86_64-unknown-linux-musl -p sync-cli) >&2 \
+      || die "the musl build failed (apt-get install musl-tools?)"
   fi
 fi
 [ -x "$BIN" ] || die "no ha-sync binary at $BIN"
@@ -158,10 +168,21 @@ ip -n $NS_P link show vp | grep -q LOWER_UP || die "the veth did not come up"
 # 'ip netns exec' makes its own mount namespace (a slave copy of the caller's), so a mount made
 # inside one is invisible to the other namespace's processes, while one made here is seen by both.
 W=$(mktemp -d /tmp/ha-bench.XXXXXX) || die "mktemp failed"
-mount -t tmpfs -o size=8g,mode=0755 ha-bench "$W" || die "cannot mount a tmpfs on $W"
+if [ $FS = ext4 ]; then
+  # A loop device on the real disk: ext4 journals and syncs as a router's overlay does.
+  IMG="$W.img"
+  truncate -s 8G "$IMG" && mkfs.ext4 -q -F "$IMG" || die "cannot make an ext4 image at $IMG"
+  mount -o loop "$IMG" "$W" || die "cannot mount $IMG on $W"
+  rm -f "$IMG"   # the mount keeps it; the space returns at umount
+  chmod 0755 "$W"
+  FS_T=ext2/ext3
+else
+  mount -t tmpfs -o size=8g,mode=0755 ha-bench "$W" || die "cannot mount a tmpfs on $W"
+  FS_T=tmpfs
+fi
 MOUNTED=1
 for ns in $NS_P $NS_B; do
-  [ "$(ip netns exec $ns stat -f -c %T "$W")" = tmpfs ] || die "$W is not a tmpfs as seen from $ns (mount propagation?)"
+  [ "$(ip netns exec $ns stat -f -c %T "$W")" = $FS_T ] || die "$W is not a $FS as seen from $ns (mount propagation?)"
 done
 mkdir -p "$W/bin" "$W/logs" "$W/ssh" "$W/keys" "$W/cap" "$W/tmp" "$OUT" || die "mkdir"
 cp "$BIN" "$W/bin/ha-sync" || die "cannot copy $BIN"   # a rebuild during the run must not swap it
@@ -236,10 +257,10 @@ if [ $MODE = net ]; then
   read -r kt kb _ < "$W/keys/hostkey.pub"
   echo "[$IP_B]:$HS_PORT $kt $kb" > "$W/keys/known_hosts"
 fi
-# rsync only writes its destination; the agent must do no more: stage only, no restore to the
-# backup's live tree (when the binary has the flag)
+# The job ends in the backup's live tree (restore, then NOTIFY_SYNC, which a Debian host without
+# hotplug-call skips). --staging-only: the agent stops where rsync does, at its destination.
 SERVE_EXTRA=()
-[ $MODE = net ] && "$HS" serve --help 2>&1 | grep -q -- '--staging-only' && SERVE_EXTRA=(--staging-only)
+[ $MODE = net ] && [ $STAGING_ONLY = 1 ] && SERVE_EXTRA=(--staging-only)
 start_serve() { # ROOT_B
   ip netns exec $NS_B "$HS" serve --root "$1" --listen $IP_B:$HS_PORT --host-key "$W/keys/hostkey" \
     --authorized-keys "$W/keys/authorized_keys" "${SERVE_EXTRA[@]}" >>"$W/logs/serve.log" 2>&1 &
@@ -283,14 +304,16 @@ write_router_config() { # ROOT: the restore list covers the whole of /etc
   : > "$1/etc/sysupgrade.conf"
 }
 src_root() { case $1 in ha-sync) echo "$SD/hs/A" ;; rsync) echo "$SD/rs/src" ;; rsync-z) echo "$SD/rz/src" ;; esac; }
-dst_etc() { case $1 in ha-sync) echo "$SD/hs/B/usr/share/keepalived/rsync/etc" ;; rsync) echo "$SD/rs/dst/etc" ;; rsync-z) echo "$SD/rz/dst/etc" ;; esac; }
+hs_dst() { if [ $STAGING_ONLY = 1 ]; then echo "$SD/hs/B/usr/share/keepalived/rsync/etc"; else echo "$SD/hs/B/etc"; fi; }
+dst_etc() { case $1 in ha-sync) hs_dst ;; rsync) echo "$SD/rs/dst/etc" ;; rsync-z) echo "$SD/rz/dst/etc" ;; esac; }
 reset_tool() { # TOOL: fresh source tree from the pristine copy, empty destination
   local d
   case $1 in ha-sync) d=hs ;; rsync) d=rs ;; rsync-z) d=rz ;; esac
   rm -rf "${SD:?}/$d"
   mkdir -p "$(src_root "$1")"
   cp -a "$SD/pristine/etc" "$(src_root "$1")/etc"
-  case $1 in ha-sync) mkdir -p "$SD/hs/B" ;; *) mkdir -p "$SD/$d/dst/etc" ;; esac
+  # the backup is a VRRP backup, as keepalived's NOTIFY_BACKUP records it: it restores
+  case $1 in ha-sync) mkdir -p "$SD/hs/B/var/run/ha-sync" && echo backup > "$SD/hs/B/var/run/ha-sync/vrrp_state" ;; *) mkdir -p "$SD/$d/dst/etc" ;; esac
 }
 
 CSV_HEADER="scale,round,scenario,tool,mode,rc,wall_s,wire_bytes,tx_bytes,rx_bytes,rt_self,rt_pcap,turns,conns,payload_c2s,payload_s2c,rss_primary_kb,rss_primary_sum_kb,rss_primary_procs,rss_backup_kb,rss_backup_idle_kb,rss_backup_procs,trees,cpu_busy_pct,foreign_cpu_pct,cpu_primary_ms,cpu_backup_ms,load1,self_summary"
@@ -399,7 +422,7 @@ measure() { # SCALE ROUND SCENARIO TOOL
 }
 
 # ---------------------------------------------------------------- the run
-log "mode=$MODE scales=${SCALES[*]} rounds=$ROUNDS pcap=$PCAP work=$W binary=$BIN"
+log "mode=$MODE scales=${SCALES[*]} rounds=$ROUNDS pcap=$PCAP fs=$FS staging_only=$STAGING_ONLY work=$W binary=$BIN"
 START=$(date +%s)
 for scale in "${SCALES[@]}"; do
   SD="$W/s$scale"
@@ -428,7 +451,8 @@ RSYNC_V=$(rsync --version | head -1 | awk '{print $3}')
 SSH_V=$(ssh -V 2>&1 | cut -d, -f1 | tr " " "-")
 HS_V=$("$HS" --version 2>/dev/null | head -1 | tr " " "-")
 GIT_V=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && [ -n "$(git status --porcelain 2>/dev/null | grep -v '^?? bench/' | head -1)" ] && echo "+dirty")
-META="date=$(date -u +%FT%TZ) mode=$MODE rounds=$ROUNDS scales=${SCALES[*]} pcap=$PCAP taskstats=$TASKSTATS remote_shell=$REMOTE_SHELL kernel=$(uname -r) cpus=$(nproc) rsync=$RSYNC_V ssh=$SSH_V ha_sync=$HS_V binary_built=$(date -u -r "$BIN" +%FT%TZ) tree_now=$GIT_V duration_s=$(( $(date +%s) - START ))"
+BIN_KIND=$(file -b "$BIN" | grep -oE 'statically linked|static-pie linked|dynamically linked' | head -1 | tr ' ' '-')
+META="date=$(date -u +%FT%TZ) mode=$MODE fs=$FS backup=$([ $STAGING_ONLY = 1 ] && echo staging-only || echo live) binary=${BIN_KIND:-unknown} binary_bytes=$(stat -c %s "$BIN") rounds=$ROUNDS scales=${SCALES[*]} pcap=$PCAP taskstats=$TASKSTATS remote_shell=$REMOTE_SHELL kernel=$(uname -r) cpus=$(nproc) rsync=$RSYNC_V ssh=$SSH_V ha_sync=$HS_V binary_built=$(date -u -r "$BIN" +%FT%TZ) tree_now=$GIT_V duration_s=$(( $(date +%s) - START ))"
 cp "$CSV" "$OUT/latest.csv"
 "$PY" "$HERE/report.py" "$OUT/latest.csv" --meta "$META" > "$OUT/latest.md" || die "report.py failed (raw data kept in $OUT/latest.csv)"
 if [ -n "$TAG" ]; then cp "$OUT/latest.csv" "$OUT/$TAG.csv"; cp "$OUT/latest.md" "$OUT/$TAG.md"; fi

@@ -24,6 +24,7 @@ pub mod cron;
 pub mod hooks;
 pub mod identity;
 pub mod journal;
+mod livestat;
 pub mod records;
 pub mod restore;
 pub mod services;

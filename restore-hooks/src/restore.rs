@@ -21,6 +21,7 @@
 use crate::cron::{self, CRONTAB};
 use crate::identity::{self, is_per_node, SYSTEM_CONFIG};
 use crate::journal::{self, Journal, Pending, Phase};
+use crate::livestat::LiveStat;
 use crate::{hooks, Ctx, HookError};
 use std::collections::{BTreeSet, HashSet};
 use std::io;
@@ -127,8 +128,10 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
         cleaned: HashSet::new(),
         conffiles: None,
         root_path: ctx.root,
+        live_stat: LiveStat::load(&ctx.root.join(sync_core::node::STATE_DIR)),
     };
     let res = a.run();
+    a.live_stat.save();
     let mut changed = std::mem::take(&mut a.changed);
     rep.errors = std::mem::take(&mut a.errors);
     drop(a);
@@ -209,6 +212,8 @@ struct Applier<'a, 'j> {
     cleaned: HashSet<String>,
     conffiles: Option<HashSet<String>>,
     root_path: &'a std::path::Path,
+    /// Live files known to hold a hash without reading them (issue 13).
+    live_stat: LiveStat,
 }
 
 fn parent_key(p: &RelPath) -> String {
@@ -667,18 +672,22 @@ impl Applier<'_, '_> {
         let name = e.path.file_name();
         if let Some(s) = st.filter(|s| s.kind == FileType::File) {
             let same = match &desired {
-                Desired::Staged => s.size == e.size() && live_hash(d, name) == e.file_hash(),
+                Desired::Staged => {
+                    s.size == e.size() && self.live_hash(d, &e.path, &s) == e.file_hash()
+                }
                 Desired::Bytes(b) => {
                     s.size == b.len() as u64
                         && d.read_file(name, MAX_FILE_SIZE).is_ok_and(|l| l == *b)
                 }
             };
             if same {
+                let staged = matches!(desired, Desired::Staged);
                 if Self::meta_differs(&s, e, false) {
                     self.note(&e.path)?;
                     match d.set_meta(name, meta_of(e), false) {
                         Ok(()) => {
                             self.changed.insert(e.path.to_abs());
+                            self.verified(d, e, staged);
                         }
                         Err(err) => self.err(&e.path, err),
                     }
@@ -686,6 +695,7 @@ impl Applier<'_, '_> {
                 return Ok(());
             }
         }
+        let staged = matches!(desired, Desired::Staged);
         let bytes = match desired {
             Desired::Bytes(b) => b,
             Desired::Staged => match self.read_staged(e) {
@@ -704,12 +714,34 @@ impl Applier<'_, '_> {
         }
         match d.write_file_atomic(name, &bytes, Some(meta_of(e))) {
             Ok(()) => {
+                self.verified(d, e, staged);
                 self.changed.insert(e.path.to_abs());
                 self.touched.insert(parent_key(&e.path));
             }
             Err(err) => self.err(&e.path, err),
         }
         Ok(())
+    }
+
+    /// The hash of the live file at `p` (stat `s`): from the live stat cache when the file is
+    /// as the restore last saw it, else read and remembered.
+    fn live_hash(&mut self, d: &Dir, p: &RelPath, s: &Stat) -> Option<Hash> {
+        if let Some(h) = self.live_stat.hash(p.as_str(), s) {
+            return Some(h);
+        }
+        let h = live_hash(d, p.file_name())?;
+        self.live_stat.record(p.as_str(), s, h);
+        Some(h)
+    }
+
+    /// `e` was just written to live (or its metadata set): remember what it holds. A file
+    /// whose content is transformed on its way (per-node values) is hashed again next time.
+    fn verified(&mut self, d: &Dir, e: &Entry, staged: bool) {
+        let p = e.path.as_str();
+        match (staged, e.file_hash(), d.lstat(e.path.file_name())) {
+            (true, Some(h), Ok(Some(st))) => self.live_stat.record(p, &st, h),
+            _ => self.live_stat.forget(p),
+        }
     }
 
     /// Directory metadata, deepest first, once everything inside is final.

@@ -256,6 +256,38 @@ fn a_local_edit_on_the_backup_is_repaired_by_the_notify_sync_hook() {
     );
 }
 
+/// The restore trusts its live stat cache only while a file is as it left it: an edit in place
+/// that keeps the size and puts the mtime back (what `touch -r` does) still moves the ctime, and
+/// the next restore of the same generation repairs it.
+#[test]
+fn an_edit_that_keeps_size_and_mtime_is_still_seen_by_the_next_restore() {
+    let p = Pair::new();
+    first_restore(&p);
+    assert!(
+        p.backup.join("var/run/ha-sync/live-stat").exists(),
+        "the first restore remembers what it verified"
+    );
+    let rel = "etc/config/dhcp";
+    let live = p.backup.join(rel);
+    let before = std::fs::metadata(&live).unwrap();
+    let mut forged = std::fs::read(&live).unwrap();
+    forged[0] ^= 0x20;
+    std::fs::write(&live, &forged).unwrap();
+    filetime::set_file_mtime(
+        &live,
+        filetime::FileTime::from_last_modification_time(&before),
+    )
+    .unwrap();
+    assert_eq!(std::fs::metadata(&live).unwrap().len(), before.len());
+
+    let (m, c) = p.sync();
+    let r = RecordingRunner::new();
+    let rep = restore_after_commit(&p.ctx(&r), &m, &c);
+    assert!(rep.applied, "{rep:?}");
+    assert_eq!(rep.changed, ["/etc/config/dhcp"]);
+    assert_eq!(read(&p.backup, rel), read(&p.primary, rel));
+}
+
 #[test]
 fn a_conffile_back_at_its_default_gets_the_rom_copy_instead_of_being_deleted() {
     let p = Pair::new();

@@ -7,6 +7,11 @@ use std::time::Instant;
 use sync_core::local;
 use sync_core::runner::SystemRunner;
 
+// The static musl build is the product; musl's allocator is the slowest part of it.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod cluster;
 mod demo;
 mod net;
