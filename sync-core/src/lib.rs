@@ -19,6 +19,7 @@ pub mod sample;
 pub mod scan;
 pub mod session;
 pub mod staging;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod uci;
 pub mod wire;
