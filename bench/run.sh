@@ -313,7 +313,10 @@ reset_tool() { # TOOL: fresh source tree from the pristine copy, empty destinati
   mkdir -p "$(src_root "$1")"
   cp -a "$SD/pristine/etc" "$(src_root "$1")/etc"
   # the backup is a VRRP backup, as keepalived's NOTIFY_BACKUP records it: it restores
-  case $1 in ha-sync) mkdir -p "$SD/hs/B/var/run/ha-sync" && echo backup > "$SD/hs/B/var/run/ha-sync/vrrp_state" ;; *) mkdir -p "$SD/$d/dst/etc" ;; esac
+  # and has its own cluster config, a per-node file the restore never writes (the same text as
+  # the primary's here, so the trees compare equal)
+  case $1 in ha-sync) mkdir -p "$SD/hs/B/var/run/ha-sync" "$SD/hs/B/etc/config" && echo backup > "$SD/hs/B/var/run/ha-sync/vrrp_state" \
+                        && cp -p "$SD/pristine/etc/config/keepalived" "$SD/hs/B/etc/config/keepalived" ;; *) mkdir -p "$SD/$d/dst/etc" ;; esac
 }
 
 CSV_HEADER="scale,round,scenario,tool,mode,rc,wall_s,wire_bytes,tx_bytes,rx_bytes,rt_self,rt_pcap,turns,conns,payload_c2s,payload_s2c,rss_primary_kb,rss_primary_sum_kb,rss_primary_procs,rss_backup_kb,rss_backup_idle_kb,rss_backup_procs,trees,cpu_busy_pct,foreign_cpu_pct,cpu_primary_ms,cpu_backup_ms,load1,self_summary"

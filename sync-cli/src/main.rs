@@ -8,7 +8,7 @@ use sync_core::local;
 use sync_core::runner::SystemRunner;
 
 // The static musl build is the product; musl's allocator is the slowest part of it.
-#[cfg(target_env = "musl")]
+#[cfg(all(target_env = "musl", feature = "mimalloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
