@@ -3,10 +3,11 @@
 # See bench/README.md. Run as root:
 #   bench/run.sh [--scale N]... [--rounds R] [--mode auto|net|local] [--no-pcap]
 #                [--bin PATH] [--out DIR] [--tag NAME] [--force] [--no-install] [--keep]
-#                [--ssh-shell /bin/sh|keep] [--quiet-wait SECONDS] [--staging-only] [--fs tmpfs|ext4]
+#                [--ssh-shell /bin/sh|keep] [--quiet-wait SECONDS] [--staging-only] [--fs tmpfs|ext4] [--slow]
 # ha-sync as shipped: the static musl build (built if missing), the backup restoring each commit
 # to its live tree; --staging-only stops at the staging tree (what rsync writes); --fs ext4 puts
-# the trees on an ext4 loop device instead of a tmpfs.
+# the trees on an ext4 loop device instead of a tmpfs; --slow pins the whole run (both tools,
+# sshd, the agent) to one core capped at 25% (a cgroup) as a stand-in for a small appliance.
 # Writes OUT/latest.csv (one row per sync) and OUT/latest.md (the tables, via report.py).
 set -uo pipefail
 
@@ -27,12 +28,13 @@ QUIET_WAIT=0
 QUIET_PCT=25
 STAGING_ONLY=0
 FS=tmpfs
+SLOW=0
 SCENARIOS=(full nochange edit bigedit delete add touch)
 TOOLS=(ha-sync rsync rsync-z)
 NS_P=ha-p NS_B=ha-b IP_P=198.18.0.1 IP_B=198.18.0.2
 SSH_PORT=65022 HS_PORT=65023
 
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "run.sh: $*" >&2; exit 2; }
 log() { echo "[$(date +%T)] $*" >&2; }
 
@@ -50,6 +52,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=1; shift ;;
     --ssh-shell) SSH_SHELL=${2:?}; shift 2 ;;
     --staging-only) STAGING_ONLY=1; shift ;;
+    --slow) SLOW=1; shift ;;
     --fs) case "${2:-}" in tmpfs|ext4) FS=$2 ;; *) die "--fs tmpfs|ext4" ;; esac; shift 2 ;;
     --quiet-wait) [[ "${2:-}" =~ ^[0-9]+$ ]] || die "--quiet-wait needs seconds"; QUIET_WAIT=$2; shift 2 ;;
     -h|--help) usage 0 ;;
@@ -59,6 +62,26 @@ done
 [ ${#SCALES[@]} -gt 0 ] || SCALES=(1 4)
 
 [ "$(id -u)" = 0 ] || die "must run as root (it creates network namespaces, mounts a tmpfs, starts sshd)"
+
+# ---------------------------------------------------------------- --slow: one core at 25%
+SLOW_CG=()
+slow_cleanup() { local d; for d in "${SLOW_CG[@]}"; do rmdir "$d" 2>/dev/null; done; }
+if [ $SLOW = 1 ]; then
+  if [ -f /sys/fs/cgroup/cgroup.controllers ]; then            # cgroup v2
+    d=/sys/fs/cgroup/ha-bench-slow
+    echo "+cpu +cpuset" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null
+    mkdir -p $d && echo "25000 100000" > $d/cpu.max && echo 0 > $d/cpuset.cpus && echo $$ > $d/cgroup.procs \
+      || die "--slow: cannot set up cgroup v2 $d"
+    SLOW_CG=($d)
+  else                                                           # cgroup v1
+    c=/sys/fs/cgroup/cpu/ha-bench-slow s=/sys/fs/cgroup/cpuset/ha-bench-slow
+    mkdir -p $c $s && echo 100000 > $c/cpu.cfs_period_us && echo 25000 > $c/cpu.cfs_quota_us \
+      && echo 0 > $s/cpuset.cpus && cat /sys/fs/cgroup/cpuset/cpuset.mems > $s/cpuset.mems \
+      && echo $$ > $c/tasks && echo $$ > $s/tasks || die "--slow: cannot set up cgroup v1 $c, $s"
+    SLOW_CG=($c $s)
+  fi
+  # Everything this script starts from here on inherits the cgroups.
+fi
 
 # ---------------------------------------------------------------- tools
 need_pkgs=()
@@ -134,6 +157,15 @@ cleanup() {
     rm -rf "$W"
   fi
   [ $MADE_RUN_SSHD = 1 ] && rmdir /run/sshd 2>/dev/null
+  if [ ${#SLOW_CG[@]} -gt 0 ]; then
+    # move ourselves out, or the cgroups cannot be removed
+    for d in "${SLOW_CG[@]}"; do
+      case $d in
+        */ha-bench-slow) [ -f "$d/tasks" ] && echo $$ > "$(dirname "$d")/tasks" || echo $$ > "$(dirname "$d")/cgroup.procs" ;;
+      esac 2>/dev/null
+    done
+    slow_cleanup
+  fi
   exit $rc
 }
 trap cleanup EXIT
@@ -455,7 +487,7 @@ SSH_V=$(ssh -V 2>&1 | cut -d, -f1 | tr " " "-")
 HS_V=$("$HS" --version 2>/dev/null | head -1 | tr " " "-")
 GIT_V=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && [ -n "$(git status --porcelain 2>/dev/null | grep -v '^?? bench/' | head -1)" ] && echo "+dirty")
 BIN_KIND=$(file -b "$BIN" | grep -oE 'statically linked|static-pie linked|dynamically linked' | head -1 | tr ' ' '-')
-META="date=$(date -u +%FT%TZ) mode=$MODE fs=$FS backup=$([ $STAGING_ONLY = 1 ] && echo staging-only || echo live) binary=${BIN_KIND:-unknown} binary_bytes=$(stat -c %s "$BIN") rounds=$ROUNDS scales=${SCALES[*]} pcap=$PCAP taskstats=$TASKSTATS remote_shell=$REMOTE_SHELL kernel=$(uname -r) cpus=$(nproc) rsync=$RSYNC_V ssh=$SSH_V ha_sync=$HS_V binary_built=$(date -u -r "$BIN" +%FT%TZ) tree_now=$GIT_V duration_s=$(( $(date +%s) - START ))"
+META="date=$(date -u +%FT%TZ) mode=$MODE fs=$FS slow=$([ $SLOW = 1 ] && echo 1-core-25pct || echo no) backup=$([ $STAGING_ONLY = 1 ] && echo staging-only || echo live) binary=${BIN_KIND:-unknown} binary_bytes=$(stat -c %s "$BIN") rounds=$ROUNDS scales=${SCALES[*]} pcap=$PCAP taskstats=$TASKSTATS remote_shell=$REMOTE_SHELL kernel=$(uname -r) cpus=$(nproc) rsync=$RSYNC_V ssh=$SSH_V ha_sync=$HS_V binary_built=$(date -u -r "$BIN" +%FT%TZ) tree_now=$GIT_V duration_s=$(( $(date +%s) - START ))"
 cp "$CSV" "$OUT/latest.csv"
 "$PY" "$HERE/report.py" "$OUT/latest.csv" --meta "$META" > "$OUT/latest.md" || die "report.py failed (raw data kept in $OUT/latest.csv)"
 if [ -n "$TAG" ]; then cp "$OUT/latest.csv" "$OUT/$TAG.csv"; cp "$OUT/latest.md" "$OUT/$TAG.md"; fi

@@ -23,8 +23,9 @@ use crate::identity::{self, is_per_node, SYSTEM_CONFIG};
 use crate::journal::{self, Journal, Pending, Phase};
 use crate::livestat::LiveStat;
 use crate::{hooks, Ctx, HookError};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
+use std::rc::Rc;
 use sync_core::delta::MAX_FILE_SIZE;
 use sync_core::fsx::{self, Dir, FileType, Stat};
 use sync_core::manifest::{diff, Entry, Hash, Kind, Manifest};
@@ -129,6 +130,14 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
         conffiles: None,
         root_path: ctx.root,
         live_stat: LiveStat::load(&ctx.root.join(sync_core::node::STATE_DIR)),
+        dirs: HashMap::new(),
+        recovering: opts.recover.is_some(),
+        index: m
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.path.as_str(), i))
+            .collect(),
     };
     let res = a.run();
     a.live_stat.save();
@@ -214,7 +223,21 @@ struct Applier<'a, 'j> {
     root_path: &'a std::path::Path,
     /// Live files known to hold a hash without reading them (issue 13).
     live_stat: LiveStat,
+    /// Live directories opened for the entries just restored, by [`parent_key`]: entries come
+    /// in path order, so siblings reuse one descriptor instead of walking from the root again
+    /// (one `openat` per component and entry was most of a small restore's cost). Emptied
+    /// whenever the restore removes or replaces anything, so no entry lands in a directory that
+    /// left the tree.
+    dirs: HashMap<String, Rc<Dir>>,
+    /// A run that completes an interrupted one: temp files are looked for everywhere.
+    recovering: bool,
+    /// The generation's entries by path: the mirror looks up every live name, and the
+    /// manifest's own lookup is a binary search comparing paths component by component.
+    index: HashMap<&'a str, usize>,
 }
+
+/// Open directories kept at once: deep enough for a tree's nesting, far below any fd limit.
+const DIR_CACHE: usize = 128;
 
 fn parent_key(p: &RelPath) -> String {
     p.parent()
@@ -226,7 +249,7 @@ fn is_dir(e: &Entry) -> bool {
     matches!(e.kind, Kind::Dir)
 }
 
-impl Applier<'_, '_> {
+impl<'a> Applier<'a, '_> {
     fn run(&mut self) -> Result<(), HookError> {
         self.mirror_all()?;
         self.delete_dropped()?;
@@ -263,7 +286,7 @@ impl Applier<'_, '_> {
 
     fn mirror_all(&mut self) -> Result<(), HookError> {
         for item in self.m.list.iter().filter(|i| i.dir) {
-            if is_per_node(&item.path) || !self.m.get(&item.path).is_some_and(is_dir) {
+            if is_per_node(&item.path) || !self.entry(&item.path).is_some_and(is_dir) {
                 continue;
             }
             // Missing or not a real directory yet: `put` creates or replaces it.
@@ -291,7 +314,7 @@ impl Applier<'_, '_> {
             if is_per_node(&child) || self.excluded(&child) {
                 continue;
             }
-            match self.m.get(&child) {
+            match self.entry(&child) {
                 Some(e) if is_dir(e) => {
                     if let Ok(sub) = d.open_dir(&name) {
                         self.mirror(&sub, &child)?;
@@ -309,6 +332,7 @@ impl Applier<'_, '_> {
     /// Removes `name` (at `rel`) and what is below it, except excluded and per-node paths;
     /// whether it is gone.
     fn remove_tree(&mut self, d: &Dir, name: &str, rel: &RelPath) -> Result<bool, HookError> {
+        self.dirs.clear();
         let st = match d.lstat(name) {
             Ok(Some(s)) => s,
             Ok(None) => return Ok(true),
@@ -365,12 +389,12 @@ impl Applier<'_, '_> {
             .m
             .list
             .iter()
-            .filter(|i| i.dir && self.m.get(&i.path).is_some_and(is_dir))
+            .filter(|i| i.dir && self.entry(&i.path).is_some_and(is_dir))
             .map(|i| &i.path)
             .collect();
         for e in prev.entries.iter().rev() {
             let p = &e.path;
-            if self.m.get(p).is_some()
+            if self.entry(p).is_some()
                 || mirrored.iter().any(|d| p.starts_with(d))
                 || is_per_node(p)
                 || self.excluded(p)
@@ -477,8 +501,15 @@ impl Applier<'_, '_> {
     // ---- the generation's entries -----------------------------------------------------------
 
     /// The live directory holding `p`, created (ancestors 0755) when missing.
-    fn parent(&mut self, p: &RelPath) -> Result<Option<Dir>, HookError> {
-        let d = match self.live.parent_of(p, false) {
+    fn parent(&mut self, p: &RelPath) -> Result<Option<Rc<Dir>>, HookError> {
+        let key = parent_key(p);
+        if let Some(d) = self.dirs.get(&key) {
+            return Ok(Some(Rc::clone(d)));
+        }
+        let found = self
+            .from_cached_ancestor(&key)
+            .unwrap_or_else(|| self.live.parent_of(p, false));
+        let d = match found {
             Ok(d) => d,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 self.note(p)?;
@@ -502,11 +533,61 @@ impl Applier<'_, '_> {
                 return Ok(None);
             }
         };
-        let key = parent_key(p);
-        if self.cleaned.insert(key) {
-            self.clean_temps(&d);
+        if self.recovering {
+            self.clean_once(&d, p);
         }
+        if self.dirs.len() >= DIR_CACHE {
+            self.dirs.clear();
+        }
+        let d = Rc::new(d);
+        self.dirs.insert(key, Rc::clone(&d));
         Ok(Some(d))
+    }
+
+    /// The generation's entry at `p`.
+    fn entry(&self, p: &RelPath) -> Option<&'a Entry> {
+        let m: &'a Manifest = self.m;
+        self.index.get(p.as_str()).map(|&i| &m.entries[i])
+    }
+
+    /// The live directory holding `p` if it exists as a real directory; never creates.
+    fn existing_parent(&mut self, p: &RelPath) -> Option<Rc<Dir>> {
+        let key = parent_key(p);
+        if let Some(d) = self.dirs.get(&key) {
+            return Some(Rc::clone(d));
+        }
+        let d = self
+            .from_cached_ancestor(&key)
+            .unwrap_or_else(|| self.live.parent_of(p, false))
+            .ok()?;
+        if self.dirs.len() >= DIR_CACHE {
+            self.dirs.clear();
+        }
+        let d = Rc::new(d);
+        self.dirs.insert(key, Rc::clone(&d));
+        Some(d)
+    }
+
+    /// Opens the directory `key` from its deepest ancestor already open, one real directory
+    /// at a time (`open_dir` never follows a symlink, as `parent_of` from the root).
+    fn from_cached_ancestor(&self, key: &str) -> Option<io::Result<Dir>> {
+        let comps: Vec<&str> = key.split('/').collect();
+        (1..comps.len()).rev().find_map(|i| {
+            let base = self.dirs.get(&comps[..i].join("/"))?;
+            let mut cur = base.open_dir(comps[i]);
+            for c in &comps[i + 1..] {
+                cur = cur.and_then(|d| d.open_dir(c));
+            }
+            Some(cur)
+        })
+    }
+
+    /// Temp files of a killed restore can only sit where a restore writes: looked for once in
+    /// each directory this one writes to (everywhere when completing an interrupted one).
+    fn clean_once(&mut self, d: &Dir, p: &RelPath) {
+        if self.cleaned.insert(parent_key(p)) {
+            self.clean_temps(d);
+        }
     }
 
     /// Temp files of a killed restore beside files of this generation.
@@ -581,6 +662,7 @@ impl Applier<'_, '_> {
             }
             None => self.note(&e.path)?,
         }
+        self.dirs.clear();
         match d.mkdir(name, 0o700) {
             Ok(()) => {
                 self.changed.insert(e.path.to_abs());
@@ -619,6 +701,7 @@ impl Applier<'_, '_> {
         } else {
             self.note(&e.path)?;
         }
+        self.clean_once(d, &e.path);
         match d.symlink_atomic(target, name, Some(meta_of(e))) {
             Ok(()) => {
                 self.changed.insert(e.path.to_abs());
@@ -707,6 +790,7 @@ impl Applier<'_, '_> {
             },
         };
         self.note(&e.path)?;
+        self.clean_once(d, &e.path);
         if let Some(s) = &st {
             if !self.clear_for(d, e, s)? {
                 return Ok(());
@@ -753,7 +837,7 @@ impl Applier<'_, '_> {
             .rev()
             .filter(|e| is_dir(e) && !is_per_node(&e.path))
         {
-            let Ok(d) = self.live.parent_of(&e.path, false) else {
+            let Some(d) = self.existing_parent(&e.path) else {
                 continue;
             };
             let Ok(Some(s)) = d.lstat(e.path.file_name()) else {

@@ -183,19 +183,19 @@ impl PrimaryState {
 
     /// Drops basis copies the backup no longer holds, then the largest over the budget.
     fn prune_basis(&self, keep: &Manifest) {
-        let wanted: HashSet<String> = keep
-            .entries
-            .iter()
-            .filter_map(|e| e.file_hash())
-            .map(|h| h.to_hex())
-            .collect();
         let Ok(rd) = std::fs::read_dir(self.dir.join("basis")) else {
             return;
         };
+        let present: Vec<_> = rd.flatten().collect();
+        if present.is_empty() {
+            return;
+        }
+        // Per sync, on every entry of the tree: hashes compared as bytes, not as hex strings.
+        let wanted: HashSet<Hash> = keep.entries.iter().filter_map(|e| e.file_hash()).collect();
         let mut kept = Vec::new();
-        for ent in rd.flatten() {
+        for ent in present {
             let name = ent.file_name().to_string_lossy().into_owned();
-            if wanted.contains(&name) {
+            if Hash::from_hex(&name).is_some_and(|h| wanted.contains(&h)) {
                 kept.push((ent.metadata().map(|m| m.len()).unwrap_or(0), ent.path()));
             } else {
                 let _ = std::fs::remove_file(ent.path());
