@@ -507,7 +507,7 @@ impl<'a> Applier<'a, '_> {
             return Ok(Some(Rc::clone(d)));
         }
         let found = self
-            .from_cached_ancestor(&key)
+            .open_via_ancestor(&key)
             .unwrap_or_else(|| self.live.parent_of(p, false));
         let d = match found {
             Ok(d) => d,
@@ -557,7 +557,7 @@ impl<'a> Applier<'a, '_> {
             return Some(Rc::clone(d));
         }
         let d = self
-            .from_cached_ancestor(&key)
+            .open_via_ancestor(&key)
             .unwrap_or_else(|| self.live.parent_of(p, false))
             .ok()?;
         if self.dirs.len() >= DIR_CACHE {
@@ -570,7 +570,7 @@ impl<'a> Applier<'a, '_> {
 
     /// Opens the directory `key` from its deepest ancestor already open, one real directory
     /// at a time (`open_dir` never follows a symlink, as `parent_of` from the root).
-    fn from_cached_ancestor(&self, key: &str) -> Option<io::Result<Dir>> {
+    fn open_via_ancestor(&self, key: &str) -> Option<io::Result<Dir>> {
         let comps: Vec<&str> = key.split('/').collect();
         (1..comps.len()).rev().find_map(|i| {
             let base = self.dirs.get(&comps[..i].join("/"))?;
