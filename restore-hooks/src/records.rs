@@ -17,7 +17,6 @@
 use crate::{at, HookError};
 use serde_json::{Map, Value as Json};
 use std::collections::HashMap;
-use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use sync_core::uci::{Package, Section, Value};
@@ -56,7 +55,7 @@ fn bad(path: &Path, msg: impl Into<String>) -> HookError {
 
 fn load(root: &Path, name: &str) -> Result<Option<(PathBuf, Json)>, HookError> {
     let path = root.join(RECORDS_DIR).join(name);
-    let text = match fs::read_to_string(&path) {
+    let text = match sync_core::fsx::read_text(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(at(&path)(e)),

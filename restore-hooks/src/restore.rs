@@ -132,6 +132,7 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
         live_stat: LiveStat::load(&ctx.root.join(sync_core::node::STATE_DIR)),
         dirs: HashMap::new(),
         recovering: opts.recover.is_some(),
+        protected: protected_dirs(ctx),
         index: m
             .entries
             .iter()
@@ -234,6 +235,9 @@ struct Applier<'a, 'j> {
     /// The generation's entries by path: the mirror looks up every live name, and the
     /// manifest's own lookup is a binary search comparing paths component by component.
     index: HashMap<&'a str, usize>,
+    /// This node's own directories (staging wherever `sync_dir` puts it, state, keys, data),
+    /// relative to the root: never written, never mirrored over, whatever the manifest says.
+    protected: Vec<String>,
 }
 
 /// Open directories kept at once: deep enough for a tree's nesting, far below any fd limit.
@@ -254,7 +258,13 @@ impl<'a> Applier<'a, '_> {
         self.mirror_all()?;
         self.delete_dropped()?;
         for e in self.m.entries.iter() {
-            if !is_per_node(&e.path) {
+            if self.is_protected(&e.path) {
+                // A hostile primary, or a `sync_dir` below a listed directory.
+                self.err(
+                    &e.path,
+                    "refused: inside this node's own staging, state, key or data directory",
+                );
+            } else if !is_per_node(&e.path) {
                 self.put(e)?;
             }
         }
@@ -269,7 +279,15 @@ impl<'a> Applier<'a, '_> {
     }
 
     fn excluded(&self, p: &RelPath) -> bool {
-        self.excludes.is_excluded(&p.to_abs())
+        self.excludes.is_excluded(&p.to_abs()) || self.is_protected(p)
+    }
+
+    fn is_protected(&self, p: &RelPath) -> bool {
+        let p = p.as_str();
+        self.protected.iter().any(|d| {
+            p.strip_prefix(d.as_str())
+                .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+        })
     }
 
     fn meta_differs(s: &Stat, e: &Entry, symlink: bool) -> bool {
@@ -286,7 +304,10 @@ impl<'a> Applier<'a, '_> {
 
     fn mirror_all(&mut self) -> Result<(), HookError> {
         for item in self.m.list.iter().filter(|i| i.dir) {
-            if is_per_node(&item.path) || !self.entry(&item.path).is_some_and(is_dir) {
+            if is_per_node(&item.path)
+                || self.excluded(&item.path)
+                || !self.entry(&item.path).is_some_and(is_dir)
+            {
                 continue;
             }
             // Missing or not a real directory yet: `put` creates or replaces it.
@@ -876,6 +897,22 @@ impl<'a> Applier<'a, '_> {
             }
         }
     }
+}
+
+/// [`Applier::protected`]: the node's own directories, relative to its root.
+fn protected_dirs(ctx: &Ctx) -> Vec<String> {
+    let node = sync_core::node::Node::new(ctx.root);
+    let mut dirs = node.protected_dirs();
+    dirs.push(ctx.staging.to_path_buf());
+    let mut rel: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| d.strip_prefix(ctx.root).ok())
+        .map(|r| r.to_string_lossy().trim_end_matches('/').to_string())
+        .filter(|r| !r.is_empty())
+        .collect();
+    rel.sort();
+    rel.dedup();
+    rel
 }
 
 fn live_hash(d: &Dir, name: &str) -> Option<Hash> {

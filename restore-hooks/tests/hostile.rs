@@ -244,3 +244,133 @@ fn a_manifest_that_does_not_validate_is_refused_before_anything_is_written() {
     );
     assert!(r.lines().is_empty());
 }
+
+/// Issue 14, finding 3: a hostile primary (or a careless `sync_list`) names the backup's own
+/// staging state or its keys. The manifest is refused, naming the entry and the rule.
+#[test]
+fn a_manifest_naming_the_agents_state_or_keys_is_refused_by_rule() {
+    for (list, file) in [
+        (
+            "usr/share/keepalived/rsync/.ha-sync",
+            "usr/share/keepalived/rsync/.ha-sync/root",
+        ),
+        ("etc/ha-sync", "etc/ha-sync/id_ed25519"),
+        ("etc/keepalived/keys", "etc/keepalived/keys/id_rsa"),
+    ] {
+        let e = Manifest::decode(&raw(list, file)).expect_err(file);
+        let msg = e.to_string();
+        // The first entry that breaks the rule is named (the directory, before its file).
+        assert!(
+            msg.contains(list) && msg.contains("never synced") && msg.contains("built-in rule"),
+            "{file}: {msg}"
+        );
+    }
+}
+
+/// A directory listed above the staging tree (`/usr/share/keepalived`, where keepalived's own
+/// scripts live) is mirrored, but the staging tree below it is neither overwritten nor deleted:
+/// the committed generation stays readable and the next sync still finds it.
+#[test]
+fn a_mirrored_directory_above_staging_leaves_the_staging_tree_alone() {
+    let p = Pair::new();
+    first_sync_and_restore(&p);
+    let committed_root = std::fs::read(p.staging.join(".ha-sync/root")).unwrap();
+    // The admin adds the directory above the staging tree; the primary has a notify script
+    // there and, planted, a forged staging root.
+    let kc = p.primary.join("etc/config/keepalived");
+    let text = std::fs::read_to_string(&kc).unwrap().replace(
+        "\tlist sync_list '/etc/ha'\n",
+        "\tlist sync_list '/etc/ha'\n\tlist sync_list '/usr/share/keepalived'\n",
+    );
+    std::fs::write(&kc, text).unwrap();
+    write(&p.primary, "usr/share/keepalived/notify.sh", "#!/bin/sh\n");
+    write(
+        &p.primary,
+        "usr/share/keepalived/rsync/.ha-sync/root",
+        "forged\n",
+    );
+    // The backup has a stray file there too: mirroring deletes it.
+    write(&p.backup, "usr/share/keepalived/stray", "old\n");
+
+    let (m, c) = p.sync();
+    assert!(m
+        .get(&RelPath::new("usr/share/keepalived/notify.sh").unwrap())
+        .is_some());
+    assert!(
+        m.entries
+            .iter()
+            .all(|e| !e.path.as_str().starts_with("usr/share/keepalived/rsync")),
+        "the staging tree is never sent"
+    );
+    let r = RecordingRunner::new();
+    let rep = restore_after_commit(&p.ctx(&r), &m, &c);
+    assert!(rep.applied && rep.errors.is_empty(), "{rep:?}");
+    assert_eq!(
+        read(&p.backup, "usr/share/keepalived/notify.sh"),
+        "#!/bin/sh\n"
+    );
+    assert!(!p.backup.join("usr/share/keepalived/stray").exists());
+    // Staging state intact: the committed manifest is the generation just restored.
+    let staged = sync_core::staging::Staging::open(&p.staging).unwrap();
+    assert_eq!(
+        staged.committed().map(Manifest::root_hash),
+        Some(m.root_hash())
+    );
+    assert_ne!(
+        std::fs::read(p.staging.join(".ha-sync/root")).unwrap(),
+        b"forged\n".to_vec()
+    );
+    assert_ne!(committed_root, b"forged\n".to_vec());
+}
+
+fn first_sync_and_restore(p: &Pair) {
+    let (m, c) = p.sync();
+    let r = RecordingRunner::new();
+    let rep = restore_after_commit(&p.ctx(&r), &m, &c);
+    assert!(rep.applied, "{rep:?}");
+}
+
+/// Issue 14, finding 7: a FIFO at a listed live path (root on the backup can make one) used to
+/// hold the restore in open() forever, with the session slot and the hooks lock. Now it is
+/// replaced like anything else of the wrong kind; the test fails (instead of hanging) if the
+/// restore does not return within a minute.
+#[test]
+fn a_fifo_at_a_listed_live_path_does_not_hang_the_restore() {
+    let p = Pair::new();
+    first_sync_and_restore(&p);
+    for rel in ["etc/openvpn/server.conf", "etc/config/system"] {
+        let live = p.backup.join(rel);
+        std::fs::remove_file(&live).unwrap();
+        let c = std::ffi::CString::new(live.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C path.
+        assert_eq!(
+            unsafe { libc::mkfifo(c.as_ptr(), 0o644) },
+            0,
+            "mkfifo {rel}"
+        );
+    }
+    // The primary changes the FIFO'd file, so the restore must write it.
+    write(&p.primary, "etc/openvpn/server.conf", "port 1195\n");
+    let (m, c) = p.sync();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let backup = p.backup.clone();
+    let staging = p.staging.clone();
+    std::thread::spawn(move || {
+        let r = RecordingRunner::new();
+        let ctx = restore_hooks::Ctx {
+            root: &backup,
+            staging: &staging,
+            runner: &r,
+        };
+        tx.send(restore_after_commit(&ctx, &m, &c)).ok();
+    });
+    let rep = rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the restore hung on a FIFO");
+    assert!(rep.errors.is_empty(), "{rep:?}");
+    assert_eq!(read(&p.backup, "etc/openvpn/server.conf"), "port 1195\n");
+    let ft = std::fs::symlink_metadata(p.backup.join("etc/openvpn/server.conf"))
+        .unwrap()
+        .file_type();
+    assert!(ft.is_file(), "the FIFO was replaced by the file");
+}

@@ -88,6 +88,42 @@ fn temp_name(name: &str) -> String {
     format!(".{short}.ha-sync-tmp.{}.{n}", std::process::id())
 }
 
+/// Refuses FIFOs, sockets and devices (opened `O_NONBLOCK`, so the open itself returned).
+/// O_NONBLOCK means nothing for regular files and directories, so it stays set.
+pub fn only_files_and_dirs(f: &File) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = f.metadata()?.file_type();
+    let what = if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        return Ok(());
+    };
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("{what}, not a regular file"),
+    ))
+}
+
+/// Reads a config file as text without ever blocking in `open()`: a FIFO put where a UCI
+/// file belongs (root can) would otherwise hang whoever reads it (issue 14, finding 7).
+/// Symlinks are followed, as the router's own tools do.
+pub fn read_text(path: &Path) -> io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    only_files_and_dirs(&f)?;
+    let mut s = String::new();
+    f.read_to_string(&mut s)?;
+    Ok(s)
+}
+
 /// Whether `name` is one of our temp files (left by a crash: safe to remove).
 pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.') && name.contains(".ha-sync-tmp.")
@@ -201,6 +237,9 @@ impl Dir {
 
     /// Opens a file or directory for reading (or for fchmod/fchown/futimens), refusing a
     /// symlink.
+    /// Opens `name` for reading (or for its metadata): never through a symlink, and never
+    /// blocking: a FIFO at a listed path (root can put one there) would hold the restore in
+    /// `open()` forever. What is not a regular file or a directory is refused.
     pub fn open_file(&self, name: &str) -> io::Result<File> {
         let c = cstr(name)?;
         // SAFETY: valid fd and C string.
@@ -208,11 +247,13 @@ impl Dir {
             libc::openat(
                 self.raw(),
                 c.as_ptr(),
-                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
             )
         })?;
         // SAFETY: fresh fd.
-        Ok(unsafe { File::from_raw_fd(fd) })
+        let f = unsafe { File::from_raw_fd(fd) };
+        only_files_and_dirs(&f)?;
+        Ok(f)
     }
 
     pub fn read_file(&self, name: &str, limit: u64) -> io::Result<Vec<u8>> {

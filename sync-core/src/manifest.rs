@@ -206,6 +206,8 @@ pub enum ManifestError {
     },
     #[error("file {0} is larger than the limit of {MAX_FILE_SIZE} bytes")]
     FileTooLarge(RelPath),
+    #[error("manifest entry {path} is never synced (built-in rule {rule}: keys and the agent's own trees stay on their node)")]
+    NeverSynced { path: RelPath, rule: &'static str },
 }
 
 impl Manifest {
@@ -266,6 +268,12 @@ impl Manifest {
             }
             if !self.list.iter().any(|l| e.path.starts_with(&l.path)) {
                 return Err(ManifestError::NotListed(e.path.clone()));
+            }
+            if let Some(rule) = crate::restore_list::never_synced(&e.path.to_abs()) {
+                return Err(ManifestError::NeverSynced {
+                    path: e.path.clone(),
+                    rule,
+                });
             }
             kinds.insert(p, &e.kind);
         }

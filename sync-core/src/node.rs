@@ -282,7 +282,7 @@ impl Node {
 
     /// The VRRP state the hooks recorded; `None` before the first event since boot.
     pub fn vrrp_state(&self) -> Option<VrrpState> {
-        std::fs::read_to_string(self.vrrp_state_file())
+        crate::fsx::read_text(&self.vrrp_state_file())
             .ok()?
             .parse()
             .ok()

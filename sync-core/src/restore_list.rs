@@ -164,6 +164,41 @@ const EXCLUDE_GLOB_CHARS: &[char] = &['*', '?', '[', '{'];
 const SHELL_GLOB_CHARS: &[char] = &['*', '?', '['];
 
 // ---------------------------------------------------------------------------------------------
+// Never synced
+
+/// Paths no keep.d, `sync_list` or `exclude_list` edit can put in the restore list, and no peer
+/// can make a backup write: private keys stay on their node (issue 12), and the agent's own
+/// trees (staging, state, data) are never a restore target nor mirrored over (issue 14). Each
+/// is a directory (everything below it too) or, for dropbear's host keys, a file pattern.
+pub const NEVER_SYNCED: &[&str] = &[
+    "/etc/ha-sync",
+    "/etc/keepalived/keys",
+    "/etc/dropbear/dropbear_*_host_key",
+    "/usr/share/keepalived/rsync",
+    "/usr/share/ha-sync",
+    "/var/run/ha-sync",
+];
+
+/// The [`NEVER_SYNCED`] rule that covers the absolute router path `abs_path`, if any.
+pub fn never_synced(abs_path: &str) -> Option<&'static str> {
+    let p = abs_path.trim_end_matches('/');
+    NEVER_SYNCED
+        .iter()
+        .copied()
+        .find(|rule| match rule.split_once('*') {
+            Some((head, tail)) => p
+                .strip_prefix(head)
+                .and_then(|rest| rest.strip_suffix(tail))
+                .is_some_and(|mid| !mid.contains('/')),
+            None => {
+                p == *rule
+                    || p.strip_prefix(rule)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            }
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Excludes
 
 /// The `exclude_list` matcher. Each pattern is an exact path, a directory (everything below it
@@ -236,8 +271,13 @@ impl Excludes {
         &self.patterns
     }
 
-    /// Whether the absolute router path `abs_path` (or a directory above it) is excluded.
+    /// Whether the absolute router path `abs_path` (or a directory above it) is excluded: by
+    /// a pattern, or by the built-in [`NEVER_SYNCED`] rules, which every matcher carries (a
+    /// backup rebuilding it from a peer's patterns included).
     pub fn is_excluded(&self, abs_path: &str) -> bool {
+        if never_synced(abs_path).is_some() {
+            return true;
+        }
         if self.patterns.is_empty() {
             return false;
         }
@@ -937,7 +977,7 @@ config primary 'primary'
             ("/etc/config/odd", EntryKind::File),
             ("/etc/config/system", EntryKind::File),
             ("/etc/dropbear/dangling", EntryKind::File),
-            ("/etc/dropbear/dropbear_rsa_host_key", EntryKind::File),
+            // keep.d lists it, the built-in rule drops it: a host key never leaves its node.
             ("/etc/foo.conf", EntryKind::File),
             ("/etc/ha", EntryKind::Dir),
             ("/etc/my dir/with space.conf", EntryKind::File),
@@ -1004,8 +1044,8 @@ config primary 'primary'
         fixture(dir.path());
         let list = compute(dir.path(), &RecordingRunner::new()).expect("compute");
         let json = serde_json::to_value(&list).expect("json");
-        assert_eq!(json["entries"][7]["path"], "/etc/ha");
-        assert_eq!(json["entries"][7]["kind"], "dir");
+        assert_eq!(json["entries"][6]["path"], "/etc/ha");
+        assert_eq!(json["entries"][6]["kind"], "dir");
         assert_eq!(json["entries"][0]["kind"], "file");
         assert_eq!(json["excludes"][2], "/etc/ha/*.tmp");
         let back: RestoreList = serde_json::from_value(json).expect("back");
@@ -1078,6 +1118,68 @@ config primary 'primary'
                 dir.path().join("usr/lib/opkg/status"),
             ]
         );
+    }
+
+    /// A package listing the agent's key directory in keep.d, an admin's `sync_list` naming
+    /// keys or the agent's own trees, an `exclude_list` that excludes nothing: none of it puts
+    /// a private key or the agent's state into the restore list.
+    #[test]
+    fn keys_and_the_agents_own_trees_are_never_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = dir.path();
+        for f in [
+            "etc/ha-sync/id_ed25519",
+            "etc/ha-sync/host_key",
+            "etc/keepalived/keys/id_rsa",
+            "etc/dropbear/dropbear_ed25519_host_key",
+            "etc/dropbear/authorized_keys",
+            "usr/share/keepalived/rsync/.ha-sync/root",
+            "usr/share/keepalived/notify.sh",
+            "etc/config/firewall",
+        ] {
+            write(r, f, "x");
+        }
+        write(
+            r,
+            "lib/upgrade/keep.d/ha-sync",
+            "/etc/ha-sync/\n/etc/dropbear/\n",
+        );
+        write(
+            r,
+            "etc/config/keepalived",
+            "config peer 'ha_peer'\n\tlist sync_list '/etc/keepalived/keys'\n\
+             \tlist sync_list '/etc/ha-sync/id_ed25519'\n\tlist sync_list '/usr/share/keepalived'\n\
+             \tlist sync_list '/etc/config/firewall'\n",
+        );
+        let list = compute_with(r, &RecordingRunner::new(), false).expect("compute");
+        let paths = list.paths();
+        assert!(paths.contains(&"/etc/config/firewall"), "{paths:?}");
+        assert!(
+            paths.contains(&"/etc/dropbear/authorized_keys"),
+            "{paths:?}"
+        );
+        // The directory above the staging tree stays listed (the admin asked for it) but the
+        // staging tree below it is excluded, so it is neither sent nor mirrored over.
+        assert!(paths.contains(&"/usr/share/keepalived"), "{paths:?}");
+        for p in &paths {
+            assert!(never_synced(p).is_none(), "{p} listed: {paths:?}");
+        }
+        for never in [
+            "/etc/ha-sync/id_ed25519",
+            "/etc/keepalived/keys/id_rsa",
+            "/etc/dropbear/dropbear_ed25519_host_key",
+            "/usr/share/keepalived/rsync/.ha-sync/root",
+            "/var/run/ha-sync/status.json",
+        ] {
+            assert!(list.excludes.is_excluded(never), "{never}");
+        }
+        assert!(!list.excludes.is_excluded("/usr/share/keepalived/notify.sh"));
+        assert!(!list.excludes.is_excluded("/etc/dropbear/authorized_keys"));
+        assert!(!list.excludes.is_excluded("/etc/ha-synced"));
+        // A backup rebuilds the matcher from the patterns a peer sent: the rules come back.
+        let rebuilt = Excludes::new(Vec::new()).expect("empty");
+        assert!(rebuilt.is_excluded("/etc/ha-sync/id_ed25519"));
+        assert_eq!(never_synced("/etc/ha-sync"), Some("/etc/ha-sync"));
     }
 
     #[test]

@@ -443,21 +443,20 @@ pub fn hash_file(path: &Path) -> Result<Hash, ScanError> {
 
 /// Opens a file the manifest lists for streaming, never through a symlink.
 pub fn open_file(path: &Path) -> Result<File, ScanError> {
-    File::options()
+    let f = File::options()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
-        .map_err(io_err(path))
+        .map_err(io_err(path))?;
+    // A FIFO swapped in since the scan saw a file must not hold the sync in read().
+    crate::fsx::only_files_and_dirs(&f).map_err(io_err(path))?;
+    Ok(f)
 }
 
 /// Reads a file the manifest lists, never through a symlink, at most `limit` bytes.
 pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, ScanError> {
     use std::io::Read;
-    let f = File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(io_err(path))?;
+    let f = open_file(path)?;
     // Sized from the inode: read_to_end's doubling would otherwise reserve up to twice it.
     let hint = f.metadata().map_or(0, |m| m.len()).min(limit) as usize;
     let mut buf = Vec::with_capacity(hint + 1);

@@ -597,13 +597,13 @@ impl Package {
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Package, UciError> {
-        let text = fs::read_to_string(path).map_err(|e| UciError::io(path, e))?;
+        let text = crate::fsx::read_text(path).map_err(|e| UciError::io(path, e))?;
         Package::parse(&text, path)
     }
 
     /// Like [`Package::load`], but a missing file is an empty package.
     pub fn load_or_empty(path: &Path) -> Result<Package, UciError> {
-        match fs::read_to_string(path) {
+        match crate::fsx::read_text(path) {
             Ok(text) => Package::parse(&text, path),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Package::default()),
             Err(e) => Err(UciError::io(path, e)),
@@ -826,7 +826,7 @@ pub fn state_path(root: &Path, package: &str) -> PathBuf {
 }
 
 fn read_state(path: &Path) -> Result<Vec<StateLine>, UciError> {
-    match fs::read_to_string(path) {
+    match crate::fsx::read_text(path) {
         Ok(text) => parse_state(&text, path),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(e) => Err(UciError::io(path, e)),
