@@ -26,6 +26,7 @@ use crate::{hooks, Ctx, HookError};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
 use std::rc::Rc;
+use sync_core::attic::{self, Attic};
 use sync_core::delta::MAX_FILE_SIZE;
 use sync_core::fsx::{self, Dir, FileType, Stat};
 use sync_core::manifest::{diff, Entry, Hash, Kind, Manifest};
@@ -133,6 +134,8 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
         dirs: HashMap::new(),
         recovering: opts.recover.is_some(),
         protected: protected_dirs(ctx),
+        attic: Attic::new(&sync_core::node::Node::new(ctx.root)),
+        generation: root.to_hex(),
         index: m
             .entries
             .iter()
@@ -238,6 +241,10 @@ struct Applier<'a, 'j> {
     /// This node's own directories (staging wherever `sync_dir` puts it, state, keys, data),
     /// relative to the root: never written, never mirrored over, whatever the manifest says.
     protected: Vec<String>,
+    /// Every live version this restore replaces or deletes is kept here first (issue 11).
+    attic: Attic,
+    /// The generation being restored, as the attic tags what it replaced.
+    generation: String,
 }
 
 /// Open directories kept at once: deep enough for a tree's nesting, far below any fd limit.
@@ -391,6 +398,9 @@ impl<'a> Applier<'a, '_> {
                 return Ok(false);
             }
         } else {
+            if !self.keep(d, rel) {
+                return Ok(false);
+            }
             self.note(rel)?;
             if let Err(e) = d.unlink(name) {
                 self.err(rel, e);
@@ -459,6 +469,9 @@ impl<'a> Applier<'a, '_> {
                     }
                 }
                 Ok(Some(_)) => {
+                    if !self.keep(&d, p) {
+                        continue;
+                    }
                     self.note(p)?;
                     match d.unlink(name) {
                         Ok(()) => {
@@ -563,6 +576,25 @@ impl<'a> Applier<'a, '_> {
         let d = Rc::new(d);
         self.dirs.insert(key, Rc::clone(&d));
         Ok(Some(d))
+    }
+
+    /// Keeps the live version at `p` (in `d`) in the attic before it is replaced or deleted;
+    /// whether the restore may go on with it. Nothing is overwritten without a copy: when the
+    /// copy fails the live version stays and the restore reports the path.
+    fn keep(&mut self, d: &Dir, p: &RelPath) -> bool {
+        match self.attic.keep(
+            p,
+            d,
+            p.file_name(),
+            &self.generation,
+            attic::Reason::Restore,
+        ) {
+            Ok(_) => true,
+            Err(e) => {
+                self.err(p, format!("not replaced: {e}"));
+                false
+            }
+        }
     }
 
     /// The generation's entry at `p`.
@@ -675,6 +707,9 @@ impl<'a> Applier<'a, '_> {
                 return Ok(());
             }
             Some(_) => {
+                if !self.keep(d, &e.path) {
+                    return Ok(());
+                }
                 self.note(&e.path)?;
                 if let Err(err) = d.unlink(name) {
                     self.err(&e.path, err);
@@ -723,6 +758,9 @@ impl<'a> Applier<'a, '_> {
             self.note(&e.path)?;
         }
         self.clean_once(d, &e.path);
+        if !self.keep(d, &e.path) {
+            return Ok(());
+        }
         match d.symlink_atomic(target, name, Some(meta_of(e))) {
             Ok(()) => {
                 self.changed.insert(e.path.to_abs());
@@ -816,6 +854,9 @@ impl<'a> Applier<'a, '_> {
             if !self.clear_for(d, e, s)? {
                 return Ok(());
             }
+        }
+        if !self.keep(d, &e.path) {
+            return Ok(());
         }
         match d.write_file_atomic(name, &bytes, Some(meta_of(e))) {
             Ok(()) => {

@@ -256,6 +256,36 @@ fn a_local_edit_on_the_backup_is_repaired_by_the_notify_sync_hook() {
     );
 }
 
+/// Issue 11, item 4: what a restore replaces or deletes is kept in the attic first, tagged with
+/// the generation that replaced it, and can be put back.
+#[test]
+fn what_a_restore_replaces_or_deletes_is_kept_in_the_attic() {
+    let p = Pair::new();
+    first_restore(&p);
+    // The admin edits a file on the backup and adds one in a mirrored directory.
+    write(&p.backup, "etc/config/firewall", "\nconfig rule 'mine'\n");
+    write(&p.backup, "etc/openvpn/mine.conf", "port 1999\n");
+    let (m, c) = p.sync();
+    let r = RecordingRunner::new();
+    let rep = restore_after_commit(&p.ctx(&r), &m, &c);
+    assert!(rep.applied, "{rep:?}");
+    assert!(!p.backup.join("etc/openvpn/mine.conf").exists());
+    let node = sync_core::node::Node::new(&p.backup);
+    let attic = sync_core::attic::Attic::new(&node);
+    let kept = attic.list(None).unwrap();
+    let paths: Vec<&str> = kept.iter().map(|k| k.path.as_str()).collect();
+    assert!(paths.contains(&"etc/config/firewall"), "{kept:?}");
+    assert!(paths.contains(&"etc/openvpn/mine.conf"), "{kept:?}");
+    assert!(kept.iter().all(|k| k.generation == m.root_hash().to_hex()));
+    // Put the admin's rule back.
+    let fw = sync_core::path::RelPath::new("etc/config/firewall").unwrap();
+    attic.restore(&node, &fw, None).unwrap();
+    assert_eq!(
+        read(&p.backup, "etc/config/firewall"),
+        "\nconfig rule 'mine'\n"
+    );
+}
+
 /// The restore trusts its live stat cache only while a file is as it left it: an edit in place
 /// that keeps the size and puts the mtime back (what `touch -r` does) still moves the ctime, and
 /// the next restore of the same generation repairs it.
@@ -386,9 +416,13 @@ fn per_node_paths_stay_even_when_the_primary_sends_them() {
     write(&p.backup, "etc/ha-sync/host_key", "backup ha-sync key\n");
     let (m, c) = p.sync();
     let listed: Vec<&str> = m.entries.iter().map(|e| e.path.as_str()).collect();
+    // Per-node files travel (the backup keeps its own); keys never leave the primary at all.
+    assert!(listed.contains(&"etc/config/network"), "{listed:?}");
     assert!(
-        listed.contains(&"etc/config/network")
-            && listed.contains(&"etc/dropbear/dropbear_ed25519_host_key")
+        listed.iter().all(
+            |p| p != &"etc/dropbear/dropbear_ed25519_host_key" && !p.starts_with("etc/ha-sync")
+        ),
+        "{listed:?}"
     );
     let net_before = read(&p.backup, "etc/config/network");
     let r = RecordingRunner::new();

@@ -12,6 +12,7 @@ use sync_core::runner::SystemRunner;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+mod attic;
 mod cluster;
 mod demo;
 mod net;
@@ -63,6 +64,9 @@ enum Command {
     /// Set up and run the HA cluster: the actions of ns-ha-config (also available by running
     /// this binary as `ns-ha-config`).
     Cluster(cluster::ClusterArgs),
+    /// The live versions restores replaced or deleted (newest first), `attic PATH` for one
+    /// path; `attic restore PATH [GEN]` puts one back.
+    Attic(attic::AtticArgs),
     /// Handle a keepalived event on this node: NOTIFY_SYNC (restore staging -> live),
     /// NOTIFY_MASTER, NOTIFY_BACKUP, NOTIFY_FAULT, NOTIFY_STOP.
     Hook {
@@ -170,6 +174,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Status(a) => net::status(a),
         Command::Pin(a) => net::pin(a),
         Command::Cluster(a) => cluster::run(a),
+        Command::Attic(a) => attic::run(a),
     }
 }
 

@@ -2,6 +2,7 @@
 //!
 //! Synchronous and free of tokio: the agents drive it over any byte stream.
 
+pub mod attic;
 pub mod bounded;
 pub mod clock;
 pub mod delta;
