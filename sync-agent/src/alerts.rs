@@ -40,6 +40,8 @@ pub enum Alert {
     SyncFailed,
     /// `ha:primary:failed`
     PrimaryFailed,
+    /// `ha:sync:drift`: the backup's live tree differed from the generation it restored.
+    Drift,
 }
 
 impl Alert {
@@ -47,6 +49,7 @@ impl Alert {
         match self {
             Alert::SyncFailed => "ha:sync:failed",
             Alert::PrimaryFailed => "ha:primary:failed",
+            Alert::Drift => "ha:sync:drift",
         }
     }
 
@@ -55,6 +58,7 @@ impl Alert {
         match self {
             Alert::SyncFailed => ("sync_failed_at", "sync_recovered_at"),
             Alert::PrimaryFailed => ("primary_failed_at", "primary_recovered_at"),
+            Alert::Drift => ("drift_at", "drift_healed_at"),
         }
     }
 }

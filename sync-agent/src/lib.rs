@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod backup;
 pub mod control;
 pub mod daemon;
+pub mod drift;
 pub mod gate;
 pub mod hook;
 pub mod status;

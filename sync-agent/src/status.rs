@@ -348,6 +348,8 @@ pub struct NodeStatus {
     pub daemon_running: bool,
     /// Its live status, else the `status.json` of its last run.
     pub sync: Option<DaemonStatus>,
+    /// The last drift the backup's check found and healed ([`crate::drift`]).
+    pub drift: Option<crate::drift::Drift>,
 }
 
 /// Gathers [`NodeStatus`]. `daemon`: the running daemon's live status, if it answered.
@@ -374,6 +376,7 @@ pub fn collect(root: &Path, daemon: Option<DaemonStatus>) -> NodeStatus {
         alerts: alert_times(root),
         daemon_running,
         sync: daemon.or_else(|| read_json(root).ok().flatten()),
+        drift: crate::drift::last(&sync_core::node::Node::new(root)),
     }
 }
 
@@ -437,6 +440,7 @@ impl NodeStatus {
             "daemon": if self.daemon_running { "running" } else { "not running" },
             "alerts": alerts,
             "sync": self.sync,
+            "drift": self.drift,
         })
     }
 
@@ -475,6 +479,19 @@ impl NodeStatus {
             }
             for (k, v) in &self.keepalived_stats {
                 let _ = writeln!(o, "  {k}: {v}");
+            }
+        }
+        if let Some(d) = self.drift.as_ref().filter(|d| !d.paths.is_empty()) {
+            let _ = writeln!(
+                o,
+                "\nDrift: {} path(s) differed from generation {} at {}; healed, the replaced \
+                 versions are in the attic (ha-sync attic):",
+                d.paths.len(),
+                &d.generation[..d.generation.len().min(12)],
+                format_time(d.time)
+            );
+            for p in &d.paths {
+                let _ = writeln!(o, "  {p}");
             }
         }
         match &self.sync {

@@ -146,11 +146,17 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             "ha-sync: backup agent listening on {}",
             server.local_addr()?
         );
+        // The drift check, while this node is a backup (never on staging-only agents).
+        let drift = (!a.staging_only)
+            .then(|| tokio::spawn(sync_agent::drift::run(node.clone(), Arc::new(SystemRunner))));
         server
             .run_until(async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?;
+        if let Some(d) = drift {
+            d.abort();
+        }
         Ok(())
     })
 }
