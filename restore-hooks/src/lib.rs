@@ -177,16 +177,35 @@ pub(crate) fn at(path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> HookError 
 }
 
 /// Why this node must not restore now, if it must not.
-fn refusal(root: &Path) -> Option<String> {
-    if Node::new(root).vrrp_state() == Some(VrrpState::Master) {
-        return Some("this node is the VRRP master: a sync never lands on the active node".into());
-    }
-    if Node::new(root).role() == Some(Role::Primary) {
+fn refusal(ctx: &Ctx) -> Option<String> {
+    let node = Node::new(ctx.root);
+    let master = "this node is the VRRP master: a sync never lands on the active node";
+    if node.role() == Some(Role::Primary) {
         return Some(
             "this node is the primary (keepalived.primary): it sends, it does not restore".into(),
         );
     }
-    None
+    match node.vrrp_state() {
+        Some(VrrpState::Master) => Some(master.into()),
+        Some(_) => None,
+        // A configured backup with no keepalived event since boot (issue 11, bug 3): it may
+        // be about to become master. Ask keepalived itself; without an answer, wait for its
+        // first event (NOTIFY_BACKUP restores what is staged, and so does the next session).
+        None if node.role() == Some(Role::Backup) => {
+            sync_core::keepalived::refresh_json(ctx.root, ctx.runner);
+            match sync_core::keepalived::dumped_state(ctx.root).as_deref() {
+                Some("master") => Some(master.into()),
+                Some(_) => None,
+                None => Some(
+                    "VRRP state unknown (no keepalived event since boot and no keepalived dump): \
+                     the generation stays staged until keepalived reports this node's state"
+                        .into(),
+                ),
+            }
+        }
+        // No cluster configured (a node being set up, a test root): nothing to protect.
+        None => None,
+    }
 }
 
 fn refused(root: Hash, why: String) -> RestoreReport {
@@ -233,7 +252,7 @@ pub fn restore_after_commit(ctx: &Ctx, manifest: &Manifest, commit: &Commit) -> 
             }
         }
     };
-    if let Some(why) = refusal(ctx.root) {
+    if let Some(why) = refusal(ctx) {
         return refused(root, why);
     }
     if commit.root != root {
@@ -379,7 +398,7 @@ fn restore_committed(ctx: &Ctx) -> Result<RestoreReport, HookError> {
             "staging holds an interrupted sync; the next commit restores".into(),
         ));
     }
-    if let Some(why) = refusal(ctx.root) {
+    if let Some(why) = refusal(ctx) {
         return Ok(refused(m.root_hash(), why));
     }
     Ok(restore::restore(

@@ -256,6 +256,44 @@ fn a_local_edit_on_the_backup_is_repaired_by_the_notify_sync_hook() {
     );
 }
 
+/// Issue 11, bug 3: a configured backup that has seen no keepalived event since boot may be
+/// about to be master: it asks keepalived's dump, and without one it leaves the generation
+/// staged (restored at its first NOTIFY_BACKUP, or by the next session).
+#[test]
+fn a_backup_whose_vrrp_state_is_unknown_asks_keepalived_before_restoring() {
+    let p = Pair::new();
+    std::fs::remove_file(p.backup.join("var/run/ha-sync/vrrp_state")).unwrap();
+    let (m, c) = p.sync();
+    let r = RecordingRunner::new();
+    let rep = restore_after_commit(&p.ctx(&r), &m, &c);
+    let why = rep.refused.clone().unwrap_or_default();
+    assert!(why.contains("VRRP state unknown"), "{rep:?}");
+    assert!(
+        !p.backup.join("etc/config/dhcp").exists(),
+        "nothing restored"
+    );
+
+    // keepalived's JSON dump says master: still refused.
+    let dump = |state: u8| {
+        write(
+            &p.backup,
+            "tmp/keepalived.json",
+            &format!("[{{\"data\": {{\"iname\": \"ha\", \"state\": {state}}}, \"stats\": {{}}}}]"),
+        )
+    };
+    dump(2);
+    let rep = restore_after_commit(&p.ctx(&r), &m, &c);
+    assert!(rep.refused.unwrap_or_default().contains("VRRP master"));
+    // It says backup: the restore goes ahead.
+    dump(1);
+    let rep = restore_after_commit(&p.ctx(&r), &m, &c);
+    assert!(rep.applied, "{rep:?}");
+    assert_eq!(
+        read(&p.backup, "etc/config/dhcp"),
+        read(&p.primary, "etc/config/dhcp")
+    );
+}
+
 /// Issue 11, item 4: what a restore replaces or deletes is kept in the attic first, tagged with
 /// the generation that replaced it, and can be put back.
 #[test]

@@ -187,6 +187,9 @@ pub fn backup_root(root: &Path) {
         "\nconfig peer 'ha_peer'\n\toption address '192.168.100.238'\n\toption sync_mode 'receive'\n\n\
          config backup 'backup'\n\toption priority '50'\n",
     );
+    // keepalived's NOTIFY_BACKUP has been seen since boot: a backup whose VRRP state is
+    // unknown does not restore (tests of that case remove this record).
+    write(root, "var/run/ha-sync/vrrp_state", "backup\n");
     write(root, "etc/config/network", BACKUP_NETWORK);
     write(
         root,
