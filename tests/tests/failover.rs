@@ -792,9 +792,11 @@ fn vip_moves_to_the_backup_and_back() {
     // SIGTERM: the stopping master sends priority 0, the backup takes over at once; its
     // NOTIFY_MASTER hook commits conntrackd's external cache into its kernel table.
     take_over(&mut lab, &p, &b, libc::SIGTERM, Duration::from_secs(2));
-    let failed_at =
+    // The hook records the VRRP state first and the alert once its actions are done.
+    let failed_at = wait_for(WAIT, || {
         sync_core::uci::state_get(&broot, "keepalived", "ha_alert", "primary_failed_at")
-            .expect("UCI state");
+            .is_ok_and(|v| v.is_some())
+    });
     assert!(
         failed_at.is_some(),
         "NOTIFY_MASTER recorded no ha_alert.primary_failed_at on the backup"
