@@ -114,6 +114,18 @@ impl Fixture {
     async fn with_server(
         customize: impl FnOnce(transport::Server) -> transport::Server,
     ) -> Fixture {
+        Self::build(|_| {}, customize).await
+    }
+
+    /// A server with its limits tuned (short deadlines keep the tests short).
+    async fn with_config(tune: impl FnOnce(&mut ServerConfig)) -> Fixture {
+        Self::build(tune, |s| s).await
+    }
+
+    async fn build(
+        tune: impl FnOnce(&mut ServerConfig),
+        customize: impl FnOnce(transport::Server) -> transport::Server,
+    ) -> Fixture {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let client_key = dir.join("primary/id_ed25519");
@@ -140,6 +152,7 @@ impl Fixture {
             authorized,
         );
         cfg.idle_timeout = Duration::from_secs(30);
+        tune(&mut cfg);
         let server = customize(transport::bind(cfg, handler).await.unwrap());
         let addr = server.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -731,6 +744,78 @@ async fn data_queued_before_the_remote_closes_is_not_lost() {
             assert!(got[..] == big_pattern()[..LEN]);
         }
         let _ = fx.stop().await;
+    })
+    .await
+}
+
+/// Issue 14, finding 5: 50 TCP connections that never say a word, from ten addresses, used to
+/// fill the connection cap and keep the primary out for minutes. Now each source may hold 4
+/// connections not logged in, 16 in all (the oldest dropped for a newcomer), and each must log
+/// in within the login deadline: the primary gets in at once, and every idle connection is
+/// closed by the agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_and_floods_do_not_keep_the_primary_out() {
+    with_timeout(async {
+        let fx = Fixture::with_config(|c| c.auth_timeout = Duration::from_secs(3)).await;
+        let mut idle = Vec::new();
+        for i in 0..50u8 {
+            let src = std::net::IpAddr::from([127, 0, 0, 2 + i % 10]);
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(SocketAddr::new(src, 0)).unwrap();
+            if let Ok(s) = sock.connect(fx.addr).await {
+                idle.push(s);
+            }
+        }
+        assert!(idle.len() >= 40, "the flood connected: {}", idle.len());
+        let r = small_session(&fx.client)
+            .await
+            .expect("the primary gets in past the flood");
+        assert_eq!(r.unwrap(), hello_hash());
+        // Every idle connection is closed by the agent (at accept, for room, or at the login
+        // deadline): reading it ends.
+        for mut s in idle {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 256];
+            loop {
+                match tokio::time::timeout(Duration::from_secs(30), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(_)) => continue, // the agent's version line
+                    Err(_) => panic!("an idle connection outlived the login deadline"),
+                }
+            }
+        }
+        // And the agent still serves.
+        assert_eq!(
+            small_session(&fx.client).await.unwrap().unwrap(),
+            hello_hash()
+        );
+        fx.stop().await;
+    })
+    .await
+}
+
+/// Issue 14, finding 5: a logged-in session that sends a byte and then nothing held the one
+/// session slot for good (keepalives kept the connection alive). The agent ends a session that
+/// keeps it waiting past `session_idle`, saying why, and the primary's next session gets in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_goes_silent_frees_the_slot() {
+    with_timeout(async {
+        let fx = Fixture::with_config(|c| c.session_idle = Duration::from_secs(2)).await;
+        let (_killer, mut ch, _c) = killable_session(&fx).await;
+        // A command byte, then silence: the handler waits for the length.
+        ch.data(&b"H"[..]).await.unwrap();
+        session_eventually_works(&fx.client).await;
+        let mut stderr = Vec::new();
+        while let Some(msg) = ch.wait().await {
+            match msg {
+                ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
+                ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        let text = String::from_utf8_lossy(&stderr);
+        assert!(text.contains("sent nothing for too long"), "{text}");
+        fx.stop().await;
     })
     .await
 }

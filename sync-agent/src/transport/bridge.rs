@@ -8,7 +8,7 @@
 //! Writes go straight to the channel's write half through `Handle::block_on`.
 
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -45,6 +45,20 @@ pub(crate) struct Shared {
     pub closed: CancellationToken,
     eof: Arc<AtomicBool>,
     pub report: Arc<Mutex<RemoteReport>>,
+    /// When the reader began waiting for the peer (ms on [`clock`]), 0 when it is not.
+    waiting_since: Arc<AtomicU64>,
+    /// The peer kept the reader waiting too long: the pump was stopped.
+    stalled: Arc<AtomicBool>,
+}
+
+/// Milliseconds since the first call, never 0 (0 means "not waiting").
+fn clock() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
 }
 
 impl Shared {
@@ -53,7 +67,22 @@ impl Shared {
             closed,
             eof: Arc::new(AtomicBool::new(false)),
             report: Arc::new(Mutex::new(RemoteReport::default())),
+            waiting_since: Arc::new(AtomicU64::new(0)),
+            stalled: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// How long the reader has been waiting for the peer's next bytes, if it is.
+    pub fn waiting_for(&self) -> Option<std::time::Duration> {
+        match self.waiting_since.load(Ordering::SeqCst) {
+            0 => None,
+            t => Some(std::time::Duration::from_millis(clock().saturating_sub(t))),
+        }
+    }
+
+    /// Marks the stream stalled; the caller stops the pump, and the reader reports it.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
     }
 
     pub fn report(&self) -> RemoteReport {
@@ -145,8 +174,17 @@ impl Read for ChannelReader {
             return Ok(0);
         }
         while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
+            self.shared.waiting_since.store(clock(), Ordering::SeqCst);
+            let got = self.rx.blocking_recv();
+            self.shared.waiting_since.store(0, Ordering::SeqCst);
+            match got {
                 Some(b) => self.cur = b,
+                None if self.shared.stalled.load(Ordering::SeqCst) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the peer sent nothing for too long: session ended",
+                    ))
+                }
                 None if self.shared.eof.load(Ordering::SeqCst) => return Ok(0),
                 None => {
                     return Err(io::Error::new(

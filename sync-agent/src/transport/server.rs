@@ -38,6 +38,14 @@ pub struct ServerConfig {
     /// A connection silent for this long is dropped (keepalives every quarter of it detect
     /// a dead peer sooner). Default 300 s.
     pub idle_timeout: Duration,
+    /// A connection not logged in this long after it was accepted is dropped: the SSH
+    /// version line, the key exchange and the login all count (issue 14, finding 5: idle TCP
+    /// connections used to fill the connection cap for minutes). Default 10 s.
+    pub auth_timeout: Duration,
+    /// A sync session that keeps the agent waiting for its next bytes this long is ended and
+    /// frees the one session slot (an authenticated peer that stops talking). Default 120 s,
+    /// the session deadline's base on the primary's side.
+    pub session_idle: Duration,
 }
 
 impl ServerConfig {
@@ -47,6 +55,8 @@ impl ServerConfig {
             host_key,
             authorized_keys,
             idle_timeout: Duration::from_secs(300),
+            auth_timeout: Duration::from_secs(10),
+            session_idle: sync_core::limits::SESSION_BASE,
         }
     }
 }
@@ -75,6 +85,72 @@ struct Shared {
     shell: Option<Arc<dyn ShellPolicy>>,
     /// Peer of the running `ha-sync` session, if any.
     active: Mutex<Option<SocketAddr>>,
+    session_idle: Duration,
+    /// Connections not logged in yet.
+    pending: Mutex<Pending>,
+}
+
+/// Connections accepted and not logged in yet, oldest first, and how many each source has.
+#[derive(Default)]
+struct Pending {
+    next: u64,
+    conns: std::collections::BTreeMap<u64, (std::net::IpAddr, CancellationToken)>,
+    per_source: HashMap<std::net::IpAddr, usize>,
+}
+
+/// Connections not logged in yet that one source address may hold.
+const MAX_PENDING_PER_SOURCE: usize = 4;
+/// Connections not logged in yet, in all: the rest of [`MAX_CONNECTIONS`] stays for logged-in
+/// ones. At the cap, the oldest is dropped for the newcomer: an attacker's idle connections
+/// make room for the primary's, which logs in within milliseconds.
+const MAX_PENDING: usize = 16;
+
+impl Shared {
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        match self.pending.lock() {
+            Ok(p) => p,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Admits a new connection from `ip` as not logged in: its id and the token that drops it
+    /// early; `None` when its source holds too many already.
+    fn admit(&self, ip: std::net::IpAddr) -> Option<(u64, CancellationToken)> {
+        let mut p = self.pending();
+        if p.per_source.get(&ip).copied().unwrap_or(0) >= MAX_PENDING_PER_SOURCE {
+            return None;
+        }
+        if p.conns.len() >= MAX_PENDING {
+            if let Some((_, (old_ip, token))) = p.conns.pop_first() {
+                tracing::warn!("{old_ip}: not logged in yet, dropped to make room for {ip}");
+                token.cancel();
+                Self::forget_source(&mut p, old_ip);
+            }
+        }
+        let id = p.next;
+        p.next += 1;
+        let token = CancellationToken::new();
+        p.conns.insert(id, (ip, token.clone()));
+        *p.per_source.entry(ip).or_default() += 1;
+        Some((id, token))
+    }
+
+    /// Connection `id` logged in, or ended: it no longer counts as pending.
+    fn settled(&self, id: u64) {
+        let mut p = self.pending();
+        if let Some((ip, _)) = p.conns.remove(&id) {
+            Self::forget_source(&mut p, ip);
+        }
+    }
+
+    fn forget_source(p: &mut Pending, ip: std::net::IpAddr) {
+        if let Some(n) = p.per_source.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                p.per_source.remove(&ip);
+            }
+        }
+    }
 }
 
 /// Releases the one-session slot when the session ends.
@@ -139,6 +215,8 @@ pub struct Server {
     handler: Arc<dyn StreamHandler>,
     actions: HashMap<String, Arc<dyn StreamHandler>>,
     shell: Option<Arc<dyn ShellPolicy>>,
+    auth_timeout: Duration,
+    session_idle: Duration,
 }
 
 /// Loads (or creates) the host key and binds the listener. `handler` serves the `ha-sync`
@@ -183,6 +261,8 @@ pub async fn bind(cfg: ServerConfig, handler: Arc<dyn StreamHandler>) -> Result<
         handler,
         actions: HashMap::new(),
         shell: None,
+        auth_timeout: cfg.auth_timeout,
+        session_idle: cfg.session_idle,
     })
 }
 
@@ -224,6 +304,8 @@ impl Server {
             actions: self.actions,
             shell: self.shell,
             active: Mutex::new(None),
+            session_idle: self.session_idle,
+            pending: Mutex::new(Pending::default()),
         });
         let stopping = CancellationToken::new();
         let mut connections = tokio::task::JoinSet::new();
@@ -246,11 +328,25 @@ impl Server {
                 tracing::warn!("too many connections, dropping {peer}");
                 continue;
             }
-            let conn = Connection::new(shared.clone(), peer);
+            let Some((id, evicted)) = shared.admit(peer.ip()) else {
+                tracing::warn!(
+                    "{peer}: {MAX_PENDING_PER_SOURCE} connections from this address are not \
+                     logged in yet; dropped"
+                );
+                continue;
+            };
+            let mut conn = Connection::new(shared.clone(), peer);
+            conn.pending_id = Some(id);
+            let authed = conn.authed.clone();
             connections.spawn(serve_connection(
                 self.config.clone(),
                 socket,
                 conn,
+                Login {
+                    authed,
+                    deadline: tokio::time::Instant::now() + self.auth_timeout,
+                    evicted,
+                },
                 stopping.clone(),
             ));
         }
@@ -266,10 +362,32 @@ impl Server {
 /// Connections (authenticated or not) served at once; more are dropped at accept.
 const MAX_CONNECTIONS: usize = 32;
 
+/// What ends a connection that has not logged in: its deadline, or the newcomer it made
+/// room for.
+struct Login {
+    authed: Arc<std::sync::atomic::AtomicBool>,
+    deadline: tokio::time::Instant,
+    evicted: CancellationToken,
+}
+
+impl Login {
+    /// Completes when the connection must go for not having logged in; never once it has.
+    async fn expired(&self) {
+        tokio::select! {
+            () = tokio::time::sleep_until(self.deadline) => {}
+            () = self.evicted.cancelled() => {}
+        }
+        if self.authed.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 async fn serve_connection(
     config: Arc<russh::server::Config>,
     socket: tokio::net::TcpStream,
     conn: Connection,
+    login: Login,
     stopping: CancellationToken,
 ) {
     let peer = conn.addr;
@@ -277,10 +395,18 @@ async fn serve_connection(
     if let Err(e) = socket.set_nodelay(true) {
         tracing::debug!("set_nodelay: {e}");
     }
-    let session = match russh::server::run_stream(config, socket, conn).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!("ssh handshake with {peer} failed: {e}");
+    // The version line and the key exchange happen here: a peer that sends nothing would
+    // hold this forever without the login deadline.
+    let session = tokio::select! {
+        r = russh::server::run_stream(config, socket, conn) => match r {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!("ssh handshake with {peer} failed: {e}");
+                return;
+            }
+        },
+        () = login.expired() => {
+            tracing::warn!("{peer}: no login within the deadline; dropped");
             return;
         }
     };
@@ -290,6 +416,12 @@ async fn serve_connection(
             Ok(()) => tracing::debug!("connection from {peer} closed"),
             Err(e) => tracing::debug!("connection from {peer} ended: {e}"),
         },
+        () = login.expired() => {
+            tracing::warn!("{peer}: no login within the deadline; dropped");
+            let _ = handle
+                .disconnect(Disconnect::ByApplication, "login timeout".into(), "en".into())
+                .await;
+        }
         () = stopping.cancelled() => {
             let _ = handle
                 .disconnect(Disconnect::ByApplication, "ha-sync agent stopping".into(), "en".into())
@@ -313,11 +445,18 @@ struct Connection {
     ptys: HashMap<ChannelId, PtyRequest>,
     /// Cancelled when the connection ends (this handler is dropped).
     gone: CancellationToken,
+    /// Its place among the connections not logged in yet, until it logs in.
+    pending_id: Option<u64>,
+    /// Set at login: the login deadline no longer applies.
+    authed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Drop for Connection {
     fn drop(&mut self) {
         self.gone.cancel();
+        if let Some(id) = self.pending_id.take() {
+            self.shared.settled(id);
+        }
     }
 }
 
@@ -332,6 +471,8 @@ impl Connection {
             running: HashMap::new(),
             ptys: HashMap::new(),
             gone: CancellationToken::new(),
+            pending_id: None,
+            authed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         }
     }
 
@@ -395,7 +536,23 @@ async fn serve_channel(
         peer.addr,
         peer.key_fingerprint
     );
-    let (mut stream, write, _shared, pump) = bridge::start(channel, Vec::new(), closed.clone());
+    let (mut stream, write, bshared, pump) = bridge::start(channel, Vec::new(), closed.clone());
+    // The one sync session: a peer that keeps it waiting ends it, and the slot is free.
+    let watchdog = guard.as_ref().map(|g| {
+        let (idle, abort, addr) = (g.0.session_idle, pump.abort_handle(), peer.addr);
+        tokio::spawn(async move {
+            loop {
+                let waited = bshared.waiting_for().unwrap_or_default();
+                if waited >= idle {
+                    tracing::warn!("{addr}: nothing for {idle:?} in a sync session; ending it");
+                    bshared.stall();
+                    abort.abort();
+                    return;
+                }
+                tokio::time::sleep((idle - waited).max(Duration::from_millis(100))).await;
+            }
+        })
+    });
     let peer2 = peer.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let result = handler.handle(&mut stream, &peer2);
@@ -410,6 +567,9 @@ async fn serve_channel(
     .unwrap_or_else(|e| Err(format!("session handler failed: {e}")));
     // The next session may start as soon as this one's handler is done.
     drop(guard);
+    if let Some(w) = watchdog {
+        w.abort();
+    }
 
     let status = match &outcome {
         Ok(()) => {
@@ -488,6 +648,10 @@ impl russh::server::Handler for Connection {
         if self.is_authorized(key.public_key) {
             tracing::debug!("{user} from {} logged in with {fp}", self.addr);
             self.key_fingerprint = Some(fp);
+            self.authed.store(true, std::sync::atomic::Ordering::SeqCst);
+            if let Some(id) = self.pending_id.take() {
+                self.shared.settled(id);
+            }
             Ok(Auth::Accept)
         } else {
             tracing::warn!(
