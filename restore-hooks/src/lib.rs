@@ -242,6 +242,7 @@ fn pending(staging: &Path) -> Option<journal::Pending> {
 /// the way (this restore compares everything, and the interrupted run's paths are notified).
 pub fn restore_after_commit(ctx: &Ctx, manifest: &Manifest, commit: &Commit) -> RestoreReport {
     let root = manifest.root_hash();
+    sync_core::fault::point(sync_core::fault::BEFORE_RESTORE_LOCK);
     let _lock = match state::hooks_lock(ctx.root) {
         Ok(l) => l,
         Err(e) => {

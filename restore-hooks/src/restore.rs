@@ -166,6 +166,7 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
             rep.changed = changed;
             return rep;
         }
+        sync_core::fault::point(sync_core::fault::BEFORE_NOTIFY_SYNC);
         for e in hooks::notify_sync(ctx, &changed, root, opts.master) {
             rep.errors.push(("NOTIFY_SYNC".to_string(), e));
         }
@@ -860,6 +861,7 @@ impl<'a> Applier<'a, '_> {
         }
         match d.write_file_atomic(name, &bytes, Some(meta_of(e))) {
             Ok(()) => {
+                sync_core::fault::point(sync_core::fault::RESTORE_FILE);
                 self.verified(d, e, staged);
                 self.changed.insert(e.path.to_abs());
                 self.touched.insert(parent_key(&e.path));

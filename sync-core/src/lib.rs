@@ -6,6 +6,7 @@ pub mod attic;
 pub mod bounded;
 pub mod clock;
 pub mod delta;
+pub mod fault;
 pub mod fsx;
 pub mod keepalived;
 pub mod limits;

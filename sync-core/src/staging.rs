@@ -423,6 +423,7 @@ impl Staging {
             .write_file_replace(e.path.file_name(), data, Some(meta_of(e)), false)
             .map_err(at(&full));
         self.last_parent = Some((parent, d));
+        crate::fault::point(crate::fault::STAGING_WRITE);
         r
     }
 
@@ -434,6 +435,7 @@ impl Staging {
 
     /// The commit point: restore list, then manifest, then the dirty mark goes.
     pub fn commit(&mut self, m: &Manifest) -> Result<Hash, ApplyError> {
+        crate::fault::point(crate::fault::BEFORE_COMMIT);
         self.dir.sync_fs().map_err(at(&self.path))?;
         let rl = RelPath::new(RESTORE_LIST).expect("constant path is valid");
         let d = self.parent(&rl, true)?;
@@ -465,6 +467,7 @@ impl Staging {
         self.dirty = false;
         self.committed = std::cell::OnceCell::from(Some(m.clone()));
         self.root = Some(root);
+        crate::fault::point(crate::fault::AFTER_COMMIT);
         Ok(root)
     }
 }

@@ -261,73 +261,6 @@ fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration>
     None
 }
 
-/// The `ha-sync` binary of this build. Cargo sets `CARGO_BIN_EXE_*` only in the binary's
-/// own package, and `cargo test --workspace` does not build `target/<profile>/ha-sync`: it is
-/// built here with `cargo build -p sync-cli` into this test's target directory and profile
-/// (a no-op when it is up to date). `HA_SYNC_BIN` names another binary.
-fn ha_sync_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("HA_SYNC_BIN") {
-        return p.into();
-    }
-    let exe = std::env::current_exe().expect("test executable");
-    // <target>/<profile>/deps/failover-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from <target>/<profile>/deps");
-    let target = profile_dir.parent().expect("target directory");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") | None => "dev",
-        Some(p) => p,
-    };
-    let cargo = std::env::var_os("CARGO")
-        .or_else(|| option_env!("CARGO").map(Into::into))
-        .unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(&cargo);
-    // Without the variables cargo set for this test (some build scripts, ring's, watch
-    // CARGO_MANIFEST_DIR and CARGO_PKG_*): else each run rebuilds them, and so does the next
-    // `cargo test`.
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy();
-        if k == "OUT_DIR"
-            || [
-                "CARGO_MANIFEST_",
-                "CARGO_PKG_",
-                "CARGO_CRATE_",
-                "CARGO_BIN_",
-                "CARGO_PRIMARY_",
-                "CARGO_TARGET_TMPDIR",
-                "CARGO_RUSTC_",
-                "CARGO_CFG_",
-            ]
-            .iter()
-            .any(|p| k.starts_with(p))
-        {
-            cmd.env_remove(&*k);
-        }
-    }
-    let out = cmd
-        .args([
-            "build",
-            "-p",
-            "sync-cli",
-            "--bin",
-            "ha-sync",
-            "--profile",
-            profile,
-        ])
-        .env("CARGO_TARGET_DIR", target)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", Path::new(&cargo).display()));
-    assert!(
-        out.status.success(),
-        "cargo build -p sync-cli failed:\n{}",
-        text(&out.stderr)
-    );
-    profile_dir.join("ha-sync")
-}
-
 /// One node: its root, keepalived's files and conntrackd's configuration.
 struct Node {
     name: &'static str,
@@ -553,7 +486,7 @@ fn vip_moves_to_the_backup_and_back() {
     // (enable_script_security): a copy in the private temporary directory, whoever owns
     // the checkout.
     let bin = d.join("ha-sync");
-    fs::copy(ha_sync_bin(), &bin).expect("copy ha-sync");
+    fs::copy(ha_sync_tests::ha_sync_bin(), &bin).expect("copy ha-sync");
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod");
     let bin_s = bin.display().to_string();
 

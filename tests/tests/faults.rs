@@ -1,0 +1,245 @@
+//! The fault campaign (issue 14): the real backup agent (`ha-sync serve`) killed with SIGKILL
+//! at each named point of a sync (`sync_core::fault`), while the primary sends a random change.
+//! After each kill the agent restarts and the primary syncs once more. Checked every trial:
+//! - right after the restart, before the next sync: every live file is the old or the new
+//!   version, whole (never torn), and no temp file is left in the live tree;
+//! - after the next sync: the live tree equals the primary's, and staging's committed
+//!   generation is the one restored.
+//!
+//! `HA_SYNC_FAULT_TRIALS` sets the number of trials (default 200), `HA_SYNC_FAULT_SEED` the
+//! seed (printed, so a failing trial can be replayed).
+
+use ha_sync_tests::cluster::{now, Keys};
+use ha_sync_tests::{ha_sync_bin, router_root};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use sync_core::fault::POINTS;
+use sync_core::node::Node;
+use sync_core::staging::Staging;
+
+/// Relative path -> content of every regular file under `dir`.
+fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    if !dir.exists() {
+        return out;
+    }
+    for e in walkdir::WalkDir::new(dir).min_depth(1) {
+        let e = e.expect("walk");
+        if e.file_type().is_file() {
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            out.insert(rel, std::fs::read(e.path()).expect("read"));
+        }
+    }
+    out
+}
+
+/// xorshift: reproducible without a dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A random change of the primary's `/etc/app/`: edits (some large), new files, deletions.
+fn mutate(app: &Path, rng: &mut Rng, trial: usize) {
+    let present: Vec<PathBuf> = files(app).keys().map(|k| app.join(k)).collect();
+    for _ in 0..1 + rng.below(6) {
+        match rng.below(4) {
+            0 | 1 if !present.is_empty() => {
+                let p = &present[rng.below(present.len() as u64) as usize];
+                let size = if rng.below(5) == 0 { 200_000 } else { 300 };
+                let body: Vec<u8> = (0..size)
+                    .map(|i| (i as u64 * 31 + trial as u64) as u8)
+                    .collect();
+                std::fs::write(p, body).unwrap();
+            }
+            2 => {
+                let d = app.join(format!("d{}", rng.below(4)));
+                std::fs::create_dir_all(&d).unwrap();
+                std::fs::write(
+                    d.join(format!("new{trial}-{}", rng.below(1000))),
+                    format!("trial {trial}\n"),
+                )
+                .unwrap();
+            }
+            _ if present.len() > 8 => {
+                let p = &present[rng.below(present.len() as u64) as usize];
+                let _ = std::fs::remove_file(p);
+            }
+            _ => {}
+        }
+    }
+}
+
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    fn start(bin: &Path, root: &Path, keys: &Keys, port: u16, fault: Option<&str>) -> Agent {
+        let mut cmd = Command::new(bin);
+        cmd.args(["serve", "--root"])
+            .arg(root)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--host-key")
+            .arg(&keys.host_key)
+            .arg("--authorized-keys")
+            .arg(&keys.authorized)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .env_remove("HA_SYNC_FAULT");
+        if let Some(f) = fault {
+            cmd.env("HA_SYNC_FAULT", f);
+        }
+        let child = cmd.spawn().expect("spawn ha-sync serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "ha-sync serve did not listen");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Agent { child }
+    }
+
+    /// Waits a moment for the agent to die (it killed itself at its fault point), else kills
+    /// it; whether it died at its point.
+    fn end(mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.stop();
+        false
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn kill_9_at_every_point_leaves_live_whole_and_the_next_sync_completes_it() {
+    let trials: usize = std::env::var("HA_SYNC_FAULT_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let seed: u64 = std::env::var("HA_SYNC_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| sync_core::clock::now_ns() as u64 | 1);
+    println!("faults: seed {seed} (HA_SYNC_FAULT_SEED replays it), {trials} trials");
+    let bin = ha_sync_bin();
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("primary"), d.path().join("backup"));
+    for r in [&a, &b] {
+        router_root(r, &["/etc/app/"], &[], &[]);
+    }
+    let app = a.join("etc/app");
+    for i in 0..24 {
+        let dir = app.join(format!("d{}", i % 4));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+    }
+    let keys = Keys::new(&d.path().join("keys"));
+    let port = free_port();
+    keys.pin("127.0.0.1", port);
+    let client = keys.client(&format!("127.0.0.1:{port}"));
+    let live = b.join("etc/app");
+
+    // The first generation, without faults.
+    let agent = Agent::start(&bin, &b, &keys, port, None);
+    now(&a, client.clone(), None).expect("first sync");
+    let mut agent = agent;
+    agent.stop();
+    assert_eq!(files(&live), files(&app));
+
+    let mut rng = Rng(seed);
+    let mut killed = 0;
+    let mut per_point: BTreeMap<&str, usize> = BTreeMap::new();
+    for trial in 0..trials {
+        let old = files(&app);
+        mutate(&app, &mut rng, trial);
+        let new = files(&app);
+        let point = POINTS[trial % POINTS.len()];
+        // Per-file points are passed many times a sync, the others once.
+        let nth = match point {
+            sync_core::fault::STAGING_WRITE | sync_core::fault::RESTORE_FILE => 1 + rng.below(3),
+            _ => 1,
+        };
+        let agent = Agent::start(&bin, &b, &keys, port, Some(&format!("{point}:{nth}")));
+        let _ = now(&a, client.clone(), None);
+        if agent.end() {
+            killed += 1;
+            *per_point.entry(point).or_default() += 1;
+        }
+        let ctx = format!("trial {trial} (seed {seed}), killed at {point}:{nth}");
+
+        // After the kill: each live file whole, old or new; no temp file.
+        for (rel, content) in files(&live) {
+            let name = rel.rsplit('/').next().unwrap();
+            assert!(
+                !sync_core::fsx::is_temp_name(name),
+                "{ctx}: temp file {rel} in live"
+            );
+            let ok = old.get(&rel) == Some(&content) || new.get(&rel) == Some(&content);
+            assert!(
+                ok,
+                "{ctx}: live {rel} is neither the old nor the new version (torn?)"
+            );
+        }
+
+        // Restart without a fault, one more sync: live is the primary's tree.
+        let mut agent = Agent::start(&bin, &b, &keys, port, None);
+        let r = now(&a, client.clone(), None);
+        agent.stop();
+        assert!(
+            r.is_ok(),
+            "{ctx}: the sync after the restart failed: {:?}",
+            r.err()
+        );
+        let (got, want) = (files(&live), files(&app));
+        if got != want {
+            let differ: Vec<&String> = got
+                .keys()
+                .chain(want.keys())
+                .filter(|k| got.get(*k) != want.get(*k))
+                .collect();
+            panic!("{ctx}: live differs from the primary at {differ:?}");
+        }
+        let st = Staging::open(&Node::new(&b).staging_dir()).unwrap();
+        assert!(
+            st.unrestored().is_none(),
+            "{ctx}: committed generation not restored"
+        );
+    }
+    println!("faults: {trials} trials, {killed} kills ({per_point:?}), 0 violations (seed {seed})");
+    assert!(
+        killed * 2 >= trials,
+        "most trials must hit their point: {killed} of {trials}"
+    );
+}
