@@ -31,6 +31,19 @@ pub const RESTORE_FILE: &str = "restore-file";
 /// Live complete; the NOTIFY_SYNC actions not run.
 pub const BEFORE_NOTIFY_SYNC: &str = "before-notify-sync";
 
+/// The primary's points, in the order a sync passes them.
+pub const PRIMARY_POINTS: &[&str] = &[
+    PRIMARY_FILE_SENT,
+    PRIMARY_AWAITING_COMMIT,
+    PRIMARY_COMMITTED,
+];
+/// The primary sent a file (N-th file).
+pub const PRIMARY_FILE_SENT: &str = "primary-file-sent";
+/// Everything sent; the backup's commit not heard yet.
+pub const PRIMARY_AWAITING_COMMIT: &str = "primary-awaiting-commit";
+/// The commit heard; the primary's own record of it not written.
+pub const PRIMARY_COMMITTED: &str = "primary-committed";
+
 fn armed() -> Option<&'static (String, u32)> {
     static ARMED: OnceLock<Option<(String, u32)>> = OnceLock::new();
     ARMED

@@ -371,10 +371,12 @@ impl Primary<'_> {
             conn.send(&Msg::EndOfData)?;
             conn.flush()?;
         }
+        crate::fault::point(crate::fault::PRIMARY_AWAITING_COMMIT);
         let commit = match conn.recv()? {
             Msg::Committed(c) => c,
             other => return Err(unexpected("Committed", &other).into()),
         };
+        crate::fault::point(crate::fault::PRIMARY_COMMITTED);
         tracing::debug!("primary: committed at {:?}", start.elapsed());
         // Only a commit of exactly our manifest lets the next sync send changes from it.
         if commit.root == root {
@@ -605,6 +607,7 @@ fn stream_whole<S: Read + Write>(
     flush(&mut rest, conn, &mut basis)?;
     let hash = Hash(*hasher.finalize().as_bytes());
     conn.send(&Msg::FileEnd { size, hash })?;
+    crate::fault::point(crate::fault::PRIMARY_FILE_SENT);
     if let Some(b) = basis {
         state.keep_basis(&hash, &b);
     }

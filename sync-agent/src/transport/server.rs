@@ -88,6 +88,8 @@ struct Shared {
     session_idle: Duration,
     /// Connections not logged in yet.
     pending: Mutex<Pending>,
+    /// Connections logged in and not ended.
+    logged_in: std::sync::atomic::AtomicUsize,
 }
 
 /// Connections accepted and not logged in yet, oldest first, and how many each source has.
@@ -306,6 +308,7 @@ impl Server {
             active: Mutex::new(None),
             session_idle: self.session_idle,
             pending: Mutex::new(Pending::default()),
+            logged_in: std::sync::atomic::AtomicUsize::new(0),
         });
         let stopping = CancellationToken::new();
         let mut connections = tokio::task::JoinSet::new();
@@ -324,8 +327,11 @@ impl Server {
                     }
                 },
             };
-            if connections.len() >= MAX_CONNECTIONS {
-                tracing::warn!("too many connections, dropping {peer}");
+            // Counted as admitted, not as tasks: a connection dropped to make room is gone
+            // from the count at once, though its task may not have run its end yet.
+            let logged_in = shared.logged_in.load(std::sync::atomic::Ordering::SeqCst);
+            if logged_in >= MAX_CONNECTIONS - MAX_PENDING {
+                tracing::warn!("{logged_in} connections logged in already, dropping {peer}");
                 continue;
             }
             let Some((id, evicted)) = shared.admit(peer.ip()) else {
@@ -359,7 +365,7 @@ impl Server {
     }
 }
 
-/// Connections (authenticated or not) served at once; more are dropped at accept.
+/// Connections served at once, logged in or not ([`MAX_PENDING`] of them not logged in).
 const MAX_CONNECTIONS: usize = 32;
 
 /// What ends a connection that has not logged in: its deadline, or the newcomer it made
@@ -456,6 +462,11 @@ impl Drop for Connection {
         self.gone.cancel();
         if let Some(id) = self.pending_id.take() {
             self.shared.settled(id);
+        }
+        if self.authed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.shared
+                .logged_in
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 }
@@ -648,7 +659,11 @@ impl russh::server::Handler for Connection {
         if self.is_authorized(key.public_key) {
             tracing::debug!("{user} from {} logged in with {fp}", self.addr);
             self.key_fingerprint = Some(fp);
-            self.authed.store(true, std::sync::atomic::Ordering::SeqCst);
+            if !self.authed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                self.shared
+                    .logged_in
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
             if let Some(id) = self.pending_id.take() {
                 self.shared.settled(id);
             }
