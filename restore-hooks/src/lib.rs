@@ -21,6 +21,7 @@
 //! through [`sync_core::uci`] with atomic writes.
 
 pub mod cron;
+pub mod export;
 pub mod hooks;
 pub mod identity;
 pub mod journal;

@@ -212,7 +212,11 @@ fn wanted(root: &Path) -> Result<Vec<Section>, HookError> {
                 .get("type")
                 .and_then(scalar)
                 .unwrap_or_else(|| "device".into());
-            let mut s = section(&path, &kind, &key, &o, &["type", "key"])?;
+            let mut s = section(&path, &kind, &key, &o, &["type", "key", "device_type"])?;
+            if let Some(t) = o.get("device_type").and_then(scalar) {
+                s.set("type", &t)
+                    .map_err(|e| bad(&path, format!("device {key}: {e}")))?;
+            }
             add_tag(&mut s, TAG)?;
             out.push(s);
         }

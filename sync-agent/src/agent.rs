@@ -131,6 +131,15 @@ pub struct NowOptions {
     pub force: bool,
 }
 
+/// Regenerates `/etc/ha` before a sync (primary or master only; see
+/// [`restore_hooks::export`]). A failure is logged: the sync goes on with the records as they
+/// are, and the backup keeps its last import.
+pub fn export_records(node: &Node) {
+    if let Err(e) = restore_hooks::export::export(node.root()) {
+        tracing::warn!("exporting the network records to /etc/ha: {e}");
+    }
+}
+
 /// The lock every sync from this root holds (`now` and the daemon), so two never interleave.
 pub fn sync_lock_path(root: &Path) -> PathBuf {
     Node::new(root).state_dir().join("now.lock")
@@ -258,9 +267,12 @@ pub async fn now_within(
     let _lock = lock_async(sync_lock_path(&opts.root)).await?;
     let node = Node::new(&opts.root);
     let runner = opts.runner.clone();
-    let prepared = tokio::task::spawn_blocking(move || prepare_saved(&node, runner.as_ref()))
-        .await
-        .expect("scan task")?;
+    let prepared = tokio::task::spawn_blocking(move || {
+        export_records(&node);
+        prepare_saved(&node, runner.as_ref())
+    })
+    .await
+    .expect("scan task")?;
     let conn = Connection::open(&opts.client).await?;
     let result = bounded_session(
         &conn,

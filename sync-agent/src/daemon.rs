@@ -805,7 +805,9 @@ impl Engine {
                     Ok(c) => c,
                     Err(p) => p.into_inner(),
                 };
-                prepare::prepare(&Node::new(&root), runner.as_ref(), &mut c, old_list)
+                let node = Node::new(&root);
+                crate::agent::export_records(&node);
+                prepare::prepare(&node, runner.as_ref(), &mut c, old_list)
             })
             .await;
             let error = match prepared {
