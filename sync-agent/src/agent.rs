@@ -250,8 +250,30 @@ pub async fn now(opts: NowOptions) -> Result<(Prepared, SyncReport), NowError> {
     now_within(opts, None).await
 }
 
-/// [`now`] with the session's deadline given (`None`: from the manifest).
+/// [`now`] with the session's deadline given (`None`: from the manifest). Its outcome is
+/// recorded where the daemon records its own (`last_sync_status` and `last_sync_time` in
+/// `/var/state/keepalived`), so `ns-ha-config status` shows a sync made by hand too.
 pub async fn now_within(
+    opts: NowOptions,
+    deadline: Option<Duration>,
+) -> Result<(Prepared, SyncReport), NowError> {
+    let root = opts.root.clone();
+    let r = run_now(opts, deadline).await;
+    let outcome = match &r {
+        Ok((_, rep)) => Some(crate::status::Outcome::of_restore(rep.restore.as_ref())),
+        // Nothing was attempted: the last attempt's record stands.
+        Err(NowError::Refused(_) | NowError::Lock { .. }) => None,
+        Err(e) => Some(crate::status::Outcome::of_error(e)),
+    };
+    if let Some(o) = outcome {
+        if let Err(e) = crate::status::write_uci(&root, o.as_str(), crate::status::epoch_now()) {
+            tracing::warn!("cannot record the sync status: {e}");
+        }
+    }
+    r
+}
+
+async fn run_now(
     opts: NowOptions,
     deadline: Option<Duration>,
 ) -> Result<(Prepared, SyncReport), NowError> {

@@ -58,6 +58,11 @@ fn now_refuses_unless_this_node_is_the_master_primary() {
     assert!(matches!(now(&a, client(), None), Err(NowError::Refused(_))));
     assert!(!staged.exists());
 
+    assert_eq!(
+        sync_core::uci::state_get(&a, "keepalived", "ha_peer", "last_sync_status").unwrap(),
+        None,
+        "a refused sync records nothing"
+    );
     node_with_role(&a, "primary");
     let (_, rep) = now(&a, client(), None).expect("the master primary sends");
     assert!(rep.commit.is_some());
@@ -65,4 +70,9 @@ fn now_refuses_unless_this_node_is_the_master_primary() {
         std::fs::read_to_string(&staged).unwrap(),
         "made on this node\n"
     );
+    // A sync by hand is recorded as the daemon records its own (issue 12): `ns-ha-config
+    // status` reads it from /var/state/keepalived. Refused attempts above recorded nothing.
+    let st = |o| sync_core::uci::state_get(&a, "keepalived", "ha_peer", o).unwrap();
+    assert_eq!(st("last_sync_status").as_deref(), Some("Successful"));
+    assert!(st("last_sync_time").is_some());
 }
