@@ -70,6 +70,7 @@ fn own_device<'a>(ctx: &Ctx<'a>) -> impl Fn(&HaIface) -> String + 'a {
 fn write_node(ctx: &Ctx, mut pkg: Package, spec: &Spec, role: Role) -> Result<(), ClusterError> {
     let device = own_device(ctx);
     keepalived::write(&mut pkg, spec, role, &device)?;
+    set_enabled(&mut pkg)?;
     let main_dev = spec.main().map(&device).unwrap_or_default();
     if let Some(text) = conntrackd::render(spec, role, &main_dev, &conntrackd::Paths::default()) {
         let path = ctx.path(conntrackd::CONF);
@@ -84,6 +85,26 @@ fn write_node(ctx: &Ctx, mut pkg: Package, spec: &Spec, role: Role) -> Result<()
     }
     pkg.write_atomic(&path)?;
     Ok(())
+}
+
+/// [`set_enabled`] on this node's keepalived UCI, written only when it changes.
+fn enable_local(ctx: &Ctx) -> Result<(), ClusterError> {
+    let mut pkg = load_uci(ctx)?;
+    if set_enabled(&mut pkg)? {
+        pkg.write_atomic(&ctx.path(KEEPALIVED_UCI))?;
+    }
+    Ok(())
+}
+
+/// `keepalived.globals.enabled=1`: a `0` left by the incumbent's disable keeps keepalived's
+/// init script from starting it, whatever else is configured.
+fn set_enabled(pkg: &mut Package) -> Result<bool, ClusterError> {
+    if pkg.get("globals", "enabled") == Some("1") {
+        return Ok(false);
+    }
+    pkg.ensure_section("globals", "globals")?
+        .set("enabled", "1")?;
+    Ok(true)
 }
 
 /// Replaces a configuration file (keepalived.conf, conntrackd.conf) durably and atomically,
@@ -534,6 +555,7 @@ pub fn status(ctx: &Ctx) -> String {
 /// first), then on the backup.
 pub fn enable(ctx: &Ctx, peer: Option<&dyn Peer>) -> Result<(), ClusterError> {
     configured_primary(ctx)?;
+    enable_local(ctx)?;
     start_services(ctx)?;
     if let Some(p) = peer {
         p.call(&ClusterRequest::Enable)?;
@@ -687,6 +709,7 @@ pub fn serve(ctx: &Ctx, request: ClusterRequest) -> Result<ClusterAnswer, Cluste
                         .into(),
                 ));
             }
+            enable_local(ctx)?;
             start_services(ctx)?;
             Ok(ClusterAnswer::Done)
         }

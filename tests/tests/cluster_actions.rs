@@ -836,9 +836,23 @@ fn enable_disable_and_reset_run_on_both_nodes_in_order() {
     assert_eq!(p.runner.lines(), stop);
     assert_eq!(*peer.calls.borrow(), vec![RemoteAction::Disable]);
 
+    // The incumbent's disable leaves `globals.enabled '0'`, which keeps keepalived's init
+    // script from starting it: enable sets it back on both nodes.
+    for node in [&p, &b] {
+        let mut k = node.uci();
+        k.ensure_section("globals", "globals")
+            .unwrap()
+            .set("enabled", "0")
+            .unwrap();
+        k.write_atomic(&node.root.join("etc/config/keepalived"))
+            .unwrap();
+    }
     p.runner.clear();
     b.runner.clear();
     actions::enable(&p.ctx(), Some(&peer)).expect("enable");
+    for node in [&p, &b] {
+        assert_eq!(node.uci().get("globals", "enabled"), Some("1"));
+    }
     let start = vec![
         "/etc/init.d/keepalived enable",
         "/etc/init.d/keepalived restart",
