@@ -71,6 +71,7 @@ fn write_node(ctx: &Ctx, mut pkg: Package, spec: &Spec, role: Role) -> Result<()
     let device = own_device(ctx);
     keepalived::write(&mut pkg, spec, role, &device)?;
     set_enabled(&mut pkg)?;
+    default_lease_file(ctx, &mut pkg)?;
     let main_dev = spec.main().map(&device).unwrap_or_default();
     if let Some(text) = conntrackd::render(spec, role, &main_dev, &conntrackd::Paths::default()) {
         let path = ctx.path(conntrackd::CONF);
@@ -84,6 +85,37 @@ fn write_node(ctx: &Ctx, mut pkg: Package, spec: &Spec, role: Role) -> Result<()
         fs::create_dir_all(dir).map_err(ClusterError::io(dir))?;
     }
     pkg.write_atomic(&path)?;
+    Ok(())
+}
+
+/// The default `sync_list` names dnsmasq's lease file where `dhcp.ns_dnsmasq.leasefile` puts
+/// it, as the incumbent's init does; a list the admin changed is left alone.
+fn default_lease_file(ctx: &Ctx, pkg: &mut Package) -> Result<(), ClusterError> {
+    let default: Vec<String> = keepalived::DEFAULT_SYNC_LIST
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    if pkg.get_list(keepalived::PEER_SECTION, "sync_list") != default {
+        return Ok(());
+    }
+    let dhcp = Package::load_or_empty(&ctx.path("etc/config/dhcp"))?;
+    let Some(lease) = dhcp
+        .get("ns_dnsmasq", "leasefile")
+        .filter(|l| l.starts_with('/'))
+    else {
+        return Ok(());
+    };
+    let list = default
+        .into_iter()
+        .map(|p| {
+            if p == "/tmp/dhcp.leases" {
+                lease.to_string()
+            } else {
+                p
+            }
+        })
+        .collect();
+    pkg.set_list(keepalived::PEER_SECTION, "sync_list", list)?;
     Ok(())
 }
 

@@ -1142,3 +1142,24 @@ fn upgrade_remote_without_an_image_downloads_the_latest() {
     let e = err_text(upgrade::upgrade_remote(&p.ctx(), &LocalPeer::new(&b), None));
     assert!(e.contains("cannot reach the update server"), "{e}");
 }
+
+/// The default `sync_list` takes dnsmasq's lease file from `dhcp.ns_dnsmasq.leasefile`, as the
+/// incumbent's init does (issue 12, item 5); init also sets `globals.enabled`.
+#[test]
+fn init_takes_the_lease_file_from_dnsmasq_and_enables_keepalived() {
+    let p = Node::primary();
+    fs::write(
+        p.root.join("etc/config/dhcp"),
+        "\nconfig dnsmasq 'ns_dnsmasq'\n\toption leasefile '/var/lib/misc/dhcp.leases'\n",
+    )
+    .expect("dhcp");
+    p.init();
+    let k = p.uci();
+    let list = k.get_list("ha_peer", "sync_list");
+    assert!(
+        list.contains(&"/var/lib/misc/dhcp.leases".to_string()),
+        "{list:?}"
+    );
+    assert!(!list.contains(&"/tmp/dhcp.leases".to_string()), "{list:?}");
+    assert_eq!(k.get("globals", "enabled"), Some("1"));
+}
