@@ -119,8 +119,47 @@ pub fn invoked_as_ns_ha_config() -> bool {
 }
 
 /// The `ns-ha-config` entry: parses its words and runs the action.
-pub fn ns_ha_config_main() -> Result<()> {
-    run(NsHaConfig::parse().args)
+/// `ns-ha-config ACTION`: the action, then the incumbent's last word for scripts that parse
+/// it: `SUCCESS` (green on a terminal) after an action that changes or checks something,
+/// `ERROR: cause` (red) on stderr after a failure. `status`, `show-config`, `ssh-remote` and
+/// the internal steps print only their output, as before.
+pub fn ns_ha_config_main() -> bool {
+    run_with_words(NsHaConfig::parse().args)
+}
+
+/// [`run`], then `SUCCESS` or `ERROR: cause` (see [`ns_ha_config_main`]); whether it succeeded.
+pub fn run_with_words(args: ClusterArgs) -> bool {
+    let words = !matches!(
+        args.action,
+        Action::Status { .. }
+            | Action::ShowConfig { .. }
+            | Action::SshRemote
+            | Action::ServeBootstrap { .. }
+    );
+    let color = |code: &str, text: &str, tty: bool| {
+        if tty {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    };
+    use std::io::IsTerminal;
+    match run(args) {
+        Ok(()) => {
+            if words {
+                println!(
+                    "{}",
+                    color("32", "SUCCESS", std::io::stdout().is_terminal())
+                );
+            }
+            true
+        }
+        Err(e) => {
+            let word = color("31", "ERROR", std::io::stderr().is_terminal());
+            eprintln!("{word}: {e:#}");
+            false
+        }
+    }
 }
 
 fn peer(root: &Path) -> Result<Option<SshPeer>> {

@@ -97,8 +97,7 @@ fn main() {
     }
     // Installed as (or linked to) `ns-ha-config`: the incumbent's command line, same words.
     if cluster::invoked_as_ns_ha_config() {
-        if let Err(e) = cluster::ns_ha_config_main() {
-            eprintln!("ns-ha-config: {e:#}");
+        if !cluster::ns_ha_config_main() {
             std::process::exit(1);
         }
         return;
@@ -173,7 +172,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Watch(a) => net::watch(a),
         Command::Status(a) => net::status(a),
         Command::Pin(a) => net::pin(a),
-        Command::Cluster(a) => cluster::run(a),
+        Command::Cluster(a) => {
+            if cluster::run_with_words(a) {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
         Command::Attic(a) => attic::run(a),
     }
 }
