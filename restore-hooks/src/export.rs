@@ -197,10 +197,16 @@ pub fn records(root: &Path) -> Result<Vec<(&'static str, Json)>, HookError> {
     Ok(out)
 }
 
-/// Regenerates `/etc/ha` when this node is the primary or the master; `None` otherwise.
+/// Regenerates `/etc/ha` when this node is the primary or the master and has a network
+/// configuration; `None` otherwise.
 pub fn export(root: &Path) -> Result<Option<Exported>, HookError> {
     let node = Node::new(root);
     if node.role() != Some(Role::Primary) && node.vrrp_state() != Some(VrrpState::Master) {
+        return Ok(None);
+    }
+    // No network configuration, no records: a root that is not a router's (a test tree, a
+    // node being set up) keeps whatever its /etc/ha holds.
+    if !node.path("/etc/config/network").exists() {
         return Ok(None);
     }
     let dir = root.join(RECORDS_DIR);
