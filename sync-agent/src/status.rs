@@ -382,7 +382,9 @@ pub fn collect(root: &Path, daemon: Option<DaemonStatus>) -> NodeStatus {
 
 /// `date -d @T`'s format (`Mon Jun  9 07:21:15 UTC 2025`), in the local time zone.
 pub fn format_time(epoch: u64) -> String {
-    let t = epoch as libc::time_t;
+    // `as _`: time_t is 64-bit on glibc and on musl >= 1.2, and named differently (deprecated)
+    // in the libc crate's musl build.
+    let t = epoch as _;
     // SAFETY: localtime_r and strftime write only into the buffers given; tm is plain data.
     unsafe {
         let mut tm: libc::tm = std::mem::zeroed();

@@ -506,7 +506,7 @@ fn set_mtime_at(dirfd: RawFd, c: &CString, mtime_ns: i64) -> io::Result<()> {
 
 fn timespec(mtime_ns: i64) -> [libc::timespec; 2] {
     let t = libc::timespec {
-        tv_sec: mtime_ns.div_euclid(1_000_000_000) as libc::time_t,
+        tv_sec: mtime_ns.div_euclid(1_000_000_000) as _,
         tv_nsec: mtime_ns.rem_euclid(1_000_000_000) as libc::c_long,
     };
     // atime: leave alone.
