@@ -660,6 +660,7 @@ fn reset_local(ctx: &Ctx, mut pkg: Package) -> Result<(), ClusterError> {
         }
     }
     let staging = sync_core::node::Node::new(ctx.root).path(&staging);
+    restore_crons(ctx)?;
     // Never remove the root itself, whatever sync_dir says.
     if staging != ctx.root && staging.starts_with(ctx.root) {
         match fs::remove_dir_all(&staging) {
@@ -671,6 +672,30 @@ fn reset_local(ctx: &Ctx, mut pkg: Package) -> Result<(), ClusterError> {
             }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// A node leaving the cluster runs every cron job again: the lines the backup overlay
+/// disabled (ha-sync's marker only; the admin's own comments stay) are enabled, and crond is
+/// told.
+fn restore_crons(ctx: &Ctx) -> Result<(), ClusterError> {
+    use restore_hooks::cron;
+    let path = ctx.path(cron::CRONTAB);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(ClusterError::io(&path)(e)),
+    };
+    let clean = cron::unmark(&text);
+    if clean == text {
+        return Ok(());
+    }
+    let mode = fsx::mode_or(&path, 0o600).map_err(ClusterError::io(&path))?;
+    fsx::write_atomic(&path, clean.as_bytes(), mode, fsx::Durability::Durable)
+        .map_err(ClusterError::io(&path))?;
+    if let Err(e) = cron::notify_crond(ctx.root) {
+        tracing::warn!("telling crond: {e}");
     }
     Ok(())
 }

@@ -862,8 +862,24 @@ fn enable_disable_and_reset_run_on_both_nodes_in_order() {
     assert_eq!(p.runner.lines(), start);
     assert_eq!(b.runner.lines(), start);
 
+    // The backup's overlay disabled a job; the admin commented one out himself.
+    let crontab = b.root.join("etc/crontabs/root");
+    fs::create_dir_all(crontab.parent().unwrap()).expect("crontabs");
+    fs::write(
+        &crontab,
+        format!(
+            "{}0 2 * * * /usr/sbin/send-heartbeat\n# 0 3 * * * /usr/sbin/send-backup\n",
+            restore_hooks::cron::MARKER
+        ),
+    )
+    .expect("crontab");
     let r = actions::reset(&p.ctx(), Some(&peer)).expect("reset");
     assert!(r.peer_error.is_none());
+    // Out of the cluster the node runs its jobs again; the admin's own comment stays.
+    assert_eq!(
+        fs::read_to_string(&crontab).unwrap(),
+        "0 2 * * * /usr/sbin/send-heartbeat\n# 0 3 * * * /usr/sbin/send-backup\n"
+    );
     for node in [&p, &b] {
         let k = node.uci();
         assert!(keepalived::role_of(&k).is_none());
