@@ -239,6 +239,22 @@ pub fn read(pkg: &Package) -> Result<Option<(Role, Spec)>, ClusterError> {
 }
 
 /// Whether the section is one [`write`] owns.
+/// The options of the VRRP instance this module decides; any other is the admin's.
+const INSTANCE_OPTIONS: &[&str] = &[
+    "name",
+    "state",
+    "interface",
+    "virtual_router_id",
+    "priority",
+    "advert_int",
+    "auth_type",
+    "auth_pass",
+    "unicast_src_ip",
+    "unicast_peer",
+    "virtual_ipaddress",
+    "track_interface",
+];
+
 fn owned(s: &sync_core::uci::Section) -> bool {
     matches!(s.name.as_deref(), Some("primary") | Some("backup"))
         || (matches!(s.kind.as_str(), "ipaddress" | "track_interface")
@@ -261,6 +277,18 @@ pub fn write(
     for d in &devices {
         check_label(d)?;
     }
+    // The instance is rewritten whole, but options set by hand on it (the spec's debugging
+    // step sets `primary.debug`) survive a cluster change.
+    let kept: Vec<(String, sync_core::uci::Value)> = pkg
+        .section(role_section(role))
+        .map(|s| {
+            s.options
+                .iter()
+                .filter(|(k, _)| !INSTANCE_OPTIONS.contains(&k.as_str()))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     pkg.sections.retain(|s| !owned(s));
     pkg.ensure_section("globals", "globals")?;
 
@@ -300,6 +328,11 @@ pub fn write(
             .map(|i| track_section(&i.name))
             .collect(),
     )?;
+    for (k, v) in kept {
+        if inst.value(&k).is_none() {
+            inst.options.push((k, v));
+        }
+    }
 
     let p = pkg.ensure_section("peer", PEER_SECTION)?;
     p.set("name", PEER_SECTION)?;

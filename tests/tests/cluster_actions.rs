@@ -1179,3 +1179,20 @@ fn init_takes_the_lease_file_from_dnsmasq_and_enables_keepalived() {
     assert!(!list.contains(&"/tmp/dhcp.leases".to_string()), "{list:?}");
     assert_eq!(k.get("globals", "enabled"), Some("1"));
 }
+
+/// A cluster change keeps the options it does not own (issue 12): the spec's debugging step
+/// sets `keepalived.primary.debug`, and an add-vip afterwards must not drop it.
+#[test]
+fn a_cluster_change_keeps_options_it_does_not_own() {
+    let p = Node::primary();
+    p.init();
+    let mut k = p.uci();
+    k.set("primary", "debug", "1").unwrap();
+    k.set("ha_peer", "ns_note", "set by hand").unwrap();
+    k.write_atomic(&p.root.join("etc/config/keepalived"))
+        .unwrap();
+    actions::add_vip(&p.ctx(), None, "lan", "192.168.100.66/24").expect("add-vip");
+    let k = p.uci();
+    assert_eq!(k.get("primary", "debug"), Some("1"));
+    assert_eq!(k.get("ha_peer", "ns_note"), Some("set by hand"));
+}
