@@ -218,3 +218,48 @@ fn ns_ha_config_wrapper_passes_its_words_to_ha_sync_cluster() {
         "cluster|add-vip|lan|192.168.100.66/24|"
     );
 }
+
+/// The prompt follows the live VRRP state (issue 12): `[P]` on the master, `[S]` elsewhere,
+/// nothing outside a cluster or before keepalived's first event.
+#[test]
+fn the_prompt_shows_the_live_vrrp_state() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let mark = |state: Option<&str>| -> String {
+        let rec = root.path().join("var/run/ha-sync/vrrp_state");
+        match state {
+            Some(s) => {
+                fs::create_dir_all(rec.parent().unwrap()).unwrap();
+                fs::write(&rec, format!("{s}\n")).unwrap();
+            }
+            None => {
+                let _ = fs::remove_file(&rec);
+            }
+        }
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(". \"$1\"; eval \"printf '%s' \\\"$PS1\\\"\"")
+            .arg("sh")
+            .arg(packaging().join("99-ha-sync-prompt.sh"))
+            .env("HA_SYNC_ROOT", root.path())
+            .env("PS1", "# ")
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        mark(Some("master")),
+        "# ",
+        "no cluster here: the prompt is untouched"
+    );
+    fs::create_dir_all(root.path().join("etc/config")).unwrap();
+    fs::write(root.path().join("etc/config/keepalived"), "").unwrap();
+    assert_eq!(mark(Some("master")), "[P]# ");
+    assert_eq!(mark(Some("backup")), "[S]# ");
+    assert_eq!(mark(Some("fault")), "[S]# ");
+    assert_eq!(mark(None), "# ");
+}
