@@ -62,6 +62,8 @@ pub enum Reason {
     Restore,
     /// `ha-sync attic restore` put another version in its place.
     Manual,
+    /// Failback: a pull from the acting backup took its version (or merged it) here.
+    Pull,
 }
 
 /// What a kept version was.

@@ -15,6 +15,7 @@ pub mod manifest;
 pub mod node;
 pub mod path;
 pub mod prepare;
+pub mod pull;
 pub mod restore_list;
 pub mod runner;
 pub mod sample;
@@ -24,4 +25,5 @@ pub mod staging;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod uci;
+pub mod uci_merge;
 pub mod wire;
