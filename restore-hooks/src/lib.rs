@@ -20,6 +20,7 @@
 //! Every external command goes through [`sync_core::runner::Runner`]; UCI files and state go
 //! through [`sync_core::uci`] with atomic writes.
 
+pub mod authority;
 pub mod cron;
 pub mod export;
 pub mod hooks;
@@ -207,6 +208,12 @@ fn refusal(ctx: &Ctx) -> Option<String> {
         // No cluster configured (a node being set up, a test root): nothing to protect.
         None => None,
     }
+    .or_else(|| {
+        // An acting backup's own changes wait for the primary's pull (issue 11).
+        (node.role() == Some(Role::Backup))
+            .then(|| authority::hold(ctx))
+            .flatten()
+    })
 }
 
 fn refused(root: Hash, why: String) -> RestoreReport {
@@ -263,14 +270,18 @@ pub fn restore_after_commit(ctx: &Ctx, manifest: &Manifest, commit: &Commit) -> 
             commit.root
         );
     }
-    restore::restore(
+    let rep = restore::restore(
         ctx,
         manifest,
         restore::Options {
             master: false,
             recover: pending(ctx.staging),
         },
-    )
+    );
+    if rep.applied {
+        authority::restored(ctx);
+    }
+    rep
 }
 
 /// At agent and hook start: completes a restore a crash interrupted, so live holds one whole
@@ -352,7 +363,10 @@ pub fn run_hook(ctx: &Ctx, event: Event) -> Result<HookOutcome, HookError> {
             out.restore = Some(rep);
             return Ok(out);
         }
-        Event::NotifyMaster => set_vrrp_state(ctx.root, VrrpState::Master)?,
+        Event::NotifyMaster => {
+            set_vrrp_state(ctx.root, VrrpState::Master)?;
+            authority::mark_master(ctx)?;
+        }
         Event::NotifyBackup => set_vrrp_state(ctx.root, VrrpState::Backup)?,
         Event::NotifyFault => set_vrrp_state(ctx.root, VrrpState::Fault)?,
         Event::NotifyStop => set_vrrp_state(ctx.root, VrrpState::Stop)?,
@@ -403,12 +417,16 @@ fn restore_committed(ctx: &Ctx) -> Result<RestoreReport, HookError> {
     if let Some(why) = refusal(ctx) {
         return Ok(refused(m.root_hash(), why));
     }
-    Ok(restore::restore(
+    let rep = restore::restore(
         ctx,
         m,
         restore::Options {
             master: false,
             recover: None,
         },
-    ))
+    );
+    if rep.applied {
+        authority::restored(ctx);
+    }
+    Ok(rep)
 }

@@ -109,6 +109,15 @@ pub enum NowError {
     NotCommitted(String),
     #[error("not sending: {0} (--force overrides)")]
     Refused(String),
+    /// The acting backup's changes could not be pulled: nothing is sent over them.
+    #[error("{0}; not sending until the backup's changes are pulled")]
+    Pull(Box<crate::pull::PullFailure>),
+}
+
+impl From<crate::pull::PullFailure> for NowError {
+    fn from(e: crate::pull::PullFailure) -> NowError {
+        NowError::Pull(Box::new(e))
+    }
 }
 
 /// The sync lock, held while it lives (flock: released by the kernel if we die).
@@ -288,6 +297,12 @@ async fn run_now(
     }
     let _lock = lock_async(sync_lock_path(&opts.root)).await?;
     let node = Node::new(&opts.root);
+    let conn = Connection::open(&opts.client).await?;
+    // Failback: what the acting backup changed comes here before anything goes there.
+    if let Err(e) = crate::pull::pull(&conn, &node, opts.runner.clone()).await {
+        conn.disconnect().await;
+        return Err(e.into());
+    }
     let runner = opts.runner.clone();
     let prepared = tokio::task::spawn_blocking(move || {
         export_records(&node);
@@ -295,7 +310,6 @@ async fn run_now(
     })
     .await
     .expect("scan task")?;
-    let conn = Connection::open(&opts.client).await?;
     let result = bounded_session(
         &conn,
         opts.root.clone(),

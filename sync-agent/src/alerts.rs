@@ -42,14 +42,25 @@ pub enum Alert {
     PrimaryFailed,
     /// `ha:sync:drift`: the backup's live tree differed from the generation it restored.
     Drift,
+    /// `ha:sync:conflict`: failback found the same thing changed on both nodes; the
+    /// authority's version went live, the other is in the attic (`ha-sync resolve`).
+    Conflict,
 }
 
 impl Alert {
+    pub const ALL: [Alert; 4] = [
+        Alert::SyncFailed,
+        Alert::PrimaryFailed,
+        Alert::Drift,
+        Alert::Conflict,
+    ];
+
     pub fn id(self) -> &'static str {
         match self {
             Alert::SyncFailed => "ha:sync:failed",
             Alert::PrimaryFailed => "ha:primary:failed",
             Alert::Drift => "ha:sync:drift",
+            Alert::Conflict => "ha:sync:conflict",
         }
     }
 
@@ -59,6 +70,7 @@ impl Alert {
             Alert::SyncFailed => ("sync_failed_at", "sync_recovered_at"),
             Alert::PrimaryFailed => ("primary_failed_at", "primary_recovered_at"),
             Alert::Drift => ("drift_at", "drift_healed_at"),
+            Alert::Conflict => ("conflict_at", "conflict_resolved_at"),
         }
     }
 }

@@ -115,6 +115,8 @@ pub async fn bind(node: &Node, opts: Options) -> Result<Server, TransportError> 
             .expect("recovery task");
     }
     let handler = handler(node, &opts);
+    let runner = opts.runner.clone();
     let cfg = ServerConfig::new(opts.listen, opts.host_key, opts.authorized_keys);
-    transport::bind(cfg, Arc::new(handler)).await
+    let server = transport::bind(cfg, Arc::new(handler)).await?;
+    Ok(crate::pull::register(server, node, runner))
 }

@@ -767,6 +767,33 @@ impl Engine {
             Ok(l) => l,
             Err(e) => return fail(Outcome::LocalFailed, e.to_string(), record),
         };
+        // Failback (issue 11): before anything goes to the backup, what it changed while it
+        // was master comes here. Asked on every new connection and by every sync that does
+        // not follow a local change (start, activation, reconcile, retry, `now`): a backup
+        // that was not master answers at once, one round trip.
+        if self.confirmed.is_none() || trigger != Trigger::Change {
+            let conn = match self.connection().await {
+                Ok(c) => c,
+                Err(e) => return fail(Outcome::of_transport(&e), e.to_string(), record),
+            };
+            let node = Node::new(&self.cfg.root);
+            match crate::pull::pull(&conn, &node, self.runner.clone()).await {
+                Ok(Some(r)) if !r.taken.is_empty() || !r.merged.is_empty() => {
+                    // Live moved under the last scan, and the list may follow what came.
+                    self.dirty = true;
+                    self.list_dirty = true;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let o = match &e {
+                        crate::pull::PullFailure::Transport(t) => Outcome::of_transport(t),
+                        _ => Outcome::TransferFailed,
+                    };
+                    let e = NowError::from(e);
+                    return fail(o, e.to_string(), record);
+                }
+            }
+        }
         let scan_start = Instant::now();
         // Nothing relevant happened since the last scan began, as far as a fence shows: its
         // manifest is the tree's, and `now` costs one round trip. The reconcile (the safety

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod drift;
 pub mod gate;
 pub mod hook;
+pub mod pull;
 pub mod status;
 pub mod transport;
 pub mod triggers;

@@ -101,6 +101,10 @@ impl Outcome {
                 Outcome::LocalFailed
             }
             NowError::Sync(_) | NowError::NotCommitted(_) => Outcome::TransferFailed,
+            NowError::Pull(p) => match p.as_ref() {
+                crate::pull::PullFailure::Transport(t) => Outcome::of_transport(t),
+                _ => Outcome::TransferFailed,
+            },
         }
     }
 
@@ -314,20 +318,19 @@ pub fn vrrp_state(root: &Path) -> Option<String> {
 
 /// The alert timestamps of the UCI state (`keepalived.ha_alert.*_at`).
 fn alert_times(root: &Path) -> Vec<(String, u64)> {
-    [
-        "sync_failed_at",
-        "sync_recovered_at",
-        "primary_failed_at",
-        "primary_recovered_at",
-    ]
-    .into_iter()
-    .filter_map(|opt| {
-        let v = uci::state_get(root, "keepalived", "ha_alert", opt)
-            .ok()
-            .flatten()?;
-        Some((opt.to_string(), v.trim().parse().ok()?))
-    })
-    .collect()
+    crate::alerts::Alert::ALL
+        .into_iter()
+        .flat_map(|a| {
+            let (raised, cleared) = a.options();
+            [raised, cleared]
+        })
+        .filter_map(|opt| {
+            let v = uci::state_get(root, "keepalived", "ha_alert", opt)
+                .ok()
+                .flatten()?;
+            Some((opt.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// What `ha-sync status` shows.
@@ -350,6 +353,13 @@ pub struct NodeStatus {
     pub sync: Option<DaemonStatus>,
     /// The last drift the backup's check found and healed ([`crate::drift`]).
     pub drift: Option<crate::drift::Drift>,
+    /// Failback conflicts not yet resolved (`ha-sync resolve`), on the primary.
+    pub conflicts: Vec<restore_hooks::authority::ConflictRecord>,
+    /// On a backup that was master since the last generation: since when, and whether the
+    /// primary took its changes.
+    pub authority: Option<restore_hooks::authority::Authority>,
+    /// What the last pull brought, on the primary.
+    pub pull: Option<crate::pull::PullRecord>,
 }
 
 /// Gathers [`NodeStatus`]. `daemon`: the running daemon's live status, if it answered.
@@ -377,6 +387,9 @@ pub fn collect(root: &Path, daemon: Option<DaemonStatus>) -> NodeStatus {
         daemon_running,
         sync: daemon.or_else(|| read_json(root).ok().flatten()),
         drift: crate::drift::last(&sync_core::node::Node::new(root)),
+        conflicts: restore_hooks::authority::conflicts(&sync_core::node::Node::new(root)),
+        authority: restore_hooks::authority::authority(&sync_core::node::Node::new(root)),
+        pull: crate::pull::last(&sync_core::node::Node::new(root)),
     }
 }
 
@@ -443,6 +456,9 @@ impl NodeStatus {
             "alerts": alerts,
             "sync": self.sync,
             "drift": self.drift,
+            "conflicts": self.conflicts,
+            "authority": self.authority,
+            "pull": self.pull,
         })
     }
 
@@ -495,6 +511,58 @@ impl NodeStatus {
             for p in &d.paths {
                 let _ = writeln!(o, "  {p}");
             }
+        }
+        if let Some(a) = &self.authority {
+            let _ = writeln!(
+                o,
+                "\nAuthority: this node has been master since {}: changes made here are kept \
+                 for the primary to pull ({})",
+                format_time(a.since),
+                match a.pulled_at {
+                    Some(t) => format!("last pulled {}", format_time(t)),
+                    None => "not pulled yet".into(),
+                }
+            );
+        }
+        if !self.conflicts.is_empty() {
+            let _ = writeln!(
+                o,
+                "\nConflicts: {} (the backup's value is live on both nodes; the primary's is in \
+                 the attic; settle with: ha-sync resolve PATH --keep primary|backup)",
+                self.conflicts.len()
+            );
+            for c in &self.conflicts {
+                let at = match (&c.section, &c.option) {
+                    (Some(s), Some(opt)) => format!(" {s}.{opt}"),
+                    (Some(s), None) => format!(" section {s}"),
+                    _ => String::new(),
+                };
+                let _ = writeln!(
+                    o,
+                    "  /{}{at}: primary {} | backup ({}, master since {}) {} [{}]",
+                    c.path,
+                    c.primary,
+                    c.backup_node,
+                    format_time(c.authority_since),
+                    c.backup,
+                    format_time(c.time)
+                );
+            }
+        }
+        if let Some(p) = self
+            .pull
+            .as_ref()
+            .filter(|p| !p.taken.is_empty() || !p.merged.is_empty())
+        {
+            let _ = writeln!(
+                o,
+                "\nLast pull from {} at {}: {} taken, {} merged, {} conflict(s)",
+                p.peer,
+                format_time(p.time),
+                p.taken.len(),
+                p.merged.len(),
+                p.conflicts
+            );
         }
         match &self.sync {
             Some(s) => self.render_sync(&mut o, s),

@@ -97,3 +97,48 @@ fn describe(k: &Kept) -> String {
         KeptKind::Symlink { target } => format!("symlink to {target}"),
     }
 }
+
+#[derive(Args)]
+pub struct ResolveArgs {
+    /// The router path in conflict (`/etc/config/firewall`).
+    path: String,
+    /// Whose version stays: `primary` or `backup`.
+    #[arg(long, value_parser = ["primary", "backup"])]
+    keep: String,
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+}
+
+/// `ha-sync resolve PATH --keep primary|backup`.
+pub fn resolve(a: ResolveArgs) -> Result<()> {
+    let node = Node::new(&a.root);
+    let rel = router_path(&a.path)?;
+    let keep_primary = a.keep == "primary";
+    let n = restore_hooks::authority::resolve(&node, &rel, keep_primary)
+        .with_context(|| format!("resolving {}", rel.to_abs()))?;
+    if n == 0 {
+        anyhow::bail!(
+            "{}: no conflict recorded (ha-sync status lists them)",
+            rel.to_abs()
+        );
+    }
+    let left = restore_hooks::authority::conflicts(&node).len();
+    if left == 0 {
+        let cfg = sync_agent::alerts::AlertConfig::load(node.root());
+        sync_agent::alerts::record(
+            node.root(),
+            &sync_core::runner::SystemRunner,
+            cfg.command.as_deref(),
+            sync_agent::alerts::Alert::Conflict,
+            false,
+            "every failback conflict is resolved",
+        )
+        .context("clearing the conflict alert")?;
+    }
+    println!(
+        "{}: {n} conflict(s) settled, the {} version kept; {left} left",
+        rel.to_abs(),
+        a.keep
+    );
+    Ok(())
+}

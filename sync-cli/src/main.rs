@@ -67,6 +67,10 @@ enum Command {
     /// The live versions restores replaced or deleted (newest first), `attic PATH` for one
     /// path; `attic restore PATH [GEN]` puts one back.
     Attic(attic::AtticArgs),
+    /// Settle the failback conflicts of PATH (listed by `status`): `--keep backup` leaves the
+    /// backup's values live (they already are), `--keep primary` puts the primary's back (the
+    /// daemon sends them on).
+    Resolve(attic::ResolveArgs),
     /// Handle a keepalived event on this node: NOTIFY_SYNC (restore staging -> live),
     /// NOTIFY_MASTER, NOTIFY_BACKUP, NOTIFY_FAULT, NOTIFY_STOP.
     Hook {
@@ -180,6 +184,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Attic(a) => attic::run(a),
+        Command::Resolve(a) => attic::resolve(a),
     }
 }
 
