@@ -16,7 +16,10 @@
 //! name (never a hard-coded `lan_*`); a device whose `<dev>:ha` label would exceed the kernel's
 //! 15 characters is refused with the limit named; the VRRP password is generated once at init
 //! and carried over by every later change; no `track_script` ties sync health to VRRP
-//! priority (a failing sync must never move the virtual IPs).
+//! priority (a failing sync must never move the virtual IPs). The one script is the primary's
+//! catch-up gate ([`CATCHUP_SCRIPT`]): it holds a *returning* primary below a reachable,
+//! master backup whose changes it has not pulled yet, for a bounded time, and never while the
+//! backup is down.
 //!
 //! The interfaces and node addresses of the cluster travel between nodes as a [`Spec`]; each
 //! node writes its own sections from it ([`write`]) and reads it back ([`read`]).
@@ -253,10 +256,27 @@ const INSTANCE_OPTIONS: &[&str] = &[
     "unicast_peer",
     "virtual_ipaddress",
     "track_interface",
+    "track_script",
 ];
+
+/// The catch-up gate (issue 11, item 3): on the primary, a `vrrp_script` running
+/// `ha-sync caught-up` lowers its priority below the backup's while the acting backup holds
+/// changes not yet pulled (bounded by `ha_peer.catchup_wait`; never while the peer is down).
+pub const CATCHUP_SCRIPT: &str = "ha_catchup";
+/// Its `track_script` section (named by the instance's `track_script` list).
+pub const CATCHUP_TRACK: &str = "ha_catchup_track";
+/// The command keepalived runs.
+pub const CATCHUP_COMMAND: &str = "/usr/sbin/ha-sync caught-up";
+/// Applied while the check fails: the primary's 100 goes below the backup's 50.
+const CATCHUP_WEIGHT: i32 = -60;
+/// The incumbent's sync-as-vrrp_script sections, replaced by the gate (INCUMBENT-SOURCE §1.1).
+const INCUMBENT_SCRIPTS: &[&str] = &["ha_sync", "ha_sender", "ha_receiver"];
 
 fn owned(s: &sync_core::uci::Section) -> bool {
     matches!(s.name.as_deref(), Some("primary") | Some("backup"))
+        || s.name.as_deref().is_some_and(|n| {
+            n == CATCHUP_SCRIPT || n == CATCHUP_TRACK || INCUMBENT_SCRIPTS.contains(&n)
+        })
         || (matches!(s.kind.as_str(), "ipaddress" | "track_interface")
             && s.get("ns_link").is_some_and(|l| l.starts_with("network/")))
 }
@@ -328,10 +348,30 @@ pub fn write(
             .map(|i| track_section(&i.name))
             .collect(),
     )?;
+    if role == Role::Primary {
+        inst.set_list("track_script", vec![CATCHUP_TRACK.to_string()])?;
+    }
     for (k, v) in kept {
         if inst.value(&k).is_none() {
             inst.options.push((k, v));
         }
+    }
+    if role == Role::Primary {
+        let script = pkg.ensure_section("vrrp_script", CATCHUP_SCRIPT)?;
+        script.set("name", CATCHUP_SCRIPT)?;
+        script.set("script", CATCHUP_COMMAND)?;
+        // Every 5 s, up to 10 s for a pull; failed from the start, so a primary coming back
+        // does not preempt before the first check has pulled.
+        script.set("interval", "5")?;
+        script.set("timeout", "10")?;
+        script.set("weight", &CATCHUP_WEIGHT.to_string())?;
+        script.set("fall", "1")?;
+        script.set("rise", "1")?;
+        script.set("init_fail", "1")?;
+        let track = pkg.ensure_section("track_script", CATCHUP_TRACK)?;
+        track.set("name", CATCHUP_TRACK)?;
+        track.set("value", CATCHUP_SCRIPT)?;
+        track.set("weight", &CATCHUP_WEIGHT.to_string())?;
     }
 
     let p = pkg.ensure_section("peer", PEER_SECTION)?;
@@ -468,6 +508,22 @@ pub fn render(pkg: &Package, opts: &RenderOptions) -> String {
         let _ = writeln!(o, "\trouter_id {r}");
     }
     let _ = writeln!(o, "}}");
+    for sc in pkg.sections_of_kind("vrrp_script") {
+        let (Some(name), Some(script)) = (sc.get("name"), sc.get("script")) else {
+            continue;
+        };
+        let _ = writeln!(o, "\nvrrp_script {name} {{");
+        let _ = writeln!(o, "\tscript \"{script}\"");
+        for opt in ["interval", "timeout", "weight", "fall", "rise"] {
+            if let Some(v) = sc.get(opt) {
+                let _ = writeln!(o, "\t{opt} {}", word(v));
+            }
+        }
+        if sc.get("init_fail") == Some("1") {
+            let _ = writeln!(o, "\tinit_fail");
+        }
+        let _ = writeln!(o, "}}");
+    }
     for inst in pkg.sections_of_kind("vrrp_instance") {
         let Some(name) = inst.get("name") else {
             continue;
@@ -533,6 +589,19 @@ pub fn render(pkg: &Package, opts: &RenderOptions) -> String {
             })
             .collect();
         block(&mut o, "track_interface", &tracked);
+        let scripts: Vec<String> = inst
+            .get_list("track_script")
+            .iter()
+            .filter_map(|t| {
+                let s = find_named(pkg, "track_script", t)?;
+                let v = s.get("value")?;
+                Some(match s.get("weight") {
+                    Some(w) => format!("{v} weight {w}"),
+                    None => v.to_string(),
+                })
+            })
+            .collect();
+        block(&mut o, "track_script", &scripts);
         for ev in ["backup", "master", "fault", "stop"] {
             let action = format!("NOTIFY_{}", ev.to_ascii_uppercase());
             let cmd = match &opts.notify {

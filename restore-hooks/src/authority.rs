@@ -306,6 +306,7 @@ pub fn offer(ctx: &Ctx) -> Result<Offer, HookError> {
         }
         o.changes.push(c);
     }
+    o.changes.sort_by(|a, b| a.path.cmp(&b.path));
     tracing::info!(
         "pull: offering {} path(s) changed since generation {} (authority since {})",
         o.changes.len(),

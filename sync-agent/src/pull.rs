@@ -13,6 +13,7 @@ use crate::transport::{Connection, PeerInfo, ReadWrite, Server, TransportError};
 use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 use sync_core::fsx::{self, Durability};
 use sync_core::node::Node;
 use sync_core::pull::{Offer, Taken, MAX_OFFER, OFFER_COMMAND, PULL_VERSION, TAKEN_COMMAND};
@@ -231,4 +232,206 @@ fn save(node: &Node, r: &PullRecord) {
 /// The last pull recorded on `node`.
 pub fn last(node: &Node) -> Option<PullRecord> {
     serde_json::from_slice(&std::fs::read(node.state_dir().join(PULL_FILE)).ok()?).ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The catch-up gate (issue 11, item 3)
+
+/// How long a returning primary holds back from taking the VIP while the peer has changes it
+/// cannot pull, unless UCI `keepalived.ha_peer.catchup_wait` (seconds) says otherwise.
+pub const DEFAULT_CATCHUP_WAIT: Duration = Duration::from_secs(120);
+/// In the state directory: since when the gate has been holding back.
+pub const CATCHUP_FILE: &str = "catchup";
+/// In the state directory: the last answer of `ha-sync caught-up` (time and text).
+pub const CATCHUP_LAST: &str = "catchup-last";
+/// The check connects within this: an unreachable peer must not hold anything back.
+pub const CATCHUP_CONNECT: Duration = Duration::from_secs(2);
+
+/// What `ha-sync caught-up` found. Only [`CatchUp::Waiting`] holds the primary's priority
+/// below the peer's: availability first, a down or unreachable peer never delays a takeover.
+#[derive(Debug)]
+pub enum CatchUp {
+    /// Not a configured primary: the gate does not apply.
+    NotPrimary,
+    /// Already master: never demoted by the gate.
+    Master,
+    /// The peer does not answer: take over.
+    Unreachable(String),
+    /// The peer has nothing this node lacks.
+    UpToDate,
+    /// The peer's changes are now in this node's live tree.
+    Pulled(PullRecord),
+    /// The peer holds changes that could not be pulled yet: hold back.
+    Waiting(String),
+    /// Held back past the bounded wait: take over anyway (alert raised).
+    GaveUp(String),
+}
+
+impl CatchUp {
+    /// Whether the primary must stay below the peer (the script fails).
+    pub fn holds_back(&self) -> bool {
+        matches!(self, CatchUp::Waiting(_))
+    }
+}
+
+impl std::fmt::Display for CatchUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CatchUp::NotPrimary => write!(f, "caught up: not a primary"),
+            CatchUp::Master => write!(f, "caught up: this node is master"),
+            CatchUp::Unreachable(e) => write!(f, "caught up: the peer is unreachable ({e})"),
+            CatchUp::UpToDate => write!(f, "caught up: the peer holds nothing new"),
+            CatchUp::Pulled(r) => write!(
+                f,
+                "caught up: pulled {} path(s), merged {}, {} conflict(s)",
+                r.taken.len(),
+                r.merged.len(),
+                r.conflicts
+            ),
+            CatchUp::Waiting(e) => write!(f, "holding back: {e}"),
+            CatchUp::GaveUp(e) => write!(f, "taking over without catching up: {e}"),
+        }
+    }
+}
+
+fn catchup_wait(node: &Node) -> Duration {
+    node.keepalived()
+        .ok()
+        .and_then(|p| p.get("ha_peer", "catchup_wait").map(str::to_string))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_CATCHUP_WAIT, Duration::from_secs)
+}
+
+/// Since when the gate holds back (recorded at the first failure), and forgetting it.
+fn waiting_since(node: &Node, start: bool) -> Option<u64> {
+    let p = node.state_dir().join(CATCHUP_FILE);
+    if !start {
+        let _ = std::fs::remove_file(&p);
+        return None;
+    }
+    if let Some(t) = std::fs::read_to_string(&p)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+    {
+        return Some(t);
+    }
+    let now = sync_core::clock::now_secs();
+    let _ = fsx::write_atomic(
+        &p,
+        format!("{now}\n").as_bytes(),
+        0o644,
+        Durability::Visible,
+    );
+    Some(now)
+}
+
+/// Whether the recorded VRRP state predates the keepalived that runs this check: a killed
+/// keepalived runs no NOTIFY_STOP, so its "master" outlives it, and the restarted one runs
+/// the check before its first event. keepalived's VRRP process is our parent.
+fn stale_state(node: &Node) -> bool {
+    let Ok(recorded) = std::fs::metadata(node.vrrp_state_file()).and_then(|m| m.modified()) else {
+        return true;
+    };
+    match parent_started() {
+        Some(started) => recorded < started,
+        None => false,
+    }
+}
+
+/// When the parent process started (from /proc: its start in clock ticks after boot).
+fn parent_started() -> Option<std::time::SystemTime> {
+    let stat = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    // Fields after the command name, which may hold spaces: `pid (comm) state ppid ...`.
+    let fields = |s: &str| -> Vec<String> {
+        s.rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default()
+    };
+    let me = fields(&stat("self")?);
+    let ppid = me.get(1)?.clone();
+    let parent = fields(&stat(&ppid)?);
+    // starttime is field 22 of stat, the 20th after the command name.
+    let ticks: u64 = parent.get(19)?.parse().ok()?;
+    let btime: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz <= 0 {
+        return None;
+    }
+    let ms = btime * 1000 + ticks * 1000 / hz as u64;
+    Some(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+/// The check keepalived runs on the primary (`vrrp_script`, negative weight): pulls what the
+/// peer changed while it was master, and says whether this node may take the VIP back.
+pub async fn catch_up(
+    node: &Node,
+    client: &crate::transport::ClientConfig,
+    runner: Arc<dyn Runner>,
+) -> CatchUp {
+    if node.role() != Some(sync_core::node::Role::Primary) {
+        return CatchUp::NotPrimary;
+    }
+    if node.vrrp_state() == Some(sync_core::node::VrrpState::Master) && !stale_state(node) {
+        waiting_since(node, false);
+        return CatchUp::Master;
+    }
+    let mut client = client.clone();
+    client.connect_timeout = client.connect_timeout.min(CATCHUP_CONNECT);
+    let conn = match Connection::open(&client).await {
+        Ok(c) => c,
+        Err(e) => {
+            waiting_since(node, false);
+            return CatchUp::Unreachable(e.to_string());
+        }
+    };
+    // The daemon's syncs and `ha-sync now` take the same lock: one pull at a time.
+    let lock = crate::agent::lock_async(crate::agent::sync_lock_path(node.root())).await;
+    let result = match lock {
+        Ok(_lock) => pull(&conn, node, runner.clone()).await,
+        Err(e) => Err(PullFailure::Local {
+            peer: conn.peer().to_string(),
+            msg: e.to_string(),
+        }),
+    };
+    conn.disconnect().await;
+    let e = match result {
+        Ok(r) => {
+            waiting_since(node, false);
+            return r.map_or(CatchUp::UpToDate, CatchUp::Pulled);
+        }
+        Err(e) => e.to_string(),
+    };
+    let since = waiting_since(node, true).unwrap_or(0);
+    let wait = catchup_wait(node);
+    if sync_core::clock::now_secs().saturating_sub(since) < wait.as_secs() {
+        return CatchUp::Waiting(e);
+    }
+    let msg = format!(
+        "the peer's changes could not be pulled for {} s ({e}): this node takes over, and its \
+         next sync pulls them first",
+        wait.as_secs()
+    );
+    // The record stays until this node is master (or the peer answers): the checks until then
+    // must not start a new wait and pull the priority down again.
+    if !alerts::is_raised(node.root(), Alert::Conflict) {
+        let cfg = AlertConfig::load(node.root());
+        if let Err(err) = alerts::record(
+            node.root(),
+            runner.as_ref(),
+            cfg.command.as_deref(),
+            Alert::Conflict,
+            true,
+            &msg,
+        ) {
+            tracing::warn!("recording the conflict alert: {err}");
+        }
+    }
+    CatchUp::GaveUp(msg)
 }

@@ -71,6 +71,10 @@ enum Command {
     /// backup's values live (they already are), `--keep primary` puts the primary's back (the
     /// daemon sends them on).
     Resolve(attic::ResolveArgs),
+    /// The catch-up gate keepalived runs on the primary: pulls what the peer changed while it
+    /// was master; exits 1 (priority held below the peer's) only while the peer is reachable
+    /// and holds changes not yet pulled, for at most keepalived.ha_peer.catchup_wait seconds.
+    CaughtUp(net::CaughtUpArgs),
     /// Handle a keepalived event on this node: NOTIFY_SYNC (restore staging -> live),
     /// NOTIFY_MASTER, NOTIFY_BACKUP, NOTIFY_FAULT, NOTIFY_STOP.
     Hook {
@@ -185,6 +189,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Attic(a) => attic::run(a),
         Command::Resolve(a) => attic::resolve(a),
+        Command::CaughtUp(a) => net::caught_up(a),
     }
 }
 

@@ -85,6 +85,40 @@ pub struct NowArgs {
 }
 
 #[derive(Args)]
+pub struct CaughtUpArgs {
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    #[command(flatten)]
+    to: PeerArgs,
+}
+
+/// `ha-sync caught-up`: exit 0 when this node may take the VIP, 1 while it holds back.
+pub fn caught_up(a: CaughtUpArgs) -> Result<()> {
+    let node = Node::new(&a.root);
+    if node.role() != Some(sync_core::node::Role::Primary) {
+        println!("{}", sync_agent::pull::CatchUp::NotPrimary);
+        return Ok(());
+    }
+    let client = a.to.client(&a.root)?;
+    let runner: std::sync::Arc<dyn sync_core::runner::Runner> = std::sync::Arc::new(SystemRunner);
+    let r = runtime()?.block_on(sync_agent::pull::catch_up(&node, &client, runner));
+    println!("{r}");
+    // keepalived keeps no output of its scripts: the last answer stays for the admin.
+    let last = node.state_dir().join(sync_agent::pull::CATCHUP_LAST);
+    let line = format!("{} {r}\n", sync_core::clock::now_secs());
+    let _ = sync_core::fsx::write_atomic(
+        &last,
+        line.as_bytes(),
+        0o644,
+        sync_core::fsx::Durability::Visible,
+    );
+    if r.holds_back() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+#[derive(Args)]
 pub struct WatchArgs {
     #[arg(long, default_value = "/")]
     root: PathBuf,

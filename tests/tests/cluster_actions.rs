@@ -192,13 +192,21 @@ fn init_primary_writes_keepalived_conntrackd_and_the_cluster_key() {
     assert_eq!(k.get_list("primary", "virtual_ipaddress"), vec!["lan_ha"]);
     // the main LAN is the instance's own interface: keepalived tracks it by itself
     assert!(k.get_list("primary", "track_interface").is_empty());
-    // no track_script: sync health never feeds VRRP priority
-    assert!(k
-        .section("primary")
-        .expect("inst")
-        .value("track_script")
-        .is_none());
-    assert_eq!(k.sections_of_kind("track_script").count(), 0);
+    // One track_script: the catch-up gate (issue 11), never sync health; a failing sync must
+    // not move the VIPs, only a reachable master peer holding unpulled changes holds the
+    // returning primary back, for a bounded time.
+    assert_eq!(
+        k.get_list("primary", "track_script"),
+        vec!["ha_catchup_track"]
+    );
+    assert_eq!(get(&k, "ha_catchup_track", "value"), "ha_catchup");
+    assert_eq!(
+        get(&k, "ha_catchup", "script"),
+        "/usr/sbin/ha-sync caught-up"
+    );
+    assert_eq!(get(&k, "ha_catchup", "weight"), "-60");
+    assert_eq!(get(&k, "ha_catchup", "init_fail"), "1");
+    assert_eq!(k.sections_of_kind("track_script").count(), 1);
 
     assert_eq!(k.section("ha_peer").expect("peer").kind, "peer");
     assert_eq!(get(&k, "ha_peer", "address"), "192.168.100.239");
@@ -930,6 +938,16 @@ global_defs {{
 \tenable_script_security
 }}
 
+vrrp_script ha_catchup {{
+\tscript \"/usr/sbin/ha-sync caught-up\"
+\tinterval 5
+\ttimeout 10
+\tweight -60
+\tfall 1
+\trise 1
+\tinit_fail
+}}
+
 vrrp_instance ha {{
 \tstate MASTER
 \tinterface br-lan
@@ -947,6 +965,9 @@ vrrp_instance ha {{
 \tvirtual_ipaddress {{
 \t\t192.168.100.240/24 dev br-lan label br-lan:ha
 \t\t192.168.100.66/24 dev br-lan label br-lan:ha
+\t}}
+\ttrack_script {{
+\t\tha_catchup weight -60
 \t}}
 \tnotify_backup \"/usr/sbin/ha-sync hook NOTIFY_BACKUP\"
 \tnotify_master \"/usr/sbin/ha-sync hook NOTIFY_MASTER\"

@@ -401,10 +401,26 @@ fn take_over(lab: &mut Lab, p: &Node, b: &Node, sig: i32, bound: Duration) {
 
 /// Starts the primary's keepalived again; waits for the VIP to return and for both hooks:
 /// NOTIFY_BACKUP on the backup, NOTIFY_MASTER on the primary.
-fn come_back(lab: &mut Lab, p: &Node, b: &Node, what: &str) {
+/// `at_return` runs as soon as the restarted keepalived takes the VIP.
+fn come_back(lab: &mut Lab, p: &Node, b: &Node, what: &str, at_return: &dyn Fn()) {
     let (bb, _) = b.event();
     let (pb, _) = p.event();
+    let masters = |lab: &Lab| {
+        lab.log(&p.keepalived())
+            .matches("Entering MASTER STATE")
+            .count()
+    };
+    let before = masters(lab);
     start_keepalived(lab, p);
+    // The moment the restarted keepalived takes the VIP (its log says so: a SIGKILLed one
+    // leaves its VIP behind, so the address alone does not tell).
+    let first = wait_for(WAIT, || masters(lab) > before);
+    assert!(
+        first.is_some(),
+        "VIP never came back ({what}){}",
+        lab.logs()
+    );
+    at_return();
     let t = wait_for(WAIT, || lab.has_vip(&lab.p) && !lab.has_vip(&lab.b));
     assert!(t.is_some(), "VIP never came back ({what}){}", lab.logs());
     println!(
@@ -535,8 +551,17 @@ fn vip_moves_to_the_backup_and_back() {
         ("p", &proot, lab.p.clone(), Role::Primary),
         ("b", &broot, lab.b.clone(), Role::Backup),
     ] {
-        // keepalived.conf: notify lines run `ha-sync hook --root <root> EVENT`.
-        let uci = sync_core::uci::Package::load(&root.join("etc/config/keepalived")).expect("uci");
+        // keepalived.conf: notify lines run `ha-sync hook --root <root> EVENT`, the primary's
+        // catch-up gate `ha-sync caught-up --root <root>`.
+        let mut uci =
+            sync_core::uci::Package::load(&root.join("etc/config/keepalived")).expect("uci");
+        if let Some(s) = uci.section_mut(keepalived::CATCHUP_SCRIPT) {
+            s.set(
+                "script",
+                &format!("{bin_s} caught-up --root {}", root.display()),
+            )
+            .expect("script");
+        }
         let conf = keepalived::render(
             &uci,
             &RenderOptions {
@@ -801,7 +826,7 @@ fn vip_moves_to_the_backup_and_back() {
 
     // The primary comes back: it preempts, the backup steps down and restores the
     // generation it refused, the daemon sends again.
-    come_back(&mut lab, &p, &b, "restart");
+    come_back(&mut lab, &p, &b, "restart", &|| {});
     let t = wait_for(WAIT, || b.live() == "three\n");
     assert!(
         t.is_some(),
@@ -813,8 +838,36 @@ fn vip_moves_to_the_backup_and_back() {
 
     // SIGKILL: no priority-0 advert; the backup waits for master_down (3 adverts + skew).
     take_over(&mut lab, &p, &b, libc::SIGKILL, Duration::from_secs(5));
+    // The catch-up gate (issue 11, item 3): an admin changes a listed file on the acting
+    // backup. The primary's daemon is stopped meanwhile, so only the gate (keepalived's
+    // `ha-sync caught-up` on the primary, weight -60 while failing) can bring the change: the
+    // VIP must not return before the change is in the primary's live tree.
+    let mut watch = lab.take("watch");
+    let _ = watch.child.kill();
+    let _ = watch.child.wait();
+    let edit = "etc/app/edited-on-the-acting-backup";
+    fs::write(broot.join(edit), "made while the backup was master\n").expect("write");
     // A killed keepalived leaves its VIP behind; the restarted one removes it and preempts.
-    come_back(&mut lab, &p, &b, "restart after SIGKILL");
+    let t0 = Instant::now();
+    let klog = lab.d().join(format!("{}.log", p.keepalived()));
+    come_back(&mut lab, &p, &b, "restart after SIGKILL", &|| {
+        assert_eq!(
+            fs::read_to_string(proot.join(edit)).unwrap_or_default(),
+            "made while the backup was master\n",
+            "the VIP returned to the primary before the backup's change was pulled; \
+             the gate's last answer: {}\nthe backup's authority: {}\nthe primary's keepalived:\n{}\nthe backup's:\n{}",
+            fs::read_to_string(proot.join("var/run/ha-sync/catchup-last")).unwrap_or_default(),
+            fs::read_to_string(broot.join("usr/share/ha-sync/authority.json")).unwrap_or_default(),
+            fs::read_to_string(&klog).unwrap_or_default(),
+            fs::read_to_string(klog.with_file_name("keepalived-b.log")).unwrap_or_default()
+        );
+    });
+    println!(
+        "catch-up gate: the backup's change was in the primary's live tree when the VIP \
+         returned ({:?} after keepalived restarted)",
+        t0.elapsed()
+    );
+    lab.spawn("watch", &p_ns, &[&bin_s, "watch", "--root", &proot_s], None);
     change_reaches_backup(&lab, &p, &b, "five\n", "sync resumed after SIGKILL");
     // Never both masters at the end.
     assert!(!lab.has_vip(&lab.b));

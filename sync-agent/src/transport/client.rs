@@ -699,10 +699,12 @@ impl Connection {
             };
             match msg {
                 Some(ChannelMsg::Failure) => {
+                    // Gives the channel's slot back on the server at once.
+                    let _ = write.close().await;
                     return Err(TransportError::ExecRefused {
                         peer: peer.clone(),
                         command: command.to_string(),
-                    })
+                    });
                 }
                 Some(ChannelMsg::Data { data }) => out.stdout.extend_from_slice(&data),
                 Some(ChannelMsg::ExtendedData { data, .. }) => out.stderr.extend_from_slice(&data),

@@ -760,7 +760,11 @@ impl russh::server::Handler for Connection {
             }
             _ => {
                 tracing::warn!("exec {command:?} from {} refused", self.addr);
-                session.channel_failure(channel)
+                // Closed too: a client that does not close a refused channel would otherwise
+                // hold one of the connection's MAX_CHANNELS slots for good.
+                self.channels.remove(&channel);
+                session.channel_failure(channel)?;
+                session.close(channel)
             }
         }
     }
