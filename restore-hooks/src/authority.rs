@@ -326,6 +326,7 @@ pub fn taken(ctx: &Ctx, t: &Taken) -> Result<(), HookError> {
     a.pulled = Some(t.live_root.to_hex());
     a.pulled_at = Some(clock::now_secs());
     write_authority(&node, &a)?;
+    sync_core::fault::point(sync_core::fault::PULL_TAKEN);
     tracing::info!(
         "pull: the primary took this node's live state {}",
         t.live_root
@@ -620,6 +621,7 @@ pub fn apply_offer(ctx: &Ctx, offer: &Offer) -> Result<PullOutcome, HookError> {
             out.taken.retain(|t| *t != p);
             out.merged.retain(|t| *t != p);
         }
+        sync_core::fault::point(sync_core::fault::PULL_FILE);
     }
     // Children before their directories.
     deletions.sort();
@@ -627,6 +629,7 @@ pub fn apply_offer(ctx: &Ctx, offer: &Offer) -> Result<PullOutcome, HookError> {
         if let Err(e) = remove(&live, &attic, path, &generation) {
             out.errors.push((path.to_abs(), e));
         }
+        sync_core::fault::point(sync_core::fault::PULL_FILE);
     }
     if !out.conflicts.is_empty() {
         let mut all = conflicts(&node);

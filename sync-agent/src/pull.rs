@@ -65,6 +65,7 @@ pub fn register(server: Server, node: &Node, runner: Arc<dyn Runner>) -> Server 
                     peer.addr
                 );
             }
+            sync_core::fault::point(sync_core::fault::PULL_OFFERED);
             stream
                 .write_all(&offer.encode())
                 .and_then(|()| stream.flush())
@@ -206,6 +207,7 @@ pub async fn pull(
             ),
         });
     }
+    sync_core::fault::point(sync_core::fault::PULL_APPLIED);
     let taken = Taken {
         version: PULL_VERSION,
         live_root: offer.live_root,

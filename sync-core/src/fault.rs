@@ -37,6 +37,16 @@ pub const PRIMARY_POINTS: &[&str] = &[
     PRIMARY_AWAITING_COMMIT,
     PRIMARY_COMMITTED,
 ];
+/// Failback's points, both nodes, in the order a pull passes them.
+pub const PULL_POINTS: &[&str] = &[PULL_OFFERED, PULL_FILE, PULL_APPLIED, PULL_TAKEN];
+/// The backup computed its offer; not sent yet.
+pub const PULL_OFFERED: &str = "pull-offered";
+/// The primary wrote a live file of the backup's offer (N-th file).
+pub const PULL_FILE: &str = "pull-file";
+/// The primary applied the whole offer; the backup not told yet.
+pub const PULL_APPLIED: &str = "pull-applied";
+/// The backup recorded that the primary took its changes.
+pub const PULL_TAKEN: &str = "pull-taken";
 /// The primary sent a file (N-th file).
 pub const PRIMARY_FILE_SENT: &str = "primary-file-sent";
 /// Everything sent; the backup's commit not heard yet.

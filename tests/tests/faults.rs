@@ -399,3 +399,150 @@ fn fifty_idle_connections_leave_the_agent_up_with_bounded_memory() {
     drop(idle);
     agent.stop();
 }
+
+/// Failback's pull (issue 11): the backup was master and its admin changed `/etc/app/`; the
+/// returning primary pulls. Either node is killed with SIGKILL at each pull point: the backup
+/// after computing its offer or after recording the primary took it, the primary after a
+/// live file of the offer or after applying all of it. After each kill both live trees are
+/// whole, each file old or new (the backup's own is untouched: a pull only reads it), and the
+/// next sync brings the primary every change and leaves both nodes equal.
+#[test]
+fn kill_9_of_either_node_during_a_pull_leaves_both_live_trees_whole() {
+    use restore_hooks::{run_hook, Ctx, Event};
+    use sync_core::fault::{PULL_FILE, PULL_OFFERED, PULL_POINTS, PULL_TAKEN};
+    use sync_core::node::VrrpState;
+    use sync_core::runner::RecordingRunner;
+    let trials: usize = std::env::var("HA_SYNC_FAULT_TRIALS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(40, |t| (t / 5).max(4));
+    let seed: u64 = std::env::var("HA_SYNC_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| sync_core::clock::now_ns() as u64 | 1);
+    let bin = ha_sync_bin();
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (d.path().join("primary"), d.path().join("backup"));
+    for (r, role) in [(&a, "primary"), (&b, "backup")] {
+        std::fs::create_dir_all(r.join("etc/config")).unwrap();
+        std::fs::write(
+            r.join("etc/config/keepalived"),
+            format!(
+                "config {role} '{role}'\n\nconfig peer 'ha_peer'\n\tlist sync_list '/etc/app/'\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(r.join("etc/sysupgrade.conf"), "").unwrap();
+    }
+    Node::new(&a).set_vrrp_state(VrrpState::Master).unwrap();
+    Node::new(&b).set_vrrp_state(VrrpState::Backup).unwrap();
+    let app = a.join("etc/app");
+    for i in 0..24 {
+        let dir = app.join(format!("d{}", i % 4));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+    }
+    let keys = Keys::new(&d.path().join("keys"));
+    let port = free_port();
+    keys.pin("127.0.0.1", port);
+    let client = keys.client(&format!("127.0.0.1:{port}"));
+    let live = b.join("etc/app");
+    let mut agent = Agent::start(&bin, &b, &keys, port, None);
+    now(&a, client.clone(), None).expect("first sync");
+    agent.stop();
+    assert_eq!(files(&live), files(&app));
+    let staging = Node::new(&b).staging_dir();
+    let runner = RecordingRunner::new();
+    let hook = |e: Event| {
+        let ctx = Ctx {
+            root: &b,
+            staging: &staging,
+            runner: &runner,
+        };
+        run_hook(&ctx, e).expect("hook");
+    };
+
+    let mut rng = Rng(seed);
+    let mut killed = 0;
+    for trial in 0..trials {
+        // The backup takes over; its admin works; it steps down (its restore waits).
+        hook(Event::NotifyMaster);
+        let old = files(&app);
+        mutate(&live, &mut rng, trial);
+        let edited = files(&live);
+        hook(Event::NotifyBackup);
+        assert_eq!(
+            files(&live),
+            edited,
+            "trial {trial}: NOTIFY_BACKUP wrote over the backup's changes"
+        );
+
+        let point = PULL_POINTS[trial % PULL_POINTS.len()];
+        let nth = if point == PULL_FILE {
+            1 + rng.below(3)
+        } else {
+            1
+        };
+        let fault = format!("{point}:{nth}");
+        let on_backup = point == PULL_OFFERED || point == PULL_TAKEN;
+        let agent = Agent::start(&bin, &b, &keys, port, on_backup.then_some(fault.as_str()));
+        let mut cmd = Command::new(&bin);
+        cmd.args(["now", "--no-daemon", "--root"])
+            .arg(&a)
+            .args(["--peer", &format!("127.0.0.1:{port}")])
+            .arg("--key")
+            .arg(&keys.id)
+            .arg("--known-hosts")
+            .arg(&keys.known_hosts)
+            .env_remove("HA_SYNC_FAULT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if !on_backup {
+            cmd.env("HA_SYNC_FAULT", &fault);
+        }
+        let status = cmd.status().expect("run ha-sync now");
+        use std::os::unix::process::ExitStatusExt;
+        let backup_died = agent.end();
+        if (on_backup && backup_died) || status.signal() == Some(libc::SIGKILL) {
+            killed += 1;
+        }
+        let ctx = format!("pull trial {trial} (seed {seed}), killed at {fault}");
+        for (rel, content) in files(&app) {
+            let name = rel.rsplit('/').next().unwrap();
+            assert!(
+                !sync_core::fsx::is_temp_name(name),
+                "{ctx}: temp file {rel} on the primary"
+            );
+            assert!(
+                old.get(&rel) == Some(&content) || edited.get(&rel) == Some(&content),
+                "{ctx}: the primary's {rel} is neither its old version nor the backup's"
+            );
+        }
+        assert_eq!(files(&live), edited, "{ctx}: the backup's live tree moved");
+
+        // Restarted, one more sync: every change of the backup on both nodes.
+        let mut agent = Agent::start(&bin, &b, &keys, port, None);
+        let r = now(&a, client.clone(), None);
+        agent.stop();
+        assert!(
+            r.is_ok(),
+            "{ctx}: the sync after the restart failed: {:?}",
+            r.err()
+        );
+        assert_eq!(
+            files(&app),
+            edited,
+            "{ctx}: the primary lacks the backup's changes"
+        );
+        assert_eq!(files(&live), edited, "{ctx}: the backup differs");
+        assert!(
+            restore_hooks::authority::authority(&Node::new(&b)).is_none(),
+            "{ctx}: the backup still holds its authority mark"
+        );
+    }
+    println!("faults: pull: {trials} trials, {killed} kills, 0 violations (seed {seed})");
+    assert!(
+        killed * 2 >= trials,
+        "most trials must hit their point: {killed} of {trials}"
+    );
+}
