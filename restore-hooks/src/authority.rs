@@ -227,6 +227,61 @@ fn staged(ctx: &Ctx) -> Result<Option<(Staging, Manifest)>, HookError> {
     Ok(Some((staging, m)))
 }
 
+/// The backup's live tree for `ha-sync diff` (see [`sync_core::pull::LiveView`]).
+pub fn live_view(ctx: &Ctx) -> Result<sync_core::pull::LiveView, HookError> {
+    let _lock = state::hooks_lock(ctx.root)?;
+    let node = Node::new(ctx.root);
+    let mut v = sync_core::pull::LiveView {
+        version: PULL_VERSION,
+        node: node.name("backup"),
+        ..Default::default()
+    };
+    let Some((staging, base)) = staged(ctx)? else {
+        return Ok(v);
+    };
+    v.base = base.root_hash();
+    let live_dir = Dir::open(ctx.root, false).map_err(at(ctx.root))?;
+    for (path, (e, data)) in live_entries(ctx, &base, &staging)? {
+        if pull::is_uci(&path) && matches!(e.kind, Kind::File { .. }) {
+            let bytes = match data {
+                Some(d) => Some(d),
+                None => live_dir
+                    .parent_of(&path, false)
+                    .and_then(|d| d.read_file(path.file_name(), MAX_FILE_SIZE))
+                    .ok(),
+            };
+            if let Some(b) = bytes {
+                v.uci.push((path.clone(), b));
+            }
+        }
+        v.entries.push(e);
+    }
+    Ok(v)
+}
+
+/// What the acting backup changed since the base (router paths), for its status; empty when
+/// it is not the authority.
+pub fn changes_since_takeover(ctx: &Ctx) -> Vec<String> {
+    if authority(&Node::new(ctx.root)).is_none() {
+        return Vec::new();
+    }
+    let Ok(Some((staging, base))) = staged(ctx) else {
+        return Vec::new();
+    };
+    match live_entries(ctx, &base, &staging) {
+        Ok(live) => changed_paths(&base, &live)
+            .iter()
+            .map(RelPath::to_abs)
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Whether failback and `ha-sync diff` leave `p` alone (this node's own, or the crontab).
+pub fn is_node_local(p: &RelPath) -> bool {
+    not_pulled(p)
+}
+
 /// The backup's offer: what its live tree changed since the base generation, when it has
 /// been the authority since. Takes the hooks lock (no restore moves live meanwhile).
 pub fn offer(ctx: &Ctx) -> Result<Offer, HookError> {

@@ -82,6 +82,8 @@ fn every_kind_of_change_on_the_acting_backup_reaches_the_primary() {
         ],
         "per-node paths never offered"
     );
+    // The acting backup's status lists the same paths.
+    assert_eq!(authority::changes_since_takeover(&p.ctx(&r)), paths(&o));
     let o = Offer::decode(&o.encode()).unwrap();
     let out = apply_offer(&primary_ctx(&p, &r), &o).unwrap();
     assert!(out.errors.is_empty() && out.conflicts.is_empty(), "{out:?}");

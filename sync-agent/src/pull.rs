@@ -72,6 +72,23 @@ pub fn register(server: Server, node: &Node, runner: Arc<dyn Runner>) -> Server 
                 .map_err(|e| format!("sending the offer: {e}"))
         }),
     );
+    let (n, r) = (node.clone(), runner.clone());
+    let server = server.with_action(
+        sync_core::pull::LIVE_COMMAND,
+        Arc::new(move |stream: &mut dyn ReadWrite, _peer: &PeerInfo| {
+            let staging = n.staging_dir();
+            let ctx = restore_hooks::Ctx {
+                root: n.root(),
+                staging: &staging,
+                runner: r.as_ref(),
+            };
+            let view = restore_hooks::authority::live_view(&ctx).map_err(|e| e.to_string())?;
+            stream
+                .write_all(&view.encode())
+                .and_then(|()| stream.flush())
+                .map_err(|e| format!("sending the live view: {e}"))
+        }),
+    );
     let n = node.clone();
     server.with_action(
         TAKEN_COMMAND,
@@ -436,4 +453,183 @@ pub async fn catch_up(
         }
     }
     CatchUp::GaveUp(msg)
+}
+
+// ---------------------------------------------------------------------------------------------
+// ha-sync diff (issue 11, item 5)
+
+/// One thing that differs between the nodes' live trees.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Difference {
+    /// Router path.
+    pub path: String,
+    /// For a UCI file: `section.option` (or the section) that differs.
+    pub at: Option<String>,
+    pub primary: String,
+    pub backup: String,
+}
+
+fn describe(e: Option<&sync_core::manifest::Entry>) -> String {
+    use sync_core::manifest::Kind;
+    match e.map(|e| (&e.kind, e.mode)) {
+        None => "absent".into(),
+        Some((Kind::File { size, hash }, mode)) => {
+            format!(
+                "file {size} bytes mode {mode:o} blake3 {}",
+                &hash.to_hex()[..12]
+            )
+        }
+        Some((Kind::Dir, _)) => "directory".into(),
+        Some((Kind::Symlink { target }, _)) => format!("symlink to {target}"),
+    }
+}
+
+/// Option-level differences of two UCI texts (sections by name, anonymous ones as uci counts
+/// them: `@rule[2]`).
+fn uci_differences(path: &str, ours: &[u8], theirs: &[u8]) -> Vec<Difference> {
+    use sync_core::uci::{Package, Value};
+    let parse = |b: &[u8]| Package::parse(&String::from_utf8_lossy(b), std::path::Path::new(path));
+    let (Ok(o), Ok(t)) = (parse(ours), parse(theirs)) else {
+        return Vec::new();
+    };
+    let labelled = |p: &Package| -> Vec<(String, sync_core::uci::Section)> {
+        let mut count = std::collections::HashMap::new();
+        p.sections
+            .iter()
+            .map(|s| {
+                let label = match &s.name {
+                    Some(n) => n.clone(),
+                    None => {
+                        let i = count.entry(s.kind.clone()).or_insert(0);
+                        *i += 1;
+                        format!("@{}[{}]", s.kind, *i - 1)
+                    }
+                };
+                (label, s.clone())
+            })
+            .collect()
+    };
+    let (ol, tl) = (labelled(&o), labelled(&t));
+    let show = |v: Option<&Value>| match v {
+        None => "absent".to_string(),
+        Some(Value::Single(s)) => format!("'{s}'"),
+        Some(Value::List(l)) => format!("[{}]", l.join(", ")),
+    };
+    let mut out = Vec::new();
+    let mut labels: Vec<&String> = ol.iter().map(|(l, _)| l).collect();
+    labels.extend(
+        tl.iter()
+            .map(|(l, _)| l)
+            .filter(|l| !ol.iter().any(|(o, _)| o == *l)),
+    );
+    for label in labels {
+        let os = ol.iter().find(|(l, _)| l == label).map(|(_, s)| s);
+        let ts = tl.iter().find(|(l, _)| l == label).map(|(_, s)| s);
+        match (os, ts) {
+            (Some(a), Some(b)) => {
+                let mut names: Vec<&String> = a.options.iter().map(|(n, _)| n).collect();
+                names.extend(
+                    b.options
+                        .iter()
+                        .map(|(n, _)| n)
+                        .filter(|n| a.value(n).is_none()),
+                );
+                for n in names {
+                    if a.value(n) != b.value(n) {
+                        out.push(Difference {
+                            path: format!("/{path}"),
+                            at: Some(format!("{label}.{n}")),
+                            primary: show(a.value(n)),
+                            backup: show(b.value(n)),
+                        });
+                    }
+                }
+            }
+            (a, b) => out.push(Difference {
+                path: format!("/{path}"),
+                at: Some(label.clone()),
+                primary: if a.is_some() { "section" } else { "absent" }.into(),
+                backup: if b.is_some() { "section" } else { "absent" }.into(),
+            }),
+        }
+    }
+    out
+}
+
+/// What differs between this node's live tree and the backup's (`ha-sync diff`): paths, and
+/// options for UCI files. Empty: the nodes hold the same configuration.
+pub async fn diff(
+    conn: &Connection,
+    node: &Node,
+    runner: Arc<dyn Runner>,
+) -> Result<Vec<Difference>, PullFailure> {
+    let peer = conn.peer().to_string();
+    let out = conn
+        .exec(sync_core::pull::LIVE_COMMAND, tokio::io::empty(), MAX_OFFER)
+        .await?;
+    if out.status != Some(0) {
+        return Err(PullFailure::Peer {
+            peer,
+            msg: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    let view = sync_core::pull::LiveView::decode(&out.stdout).map_err(|e| PullFailure::Peer {
+        peer: peer.clone(),
+        msg: e.to_string(),
+    })?;
+    let n = node.clone();
+    let ours =
+        tokio::task::spawn_blocking(move || sync_core::prepare::prepare_saved(&n, runner.as_ref()))
+            .await
+            .map_err(|e| PullFailure::Local {
+                peer: peer.clone(),
+                msg: e.to_string(),
+            })?
+            .map_err(|e| PullFailure::Local {
+                peer: peer.clone(),
+                msg: e.to_string(),
+            })?;
+    let local = |p: &sync_core::path::RelPath| restore_hooks::authority::is_node_local(p);
+    let mine: std::collections::BTreeMap<_, _> = ours
+        .manifest
+        .entries
+        .iter()
+        .filter(|e| !local(&e.path))
+        .map(|e| (e.path.clone(), e))
+        .collect();
+    let theirs: std::collections::BTreeMap<_, _> = view
+        .entries
+        .iter()
+        .filter(|e| !local(&e.path))
+        .map(|e| (e.path.clone(), e))
+        .collect();
+    let mut paths: Vec<&sync_core::path::RelPath> = mine.keys().collect();
+    paths.extend(theirs.keys().filter(|p| !mine.contains_key(*p)));
+    paths.sort();
+    let mut diffs = Vec::new();
+    for p in paths {
+        let (a, b) = (mine.get(p).copied(), theirs.get(p).copied());
+        if sync_core::pull::same_state(a, b) {
+            continue;
+        }
+        let both_files =
+            a.and_then(|e| e.file_hash()).is_some() && b.and_then(|e| e.file_hash()).is_some();
+        if both_files && sync_core::pull::is_uci(p) {
+            let ours = std::fs::read(node.root().join(p.as_str())).unwrap_or_default();
+            if let Some((_, theirs)) = view.uci.iter().find(|(q, _)| q == p) {
+                let d = uci_differences(p.as_str(), &ours, theirs);
+                if !d.is_empty() {
+                    diffs.extend(d);
+                    continue;
+                }
+            }
+        }
+        diffs.push(Difference {
+            path: p.to_abs(),
+            at: None,
+            primary: describe(a),
+            backup: describe(b),
+        });
+    }
+    Ok(diffs)
 }

@@ -360,6 +360,8 @@ pub struct NodeStatus {
     pub authority: Option<restore_hooks::authority::Authority>,
     /// What the last pull brought, on the primary.
     pub pull: Option<crate::pull::PullRecord>,
+    /// On the acting backup: what changed here since it took over (router paths).
+    pub changed_here: Vec<String>,
 }
 
 /// Gathers [`NodeStatus`]. `daemon`: the running daemon's live status, if it answered.
@@ -390,6 +392,15 @@ pub fn collect(root: &Path, daemon: Option<DaemonStatus>) -> NodeStatus {
         conflicts: restore_hooks::authority::conflicts(&sync_core::node::Node::new(root)),
         authority: restore_hooks::authority::authority(&sync_core::node::Node::new(root)),
         pull: crate::pull::last(&sync_core::node::Node::new(root)),
+        changed_here: {
+            let node = sync_core::node::Node::new(root);
+            let staging = node.staging_dir();
+            restore_hooks::authority::changes_since_takeover(&restore_hooks::Ctx {
+                root,
+                staging: &staging,
+                runner: &sync_core::runner::SystemRunner,
+            })
+        },
     }
 }
 
@@ -459,6 +470,7 @@ impl NodeStatus {
             "conflicts": self.conflicts,
             "authority": self.authority,
             "pull": self.pull,
+            "changed_here": self.changed_here,
         })
     }
 
@@ -523,6 +535,14 @@ impl NodeStatus {
                     None => "not pulled yet".into(),
                 }
             );
+            let _ = writeln!(
+                o,
+                "Changed on this node since it took over: {} path(s)",
+                self.changed_here.len()
+            );
+            for p in &self.changed_here {
+                let _ = writeln!(o, "  {p}");
+            }
         }
         if !self.conflicts.is_empty() {
             let _ = writeln!(

@@ -75,6 +75,9 @@ enum Command {
     /// was master; exits 1 (priority held below the peer's) only while the peer is reachable
     /// and holds changes not yet pulled, for at most keepalived.ha_peer.catchup_wait seconds.
     CaughtUp(net::CaughtUpArgs),
+    /// What differs between this node's live configuration and the peer's: paths, and
+    /// section.option for UCI files; exit 1 when anything differs (as diff(1)).
+    Diff(net::DiffArgs),
     /// Handle a keepalived event on this node: NOTIFY_SYNC (restore staging -> live),
     /// NOTIFY_MASTER, NOTIFY_BACKUP, NOTIFY_FAULT, NOTIFY_STOP.
     Hook {
@@ -190,6 +193,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Attic(a) => attic::run(a),
         Command::Resolve(a) => attic::resolve(a),
         Command::CaughtUp(a) => net::caught_up(a),
+        Command::Diff(a) => net::diff(a),
     }
 }
 

@@ -119,6 +119,45 @@ pub fn caught_up(a: CaughtUpArgs) -> Result<()> {
 }
 
 #[derive(Args)]
+pub struct DiffArgs {
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    #[command(flatten)]
+    to: PeerArgs,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `ha-sync diff`: this node's live tree against the peer's.
+pub fn diff(a: DiffArgs) -> Result<()> {
+    let node = Node::new(&a.root);
+    let client = a.to.client(&a.root)?;
+    let peer = client.peer.clone();
+    let runner: Arc<dyn sync_core::runner::Runner> = Arc::new(SystemRunner);
+    let diffs = runtime()?.block_on(async {
+        let conn = transport::Connection::open(&client).await?;
+        let r = sync_agent::pull::diff(&conn, &node, runner).await;
+        conn.disconnect().await;
+        r.map_err(anyhow::Error::from)
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&diffs)?);
+    } else if diffs.is_empty() {
+        println!("in sync: this node and {peer} hold the same configuration");
+    } else {
+        println!("not in sync: {} difference(s) with {peer}", diffs.len());
+        for d in &diffs {
+            let at = d.at.as_deref().map(|a| format!(" {a}")).unwrap_or_default();
+            println!("  {}{at}: here {} | peer {}", d.path, d.primary, d.backup);
+        }
+    }
+    if !diffs.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+#[derive(Args)]
 pub struct WatchArgs {
     #[arg(long, default_value = "/")]
     root: PathBuf,

@@ -23,6 +23,8 @@ pub const OFFER_COMMAND: &str = "ha-sync-pull-offer";
 pub const TAKEN_COMMAND: &str = "ha-sync-pull-taken";
 /// Bound on an offer, compressed and decompressed: configuration, not data.
 pub const MAX_OFFER: usize = 64 << 20;
+/// The backup's exec command that answers with its [`LiveView`] (`ha-sync diff`).
+pub const LIVE_COMMAND: &str = "ha-sync-live";
 /// Bumped when [`Offer`] or [`Taken`] change shape.
 pub const PULL_VERSION: u32 = 1;
 
@@ -65,6 +67,39 @@ pub struct Taken {
     pub version: u32,
     /// The offer's `live_root`: the backup's live tree as the primary now holds it.
     pub live_root: Hash,
+}
+
+/// The backup's live tree as failback compares it, for `ha-sync diff`: every listed path's
+/// state, and the content of its UCI files (small) for an option-level comparison.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveView {
+    pub version: u32,
+    pub node: String,
+    /// The generation it last restored.
+    pub base: Hash,
+    pub entries: Vec<Entry>,
+    pub uci: Vec<(RelPath, Vec<u8>)>,
+}
+
+impl LiveView {
+    pub fn encode(&self) -> Vec<u8> {
+        let raw = postcard::to_allocvec(self).unwrap_or_default();
+        zstd::bulk::compress(&raw, 3).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<LiveView, PullError> {
+        if bytes.len() > MAX_OFFER {
+            return Err(PullError::TooLarge(bytes.len()));
+        }
+        let raw = zstd::bulk::decompress(bytes, MAX_OFFER)
+            .map_err(|e| PullError::Malformed(format!("zstd: {e}")))?;
+        let v: LiveView = postcard::from_bytes(&raw)
+            .map_err(|e| PullError::Malformed(crate::bounded::explain(e)))?;
+        if v.version != PULL_VERSION {
+            return Err(PullError::Version(v.version));
+        }
+        Ok(v)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -327,6 +327,41 @@ fn a_change_made_on_the_acting_backup_survives_failback() {
         Some(0),
         "{status}"
     );
+    // `ha-sync diff`: the nodes agree; a hand edit on the backup shows at option level.
+    let diff = |p: &Path| {
+        Command::new(&bin)
+            .args(["diff", "--root"])
+            .arg(p)
+            .args(["--peer", &format!("127.0.0.1:{port}")])
+            .arg("--key")
+            .arg(&keys.id)
+            .arg("--known-hosts")
+            .arg(&keys.known_hosts)
+            .output()
+            .expect("ha-sync diff")
+    };
+    let out = diff(&p);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.starts_with("in sync"),
+        "{text}"
+    );
+    let mut fw = firewall(&b);
+    fw.set("guest", "input", "REJECT").unwrap();
+    uci_commit(&b, &fw);
+    write(&b, "etc/app/stray", "only on the backup\n");
+    let out = diff(&p);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("/etc/config/firewall guest.input: here 'ACCEPT' | peer 'REJECT'"),
+        "{text}"
+    );
+    assert!(
+        text.contains("/etc/app/stray: here absent | peer file"),
+        "{text}"
+    );
+
     for l in logs {
         let text = std::fs::read_to_string(l).unwrap_or_default();
         for line in text
