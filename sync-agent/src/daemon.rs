@@ -388,6 +388,8 @@ struct History {
     last_sync: Option<SyncRecord>,
     last_success: Option<u64>,
     last_error: Option<ErrorRecord>,
+    /// Since when the backup holds what this node holds (see `DaemonStatus::in_sync_since`).
+    in_sync_since: Option<u64>,
 }
 
 impl Engine {
@@ -591,6 +593,7 @@ impl Engine {
     fn note_change(&mut self, p: PathBuf, now: Instant) {
         tracing::trace!("changed: {}", p.display());
         self.dirty = true;
+        self.history.in_sync_since = None;
         if self.pending.len() < MAX_PENDING {
             self.pending.insert(p);
         }
@@ -1035,7 +1038,11 @@ impl Engine {
                     h.syncs.unchanged += 1;
                 }
                 h.last_success = Some(now);
+                if record.generation.is_some() {
+                    h.in_sync_since.get_or_insert(now);
+                }
             } else {
+                h.in_sync_since = None;
                 h.syncs.failed += 1;
                 h.last_error = Some(ErrorRecord {
                     time: now,
@@ -1193,6 +1200,10 @@ impl Engine {
         s.watches.degraded = self.degraded;
         s.watches.rescans = self.rescans;
         s.alert_sync_failed = self.alert_raised;
+        s.in_sync_since = self
+            .history
+            .in_sync_since
+            .filter(|_| self.gate.active && self.pending.is_empty() && !self.rescan);
     }
 
     /// Publishes everything and writes status.json, under the status lock: whoever sees a

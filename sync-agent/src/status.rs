@@ -236,6 +236,10 @@ pub struct DaemonStatus {
     pub syncs: Counters,
     pub watches: WatchRecord,
     pub alert_sync_failed: bool,
+    /// Since when both nodes hold this node's tree (the last sync succeeded, live restored on
+    /// the backup, nothing pending since); `None`: not in sync.
+    #[serde(default)]
+    pub in_sync_since: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -615,6 +619,27 @@ impl NodeStatus {
             "  Connection: {}",
             if s.connected { "open" } else { "closed" }
         );
+        match s.in_sync_since {
+            Some(t) => {
+                let g = s
+                    .last_sync
+                    .as_ref()
+                    .and_then(|l| l.generation.as_deref())
+                    .map(|g| format!(", generation {} on both nodes", &g[..g.len().min(12)]))
+                    .unwrap_or_default();
+                let _ = writeln!(o, "  In sync: yes since {}{g}", format_time(t));
+            }
+            None => {
+                let why = if s.pending_changes > 0 {
+                    format!("{} change(s) not sent yet", s.pending_changes)
+                } else if !s.active {
+                    "this node is not sending".to_string()
+                } else {
+                    "the last sync did not complete".to_string()
+                };
+                let _ = writeln!(o, "  In sync: no ({why}; ha-sync diff shows what differs)");
+            }
+        }
         if let Some(l) = &s.last_sync {
             let _ = writeln!(
                 o,

@@ -599,6 +599,10 @@ async fn status_after_success() {
     let r = l.restore.unwrap();
     assert!(r.refused.unwrap().starts_with("staging only"));
     assert_eq!(f.pending_changes, 0);
+    assert!(
+        f.in_sync_since.is_some(),
+        "in sync after a clean sync: {f:?}"
+    );
     assert_eq!(f.consecutive_failures, 0);
     assert!(f.last_error.is_none());
     assert_eq!(s.syncs.failed, 0);
@@ -784,6 +788,7 @@ async fn the_daemon_catches_up_when_the_backup_comes_back() {
     wait_for("the connection loss noticed", || !c.st().connected).await;
     write(&c.p("/etc/ha/routes"), "{\"while\": \"down\"}\n");
     wait_for("the change pending", || c.st().pending_changes >= 1).await;
+    assert_eq!(c.st().in_sync_since, None, "a pending change: not in sync");
     wait_for("two failed syncs", || c.st().consecutive_failures >= 2).await;
     assert_eq!(c.st().last_sync.unwrap().status, "SSH Connection Failed");
     // ha:sync:failed raised once: timestamp and one command call.

@@ -760,11 +760,9 @@ impl russh::server::Handler for Connection {
             }
             _ => {
                 tracing::warn!("exec {command:?} from {} refused", self.addr);
-                // Closed too: a client that does not close a refused channel would otherwise
-                // hold one of the connection's MAX_CHANNELS slots for good.
-                self.channels.remove(&channel);
-                session.channel_failure(channel)?;
-                session.close(channel)
+                // The channel stays open, as OpenSSH leaves it (a client may try another
+                // request on it); ours closes it on the refusal, freeing its slot.
+                session.channel_failure(channel)
             }
         }
     }
