@@ -197,7 +197,110 @@ impl<'a> Steps<'a> {
         let r = apply_cron(self.ctx, master);
         self.check(r);
     }
+
+    /// 500-dhcp-force: dnsmasq's `force` on every `dnsmasq` section of `/etc/config/dhcp`
+    /// (serve even when another DHCP server answers). Written only when it changes.
+    fn dhcp_force(&mut self, on: bool) {
+        let path = self.ctx.root.join(DHCP);
+        if !path.is_file() {
+            return;
+        }
+        let Some(mut pkg) = self.check(Package::load(&path).map_err(HookError::from)) else {
+            return;
+        };
+        let want = if on { "1" } else { "0" };
+        let mut changed = false;
+        for sec in pkg.sections.iter_mut().filter(|s| s.kind == "dnsmasq") {
+            if sec.get("force") != Some(want) {
+                changed = true;
+                let r = sec.set("force", want).map_err(HookError::from);
+                self.check(r);
+            }
+        }
+        if changed {
+            tracing::info!("dhcp: force={want} on every dnsmasq section");
+            let r = pkg.write_atomic(&path).map_err(HookError::from);
+            self.check(r);
+        }
+    }
+
+    /// 500-nathelpers: the NAT helper modules, when this node has them configured.
+    fn nat_helpers(&mut self) {
+        if self
+            .ctx
+            .root
+            .join(NATHELPERS.trim_start_matches('/'))
+            .is_file()
+            && self
+                .ctx
+                .root
+                .join(LOAD_MODULES.trim_start_matches('/'))
+                .is_file()
+        {
+            self.run(Cmd::new(LOAD_MODULES));
+        }
+    }
+
+    /// 900-telegraf: the Internet probes (ping, dns) off on a backup, which has no Internet
+    /// access; moved aside, not deleted, so the configuration is kept.
+    fn telegraf_probes(&mut self, on: bool) {
+        for name in TELEGRAF_PROBES {
+            let live = self.ctx.root.join(name.trim_start_matches('/'));
+            let aside = live.with_extension("conf.disabled");
+            let (from, to) = if on { (&aside, &live) } else { (&live, &aside) };
+            if from.is_file() {
+                let r = std::fs::rename(from, to).map_err(crate::at(from));
+                self.check(r);
+            }
+        }
+    }
+
+    /// 01-user: the admin's `/etc/keepalived.user`, with `ACTION` as keepalived's hotplug
+    /// scripts see it.
+    fn user_script(&mut self, action: &str) {
+        if self
+            .ctx
+            .root
+            .join(USER_SCRIPT.trim_start_matches('/'))
+            .is_file()
+            && !self.chain_has("01-user")
+        {
+            let mut cmd = Cmd::new("/bin/sh").arg(USER_SCRIPT).env("ACTION", action);
+            cmd.clear_env = true;
+            self.run(cmd);
+        }
+    }
+
+    /// Whether the keepalived package's own hotplug script `name` is installed: it runs in
+    /// the same `hotplug-call keepalived` chain as ha-sync's, and then does its job itself.
+    fn chain_has(&self, name: &str) -> bool {
+        self.ctx.root.join(HOTPLUG_DIR).join(name).is_file()
+    }
+
+    /// ns-ha-enable's last step: procd applies the configuration the transition changed.
+    fn reload_config(&mut self) {
+        if self
+            .ctx
+            .root
+            .join(RELOAD_CONFIG.trim_start_matches('/'))
+            .is_file()
+        {
+            self.run(Cmd::new(RELOAD_CONFIG));
+        }
+    }
 }
+
+const DHCP: &str = "etc/config/dhcp";
+const NATHELPERS: &str = "/etc/modules.d/ns-nathelpers";
+const LOAD_MODULES: &str = "/usr/sbin/load-kernel-modules";
+const TELEGRAF_PROBES: &[&str] = &[
+    "/etc/telegraf.conf.d/ping.conf",
+    "/etc/telegraf.conf.d/dns.conf",
+];
+const USER_SCRIPT: &str = "/etc/keepalived.user";
+/// keepalived's hotplug scripts (the keepalived package's and ha-sync's `010-ha-sync`).
+pub const HOTPLUG_DIR: &str = "etc/hotplug.d/keepalived";
+const RELOAD_CONFIG: &str = "/sbin/reload_config";
 
 /// Whether the interfaces of the records are this node's to switch: on a backup always, on
 /// the primary (or with HA off) only to undo what a FAULT or STOP did.
@@ -225,10 +328,15 @@ pub(crate) fn master(ctx: &Ctx, previous: Option<VrrpState>) -> Vec<String> {
     }
     s.hotspot_mac();
     s.gratuitous_arp();
+    s.dhcp_force(true);
+    s.nat_helpers();
     for svc in RESTARTED_ON_MASTER {
         s.service(svc, "restart");
     }
     s.cron(true);
+    s.telegraf_probes(true);
+    s.reload_config();
+    s.user_script("NOTIFY_MASTER");
     s.errors
 }
 
@@ -252,10 +360,22 @@ pub(crate) fn backup(ctx: &Ctx) -> Vec<String> {
         s.interfaces_down();
         s.own_mac();
     }
+    // On the primary only: a backup's dhcp file is the primary's generation (force on, as
+    // its master set it), and dnsmasq stays stopped there whatever it says; editing it would
+    // be drift.
+    if role == Some(Role::Primary) {
+        s.dhcp_force(false);
+    }
     for svc in KEPT_STOPPED {
         s.service(svc, "stop");
     }
+    // 555-dropbear (keepalived package) reloads it itself when installed.
+    if !s.chain_has("555-dropbear") {
+        s.service("dropbear", "reload");
+    }
     s.cron(false);
+    s.telegraf_probes(false);
+    s.user_script("NOTIFY_BACKUP");
     s.errors
 }
 
@@ -271,6 +391,7 @@ pub(crate) fn teardown(ctx: &Ctx, fault: bool) -> Vec<String> {
         s.service(svc, "stop");
     }
     s.cron(false);
+    s.user_script(if fault { "NOTIFY_FAULT" } else { "NOTIFY_STOP" });
     s.errors
 }
 

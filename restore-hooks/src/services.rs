@@ -17,6 +17,14 @@ pub const KEPT_STOPPED: &[&str] = &[
     "dedalo",
     "flashstart",
     "netifyd",
+    // netifyd's companions (800-netifyd): the DPI engine, its updaters and reports.
+    "dpi",
+    "dpireport",
+    "dpi-data-update",
+    "dpi-license-update",
+    "dpi-update",
+    "ns-flows",
+    "ns-stats",
     "ns-ui",
     "ddns",
     "ns-plug",
@@ -38,6 +46,13 @@ pub const RESTARTED_ON_MASTER: &[&str] = &[
     "dedalo",
     "flashstart",
     "netifyd",
+    "dpi",
+    "dpireport",
+    "dpi-data-update",
+    "dpi-license-update",
+    "dpi-update",
+    "ns-flows",
+    "ns-stats",
     "ns-ui",
     "ddns",
     "ns-plug",
@@ -64,6 +79,8 @@ const OWNERS: &[(&str, &str)] = &[
     ("etc/netifyd", "netifyd"),
     ("etc/netifyd.conf", "netifyd"),
     ("etc/snort", "snort"),
+    // 500-netmap: its init script is not named after its UCI file.
+    ("etc/config/netmap", "ns-netmap"),
     ("var/ns-snort", "snort"),
 ];
 

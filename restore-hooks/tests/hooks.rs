@@ -399,3 +399,120 @@ fn events_parse_as_keepalived_names_them() {
         "{err}"
     );
 }
+
+/// The incumbent's hotplug scripts ha-sync does itself (issue 12, item 3): 500-dhcp-force,
+/// 500-nathelpers, the netifyd companions (800-netifyd), 555-dropbear, 900-telegraf, 01-user
+/// and ns-ha-enable's final reload_config; each only where the node has what it acts on.
+#[test]
+fn the_incumbents_other_hooks_are_done_too() {
+    let p = restored_pair();
+    let b = &p.backup;
+    for svc in ["dpi", "ns-flows", "dropbear"] {
+        write(b, &format!("etc/init.d/{svc}"), "#!/bin/sh\n");
+    }
+    write(b, "etc/modules.d/ns-nathelpers", "nf_nat_ftp\n");
+    write(b, "usr/sbin/load-kernel-modules", "#!/bin/sh\n");
+    write(b, "sbin/reload_config", "#!/bin/sh\n");
+    write(b, "etc/keepalived.user", "logger \"$ACTION\"\n");
+    write(b, "etc/telegraf.conf.d/ping.conf", "[[inputs.ping]]\n");
+    write(b, "etc/telegraf.conf.d/dns.conf", "[[inputs.dns_query]]\n");
+    write(b, "etc/telegraf.conf.d/cpu.conf", "[[inputs.cpu]]\n");
+
+    // The backup: probes aside, companions stopped, dropbear reloaded, the user script.
+    let r = runner();
+    run_hook(&p.ctx(&r), Event::NotifyBackup).unwrap();
+    let lines = r.lines();
+    for want in [
+        "/etc/init.d/dpi stop",
+        "/etc/init.d/ns-flows stop",
+        "/etc/init.d/dropbear reload",
+        "ACTION=NOTIFY_BACKUP /bin/sh /etc/keepalived.user",
+    ] {
+        assert!(lines.iter().any(|l| l == want), "{want} not in {lines:#?}");
+    }
+    assert!(!b.join("etc/telegraf.conf.d/ping.conf").exists());
+    assert_eq!(
+        read(b, "etc/telegraf.conf.d/ping.conf.disabled"),
+        "[[inputs.ping]]\n"
+    );
+    assert_eq!(
+        read(b, "etc/telegraf.conf.d/dns.conf.disabled"),
+        "[[inputs.dns_query]]\n"
+    );
+    assert_eq!(read(b, "etc/telegraf.conf.d/cpu.conf"), "[[inputs.cpu]]\n");
+    // A backup's dhcp file is the primary's: not edited (it would be drift).
+    assert_eq!(
+        read(b, "etc/config/dhcp"),
+        read(&p.staging, "etc/config/dhcp")
+    );
+
+    // Master: modules, companions restarted, probes back, reload_config, the user script.
+    let r = runner();
+    run_hook(&p.ctx(&r), Event::NotifyMaster).unwrap();
+    let lines = r.lines();
+    for want in [
+        "/usr/sbin/load-kernel-modules",
+        "/etc/init.d/dpi restart",
+        "/etc/init.d/ns-flows restart",
+        "/sbin/reload_config",
+        "ACTION=NOTIFY_MASTER /bin/sh /etc/keepalived.user",
+    ] {
+        assert!(lines.iter().any(|l| l == want), "{want} not in {lines:#?}");
+    }
+    let at = |l: &str| lines.iter().position(|x| x == l).unwrap();
+    assert!(
+        at("/sbin/reload_config") > at("/etc/init.d/dpi restart"),
+        "reload_config last"
+    );
+    assert_eq!(
+        read(b, "etc/telegraf.conf.d/ping.conf"),
+        "[[inputs.ping]]\n"
+    );
+    assert!(!b.join("etc/telegraf.conf.d/ping.conf.disabled").exists());
+
+    // With the keepalived package's own 01-user and 555-dropbear in the hotplug chain, those
+    // run the user script and reload dropbear: not twice.
+    write(
+        b,
+        "etc/hotplug.d/keepalived/01-user",
+        "# keepalived package\n",
+    );
+    write(
+        b,
+        "etc/hotplug.d/keepalived/555-dropbear",
+        "# keepalived package\n",
+    );
+    let r = runner();
+    run_hook(&p.ctx(&r), Event::NotifyBackup).unwrap();
+    let lines = r.lines();
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains("keepalived.user") || l.contains("dropbear")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
+fn the_primary_toggles_dnsmasq_force_with_its_state() {
+    let p = restored_pair();
+    let r = runner();
+    let ctx = restore_hooks::Ctx {
+        root: &p.primary,
+        staging: &p.staging,
+        runner: &r,
+    };
+    let force = || {
+        uci::Package::load(&p.primary.join("etc/config/dhcp"))
+            .unwrap()
+            .sections_of_kind("dnsmasq")
+            .map(|s| s.get("force").unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    run_hook(&ctx, Event::NotifyBackup).unwrap();
+    assert_eq!(force(), ["0"]);
+    run_hook(&ctx, Event::NotifyMaster).unwrap();
+    assert_eq!(force(), ["1"]);
+    // Other sections keep their own `force` (the lan pool's, an admin's choice).
+    assert!(read(&p.primary, "etc/config/dhcp").contains("config dhcp 'lan'"));
+}

@@ -78,7 +78,8 @@ pub fn primary_root(root: &Path) {
     write(
         root,
         "etc/config/dhcp",
-        "\nconfig dnsmasq\n\toption domainneeded '1'\n\toption localise_queries '1'\n\n\
+        // force: the primary's NOTIFY_MASTER set it (500-dhcp-force), as on a running cluster.
+        "\nconfig dnsmasq\n\toption domainneeded '1'\n\toption localise_queries '1'\n\toption force '1'\n\n\
          config dhcp 'lan'\n\toption interface 'lan'\n\toption start '100'\n\toption limit '150'\n\
          \toption force '1'\n\tlist dhcp_option '3,192.168.100.240'\n",
     );
