@@ -91,6 +91,91 @@ pub fn generate_keypair(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Reads a dropbear private key file (what `dropbearkey` writes, the incumbent's
+/// `/etc/keepalived/keys/id_rsa`): RSA (`ssh-rsa`, e, n, d, p, q as SSH mpints) or ed25519
+/// (`ssh-ed25519`, 32 secret and 32 public bytes), and writes it to `out` as an OpenSSH
+/// private key (0600) with `out.pub`, so the pairing the incumbent made keeps working.
+pub fn convert_dropbear_key(src: &Path, out: &Path) -> Result<PublicKey> {
+    use russh::keys::ssh_encoding::Mpint;
+    use russh::keys::ssh_key::private::{
+        Ed25519Keypair, KeypairData, RsaKeypair, RsaPrivateKey as SshRsaPrivate,
+    };
+    use russh::keys::ssh_key::public::RsaPublicKey;
+    let bad = |reason: String| TransportError::KeyLoad {
+        path: src.to_path_buf(),
+        reason,
+    };
+    let data = fs::read(src).map_err(|e| bad(e.to_string()))?;
+    let mut rest = &data[..];
+    let mut field = || -> Result<&[u8]> {
+        if rest.len() < 4 {
+            return Err(bad("truncated dropbear key".into()));
+        }
+        let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if rest.len() < 4 + n {
+            return Err(bad("truncated dropbear key".into()));
+        }
+        let (f, r) = rest[4..].split_at(n);
+        rest = r;
+        Ok(f)
+    };
+    let kind = field()?.to_vec();
+    let mpint = |b: &[u8]| Mpint::from_bytes(b).map_err(|e| bad(format!("bad number: {e}")));
+    let keypair = match &kind[..] {
+        b"ssh-rsa" => {
+            let (e, n, d, p, q) = (
+                mpint(field()?)?,
+                mpint(field()?)?,
+                mpint(field()?)?,
+                mpint(field()?)?,
+                mpint(field()?)?,
+            );
+            let crypto = |e: russh::keys::ssh_key::Error| bad(format!("RSA key: {e}"));
+            // Dropbear keeps no CRT coefficient: the rsa crate computes it from the factors.
+            let partial = RsaKeypair::new(
+                RsaPublicKey::new(e, n).map_err(crypto)?,
+                SshRsaPrivate::new(d, Mpint::from_positive_bytes(&[1]), p, q).map_err(crypto)?,
+            )
+            .map_err(crypto)?;
+            let full = rsa::RsaPrivateKey::try_from(&partial).map_err(crypto)?;
+            KeypairData::Rsa(RsaKeypair::try_from(&full).map_err(crypto)?)
+        }
+        b"ssh-ed25519" => {
+            let both = field()?;
+            let seed: [u8; 32] = both
+                .get(..32)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(|| bad("short ed25519 key".into()))?;
+            KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed))
+        }
+        other => {
+            return Err(bad(format!(
+                "dropbear key of type {:?}: only ssh-rsa and ssh-ed25519 are converted",
+                String::from_utf8_lossy(other)
+            )))
+        }
+    };
+    let key = PrivateKey::new(keypair, "ns-ha (converted from dropbear)")
+        .map_err(|e| TransportError::KeyGen(e.to_string()))?;
+    let private = key
+        .to_openssh(LineEnding::LF)
+        .map_err(|e| TransportError::KeyEncode {
+            path: out.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let public = key
+        .public_key()
+        .to_openssh()
+        .map_err(|e| TransportError::KeyEncode {
+            path: pub_path(out),
+            reason: e.to_string(),
+        })?;
+    create_parent(out)?;
+    write_atomic(out, private.as_bytes(), 0o600)?;
+    write_atomic(&pub_path(out), format!("{public}\n").as_bytes(), 0o644)?;
+    Ok(key.public_key().clone())
+}
+
 /// Loads an unencrypted OpenSSH (or PEM/PKCS#8) private key: ed25519, RSA or ECDSA.
 pub fn load_private_key(path: &Path) -> Result<PrivateKey> {
     let text = fs::read_to_string(path).map_err(|e| TransportError::KeyLoad {
@@ -409,6 +494,54 @@ pub fn pin_known_host(path: &Path, host: &str, port: u16, key: &PublicKey) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A dropbear key file as `dropbearkey` writes it, from an OpenSSH RSA key.
+    fn dropbear_rsa(key: &PrivateKey) -> Vec<u8> {
+        use russh::keys::ssh_key::private::KeypairData;
+        let KeypairData::Rsa(kp) = key.key_data() else {
+            panic!("not RSA")
+        };
+        let mut out = Vec::new();
+        let mut put = |b: &[u8]| {
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        };
+        put(b"ssh-rsa");
+        for m in [
+            kp.public().e(),
+            kp.public().n(),
+            kp.private().d(),
+            kp.private().p(),
+            kp.private().q(),
+        ] {
+            put(m.as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn the_incumbents_dropbear_rsa_key_converts_to_the_same_key() {
+        let d = tempfile::tempdir().unwrap();
+        let rsa = PrivateKey::random(
+            &mut russh::keys::key::safe_rng(),
+            Algorithm::Rsa { hash: None },
+        )
+        .unwrap();
+        let src = d.path().join("id_rsa");
+        std::fs::write(&src, dropbear_rsa(&rsa)).unwrap();
+        let out = d.path().join("converted");
+        let public = convert_dropbear_key(&src, &out).unwrap();
+        assert_eq!(public.key_data(), rsa.public_key().key_data());
+        let loaded = load_private_key(&out).unwrap();
+        assert_eq!(loaded.public_key().key_data(), rsa.public_key().key_data());
+        assert_eq!(
+            std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::write(&src, b"garbage").unwrap();
+        let e = convert_dropbear_key(&src, &out).unwrap_err().to_string();
+        assert!(e.contains("id_rsa"), "{e}");
+    }
 
     const ED: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";

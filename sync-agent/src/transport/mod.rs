@@ -32,8 +32,8 @@ pub use client::{
     ShellIo, Target,
 };
 pub use keys::{
-    check_known_host, generate_keypair, load_or_create_host_key, load_private_key, pin_known_host,
-    AuthorizedKeys, HostKeyStatus,
+    check_known_host, convert_dropbear_key, generate_keypair, load_or_create_host_key,
+    load_private_key, pin_known_host, AuthorizedKeys, HostKeyStatus,
 };
 pub use russh::keys::{PrivateKey, PublicKey};
 pub use server::{bind, Server, ServerConfig, StreamHandler};
