@@ -130,7 +130,7 @@ fn enable_local(ctx: &Ctx) -> Result<(), ClusterError> {
 
 /// `keepalived.globals.enabled=1`: a `0` left by the incumbent's disable keeps keepalived's
 /// init script from starting it, whatever else is configured.
-fn set_enabled(pkg: &mut Package) -> Result<bool, ClusterError> {
+pub(crate) fn set_enabled(pkg: &mut Package) -> Result<bool, ClusterError> {
     if pkg.get("globals", "enabled") == Some("1") {
         return Ok(false);
     }

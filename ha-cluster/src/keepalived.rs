@@ -272,6 +272,40 @@ const CATCHUP_WEIGHT: i32 = -60;
 /// The incumbent's sync-as-vrrp_script sections, replaced by the gate (INCUMBENT-SOURCE §1.1).
 const INCUMBENT_SCRIPTS: &[&str] = &["ha_sync", "ha_sender", "ha_receiver"];
 
+/// Whether `name` is one of the incumbent's sync-as-vrrp_script sections.
+pub fn is_incumbent_script(name: &str) -> bool {
+    INCUMBENT_SCRIPTS.contains(&name)
+}
+
+/// The primary's catch-up gate: its `vrrp_script`, its `track_script`, and the instance's
+/// `track_script` list naming it; whether anything changed.
+pub fn add_catchup(pkg: &mut Package) -> Result<bool, ClusterError> {
+    let before = pkg.clone();
+    let script = pkg.ensure_section("vrrp_script", CATCHUP_SCRIPT)?;
+    script.set("name", CATCHUP_SCRIPT)?;
+    script.set("script", CATCHUP_COMMAND)?;
+    // Every 5 s, up to 10 s for a pull; failed from the start, so a primary coming back
+    // does not preempt before the first check has pulled.
+    script.set("interval", "5")?;
+    script.set("timeout", "10")?;
+    script.set("weight", &CATCHUP_WEIGHT.to_string())?;
+    script.set("fall", "1")?;
+    script.set("rise", "1")?;
+    script.set("init_fail", "1")?;
+    let track = pkg.ensure_section("track_script", CATCHUP_TRACK)?;
+    track.set("name", CATCHUP_TRACK)?;
+    track.set("value", CATCHUP_SCRIPT)?;
+    track.set("weight", &CATCHUP_WEIGHT.to_string())?;
+    if let Some(inst) = pkg.section_mut(role_section(Role::Primary)) {
+        let mut list = inst.get_list("track_script");
+        if !list.iter().any(|t| t == CATCHUP_TRACK) {
+            list.push(CATCHUP_TRACK.to_string());
+            inst.set_list("track_script", list)?;
+        }
+    }
+    Ok(*pkg != before)
+}
+
 fn owned(s: &sync_core::uci::Section) -> bool {
     matches!(s.name.as_deref(), Some("primary") | Some("backup"))
         || s.name.as_deref().is_some_and(|n| {
@@ -357,21 +391,7 @@ pub fn write(
         }
     }
     if role == Role::Primary {
-        let script = pkg.ensure_section("vrrp_script", CATCHUP_SCRIPT)?;
-        script.set("name", CATCHUP_SCRIPT)?;
-        script.set("script", CATCHUP_COMMAND)?;
-        // Every 5 s, up to 10 s for a pull; failed from the start, so a primary coming back
-        // does not preempt before the first check has pulled.
-        script.set("interval", "5")?;
-        script.set("timeout", "10")?;
-        script.set("weight", &CATCHUP_WEIGHT.to_string())?;
-        script.set("fall", "1")?;
-        script.set("rise", "1")?;
-        script.set("init_fail", "1")?;
-        let track = pkg.ensure_section("track_script", CATCHUP_TRACK)?;
-        track.set("name", CATCHUP_TRACK)?;
-        track.set("value", CATCHUP_SCRIPT)?;
-        track.set("weight", &CATCHUP_WEIGHT.to_string())?;
+        add_catchup(pkg)?;
     }
 
     let p = pkg.ensure_section("peer", PEER_SECTION)?;

@@ -35,6 +35,7 @@ pub mod addr;
 pub mod bootstrap;
 pub mod conntrackd;
 pub mod keepalived;
+pub mod migrate;
 pub mod network;
 pub mod remote;
 pub mod request;

@@ -99,6 +99,27 @@ pub fn register(mut server: Server, root: &Path, runner: Arc<dyn Runner>) -> Ser
             upgrade::serve_upload(&upload_root, runner.clone(), stream)
         }),
     );
+    // Migration from ns-ha: the primary, logged in with the incumbent's key, hands over the
+    // cluster key (any authorized key may: in normal operation that is the cluster key).
+    let adopt_root = root.to_path_buf();
+    server = server.with_action(
+        crate::migrate::ADOPT_COMMAND,
+        Arc::new(move |stream: &mut dyn ReadWrite, peer: &PeerInfo| {
+            let mut buf = Vec::new();
+            stream
+                .take(MAX_MESSAGE + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("reading the key: {e}"))?;
+            let key = String::from_utf8_lossy(&buf);
+            crate::migrate::adopt(&adopt_root, &key).map_err(|e| e.to_string())?;
+            tracing::info!(
+                "migration: cluster key adopted from {} ({})",
+                peer.addr,
+                peer.key_fingerprint
+            );
+            Ok(())
+        }),
+    );
     let shell_root = root.to_path_buf();
     server.with_shell(Arc::new(move |peer: &PeerInfo| {
         is_cluster_key(&shell_root, peer)?;

@@ -103,6 +103,9 @@ enum Action {
     /// Upgrade the backup: send the image (the latest, downloaded with ns-download, when
     /// none is given); the backup checks it and runs sysupgrade, keeping its settings.
     UpgradeRemote { image: Option<PathBuf> },
+    /// Take over a node ns-ha configured, keeping the pairing: run on the backup first, then
+    /// on the primary (see README, "Migrating from ns-ha").
+    Migrate,
     /// Run by init-backup-node and check-backup-node on the backup over SSH (reads a JSON
     /// request on stdin).
     #[command(hide = true)]
@@ -330,6 +333,7 @@ pub fn run(a: ClusterArgs) -> Result<()> {
             }
             println!("HA configuration reset.");
         }
+        Action::Migrate => migrate(&ctx)?,
         Action::SshRemote => {
             let p = require_peer(root)?;
             let status = ssh_remote(&p)?;
@@ -500,4 +504,29 @@ fn read_password(host: &str) -> Result<String> {
         bail!("no password given: type it, or pipe it on stdin (echo PASSWORD | ns-ha-config ...)");
     }
     Ok(pw)
+}
+
+/// `ns-ha-config migrate`: the local takeover, then on the primary the key exchange with the
+/// (already migrated) backup's agent.
+fn migrate(ctx: &Ctx) -> Result<()> {
+    use ha_cluster::migrate;
+    let m = migrate::migrate_local(ctx)?;
+    for step in &m.steps {
+        println!("{step}");
+    }
+    let Some(rsa) = m.converted_key else {
+        if m.role == Some(ha_cluster::Role::Backup) {
+            println!("Backup migrated: now run `ns-ha-config migrate` on the primary.");
+        }
+        return Ok(());
+    };
+    let h = runtime()?.block_on(migrate::hand_over(ctx, &rsa))?;
+    if let Some(fp) = h.pinned {
+        println!(
+            "Pinned the backup agent's host key {fp} for {} (first contact)",
+            h.peer
+        );
+    }
+    println!("The backup adopted the ed25519 cluster key; the ns-ha key is no longer used.");
+    Ok(())
 }

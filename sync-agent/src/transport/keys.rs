@@ -176,6 +176,32 @@ pub fn convert_dropbear_key(src: &Path, out: &Path) -> Result<PublicKey> {
     Ok(key.public_key().clone())
 }
 
+/// An RSA key in dropbear's file format (what `dropbearkey -t rsa` writes): the inverse of
+/// [`convert_dropbear_key`], for the migration test bench and for handing a key back to a
+/// dropbear client.
+pub fn to_dropbear_rsa(key: &PrivateKey) -> Result<Vec<u8>> {
+    use russh::keys::ssh_key::private::KeypairData;
+    let KeypairData::Rsa(kp) = key.key_data() else {
+        return Err(TransportError::KeyGen("not an RSA key".into()));
+    };
+    let mut out = Vec::new();
+    let mut put = |b: &[u8]| {
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
+    };
+    put(b"ssh-rsa");
+    for m in [
+        kp.public().e(),
+        kp.public().n(),
+        kp.private().d(),
+        kp.private().p(),
+        kp.private().q(),
+    ] {
+        put(m.as_bytes());
+    }
+    Ok(out)
+}
+
 /// Loads an unencrypted OpenSSH (or PEM/PKCS#8) private key: ed25519, RSA or ECDSA.
 pub fn load_private_key(path: &Path) -> Result<PrivateKey> {
     let text = fs::read_to_string(path).map_err(|e| TransportError::KeyLoad {
@@ -495,30 +521,6 @@ pub fn pin_known_host(path: &Path, host: &str, port: u16, key: &PublicKey) -> Re
 mod tests {
     use super::*;
 
-    /// A dropbear key file as `dropbearkey` writes it, from an OpenSSH RSA key.
-    fn dropbear_rsa(key: &PrivateKey) -> Vec<u8> {
-        use russh::keys::ssh_key::private::KeypairData;
-        let KeypairData::Rsa(kp) = key.key_data() else {
-            panic!("not RSA")
-        };
-        let mut out = Vec::new();
-        let mut put = |b: &[u8]| {
-            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
-            out.extend_from_slice(b);
-        };
-        put(b"ssh-rsa");
-        for m in [
-            kp.public().e(),
-            kp.public().n(),
-            kp.private().d(),
-            kp.private().p(),
-            kp.private().q(),
-        ] {
-            put(m.as_bytes());
-        }
-        out
-    }
-
     #[test]
     fn the_incumbents_dropbear_rsa_key_converts_to_the_same_key() {
         let d = tempfile::tempdir().unwrap();
@@ -528,7 +530,7 @@ mod tests {
         )
         .unwrap();
         let src = d.path().join("id_rsa");
-        std::fs::write(&src, dropbear_rsa(&rsa)).unwrap();
+        std::fs::write(&src, to_dropbear_rsa(&rsa).unwrap()).unwrap();
         let out = d.path().join("converted");
         let public = convert_dropbear_key(&src, &out).unwrap();
         assert_eq!(public.key_data(), rsa.public_key().key_data());

@@ -33,7 +33,7 @@ pub use client::{
 };
 pub use keys::{
     check_known_host, convert_dropbear_key, generate_keypair, load_or_create_host_key,
-    load_private_key, pin_known_host, AuthorizedKeys, HostKeyStatus,
+    load_private_key, pin_known_host, to_dropbear_rsa, AuthorizedKeys, HostKeyStatus,
 };
 pub use russh::keys::{PrivateKey, PublicKey};
 pub use server::{bind, Server, ServerConfig, StreamHandler};
