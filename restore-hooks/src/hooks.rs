@@ -298,6 +298,7 @@ const TELEGRAF_PROBES: &[&str] = &[
     "/etc/telegraf.conf.d/dns.conf",
 ];
 const USER_SCRIPT: &str = "/etc/keepalived.user";
+const LOGGER: &str = "/usr/bin/logger";
 /// keepalived's hotplug scripts (the keepalived package's and ha-sync's `010-ha-sync`).
 pub const HOTPLUG_DIR: &str = "etc/hotplug.d/keepalived";
 const RELOAD_CONFIG: &str = "/sbin/reload_config";
@@ -407,6 +408,18 @@ pub(crate) fn notify_sync(
     if Node::new(ctx.root).role() != Some(Role::Primary) {
         if let Some(true) = s.check(records::import(ctx.root)) {
             reload.push("network".to_string());
+            // The lines admins grep for (`grep "ns-ha: Importing network configuration"
+            // /var/log/messages`): in syslog with the incumbent's tag, and in our log.
+            let lines = s
+                .check(records::describe_imported(ctx.root))
+                .unwrap_or_default();
+            let logger = ctx.root.join(LOGGER.trim_start_matches('/')).is_file();
+            for line in lines {
+                tracing::info!("{line}");
+                if logger {
+                    s.run(Cmd::new(LOGGER).args(["-t", "ns-ha", &line]));
+                }
+            }
         }
     }
     for svc in services::to_reload(ctx.root, changed, master) {

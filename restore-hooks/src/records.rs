@@ -194,6 +194,33 @@ fn remove_tag(s: &mut Section, tag: &str) -> Result<(), HookError> {
 }
 
 /// The sections the records describe, in import order.
+/// One line per record the import writes, as the incumbent logged them (`Importing network
+/// configuration: {...}`, the JSON of the section: its options, `type` and `key`).
+pub fn describe_imported(root: &Path) -> Result<Vec<String>, HookError> {
+    Ok(wanted(root)?
+        .iter()
+        .map(|s| {
+            let mut m = serde_json::Map::new();
+            for (k, v) in &s.options {
+                // Secrets stay out of syslog (WireGuard keys, PPPoE passwords).
+                let secret = k.contains("key") || k.contains("password") || k == "secret";
+                let v = if secret {
+                    serde_json::Value::from("***")
+                } else {
+                    serde_json::to_value(v).unwrap_or_default()
+                };
+                m.insert(k.clone(), v);
+            }
+            m.insert("type".into(), s.kind.clone().into());
+            m.insert("key".into(), s.name.clone().unwrap_or_default().into());
+            format!(
+                "Importing network configuration: {}",
+                serde_json::Value::Object(m)
+            )
+        })
+        .collect())
+}
+
 fn wanted(root: &Path) -> Result<Vec<Section>, HookError> {
     let mut out = Vec::new();
     if let Some((path, v)) = load(root, "wan_devices")? {

@@ -516,3 +516,34 @@ fn the_primary_toggles_dnsmasq_force_with_its_state() {
     // Other sections keep their own `force` (the lan pool's, an admin's choice).
     assert!(read(&p.primary, "etc/config/dhcp").contains("config dhcp 'lan'"));
 }
+
+/// The lines admins grep for (issue 12, item 5): each imported record in syslog under the
+/// incumbent's tag, secrets left out.
+#[test]
+fn the_import_logs_the_incumbents_lines() {
+    let p = Pair::new();
+    write(&p.backup, "usr/bin/logger", "#!/bin/sh\n");
+    let (m, c) = p.sync();
+    let r = RecordingRunner::new();
+    let rep = restore_after_commit(&p.ctx(&r), &m, &c);
+    assert!(rep.applied, "{rep:?}");
+    let logged: Vec<String> = r
+        .lines()
+        .into_iter()
+        .filter(|l| l.starts_with("/usr/bin/logger -t ns-ha Importing network configuration: {"))
+        .collect();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.contains("\"key\":\"wan\"") && l.contains("\"type\":\"interface\"")),
+        "{logged:#?}"
+    );
+    let wg = logged
+        .iter()
+        .find(|l| l.contains("\"key\":\"wg1\""))
+        .expect("wg1 logged");
+    assert!(
+        wg.contains("\"private_key\":\"***\"") && !wg.contains("aGVsbG8="),
+        "{wg}"
+    );
+}

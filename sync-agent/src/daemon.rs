@@ -1064,7 +1064,10 @@ impl Engine {
                     record.session_ms
                 ),
                 (true, false) => tracing::info!(
-                    "{}: {} changed, {} files sent; {} round trips; {:.1} ms{}",
+                    // The incumbent's line (`INFO: Configuration sync completed for <addr>`).
+                    "Configuration sync completed for {}: {}: {} changed, {} files sent; {} \
+                     round trips; {:.1} ms{}",
+                    self.cfg.client.peer,
                     trigger.as_str(),
                     record.changed,
                     record.files_sent,

@@ -114,9 +114,10 @@ fn main() {
         return;
     }
     let cli = Cli::parse();
-    // The daemon reports each sync (procd passes stderr to syslog); commands only warn.
+    // The daemons report each sync (procd passes stderr to syslog); commands only warn.
     let level = match cli.cmd {
-        Command::Watch(_) => "info",
+        // The agents log each session, commit, restore, import and hook (issue 12).
+        Command::Watch(_) | Command::Serve(_) | Command::Hook { .. } => "info",
         _ => "warn",
     };
     // `HA_SYNC_LOG`: `LEVEL` or `LEVEL,target=LEVEL,...` (e.g. `info,sync_agent::triggers=debug`).
