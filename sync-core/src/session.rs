@@ -7,7 +7,7 @@ use crate::limits::{self, MAX_REFETCHES, MAX_SIGNATURE};
 use crate::manifest::{Entry, Hash, Kind, Manifest, ManifestDelta, Op};
 use crate::path::RelPath;
 use crate::scan::{self, ScanError};
-use crate::staging::{ApplyError, Staging};
+use crate::staging::{ApplyError, Staging, Verified};
 use crate::wire;
 use crate::wire::{
     unexpected, Commit, Conn, FileHeader, Hello, ManifestForm, Msg, RestoreReport, Traffic, Want,
@@ -942,12 +942,9 @@ impl Backup<'_> {
                 _ => self.staging.read(&h.path, delta::MAX_FILE_SIZE),
             };
             let data = match codec(h.encoding).decode(&payload, basis.as_deref(), size) {
-                Ok(d) if Hash::of(&d) == hash => d,
-                Ok(_) | Err(_) if h.encoding != Encoding::Whole => {
-                    refetch.push(h.path.clone());
-                    continue;
-                }
-                Ok(_) => {
+                Ok(d) => d,
+                // A delta against a basis we no longer hold as the primary saw it: whole next.
+                Err(_) if h.encoding != Encoding::Whole => {
                     refetch.push(h.path.clone());
                     continue;
                 }
@@ -958,9 +955,15 @@ impl Backup<'_> {
                     })
                 }
             };
-            let mut e = entry.clone();
-            e.kind = Kind::File { size, hash };
-            self.staging.write_file(&e, &data)?;
+            // Only content whose blake3 is the announced one is staged; other bytes are
+            // fetched again, whole.
+            let Some(v) = Verified::check(entry, &data, hash).filter(|v| v.entry().size() == size)
+            else {
+                refetch.push(h.path.clone());
+                continue;
+            };
+            self.staging.write_file(&v)?;
+            let e = v.entry().clone();
             if e != *entry {
                 // The primary's file changed under its scan: record what we really hold.
                 if let Ok(i) = committed.entries.binary_search_by(|x| x.path.cmp(&e.path)) {

@@ -124,6 +124,34 @@ pub fn meta_of(e: &Entry) -> Meta {
     }
 }
 
+/// File content whose blake3 matched the hash the manifest gives it: the only content the
+/// staging writer takes, so a peer's bytes reach staging through that check or not at all.
+pub struct Verified<'a> {
+    entry: Entry,
+    data: &'a [u8],
+}
+
+impl<'a> Verified<'a> {
+    /// `data` as the content of `entry` (a file entry; its size and hash become the data's),
+    /// when its blake3 is `hash`.
+    pub fn check(entry: &Entry, data: &'a [u8], hash: Hash) -> Option<Verified<'a>> {
+        if Hash::of(data) != hash {
+            return None;
+        }
+        let mut entry = entry.clone();
+        entry.kind = crate::manifest::Kind::File {
+            size: data.len() as u64,
+            hash,
+        };
+        Some(Verified { entry, data })
+    }
+
+    /// The entry as written: the manifest's, with the size and hash of the checked content.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+}
+
 pub struct Staging {
     dir: Dir,
     state: Dir,
@@ -399,7 +427,8 @@ impl Staging {
     }
 
     /// Writes one file's content atomically with the entry's metadata.
-    pub fn write_file(&mut self, e: &Entry, data: &[u8]) -> Result<(), ApplyError> {
+    pub fn write_file(&mut self, v: &Verified<'_>) -> Result<(), ApplyError> {
+        let (e, data) = (&v.entry, v.data);
         self.begin()?;
         let parent = e
             .path
