@@ -16,6 +16,7 @@ mod attic;
 mod cluster;
 mod demo;
 mod net;
+mod rpcd;
 
 #[derive(Parser)]
 #[command(
@@ -78,6 +79,9 @@ enum Command {
     /// What differs between this node's live configuration and the peer's: paths, and
     /// section.option for UCI files; exit 1 when anything differs (as diff(1)).
     Diff(net::DiffArgs),
+    /// NethSecurity's rpcd executable `ns.ha` (`list`, `call METHOD` with JSON on stdin):
+    /// the incumbent's web UI methods, run by the cluster actions.
+    Rpcd(rpcd::RpcdArgs),
     /// Handle a keepalived event on this node: NOTIFY_SYNC (restore staging -> live),
     /// NOTIFY_MASTER, NOTIFY_BACKUP, NOTIFY_FAULT, NOTIFY_STOP.
     Hook {
@@ -195,6 +199,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Resolve(a) => attic::resolve(a),
         Command::CaughtUp(a) => net::caught_up(a),
         Command::Diff(a) => net::diff(a),
+        Command::Rpcd(a) => rpcd::run(a),
     }
 }
 
