@@ -27,10 +27,10 @@ use crate::agent::{self, NowError};
 use crate::alerts::{self, Alert, AlertConfig};
 use crate::control::{self, ControlError, NowReply};
 use crate::gate::{gate, Gate};
+use crate::schedule::Schedule;
 use crate::status::{self, DaemonStatus, ErrorRecord, Outcome, RestoreRecord, SyncRecord};
 use crate::transport::{ClientConfig, Connection, TransportError};
 use crate::triggers::{self, Debounce, Plan, RawEvent, Relevance, Watcher};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,16 +48,10 @@ pub const RECONCILE: Duration = Duration::from_secs(60);
 /// First and longest wait before retrying after a failure.
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Distinct changed paths remembered between syncs (beyond it the count saturates).
-const MAX_PENDING: usize = 100_000;
 /// How long a fence (see `Engine::fence`) may take before the daemon scans instead.
 const FENCE_WAIT: Duration = Duration::from_secs(1);
 /// A session that sent at least this much is followed by a new connection (see `recycle`).
 const RECYCLE_AFTER: u64 = 128 << 10;
-/// Free memory goes back to the kernel after each sync, and again this long after the last
-/// one: tokio ends its idle blocking threads (scans, sessions) after 10 s, and what they held
-/// (their allocator caches, their zstd contexts) is freed only then.
-const TRIM_AFTER: Duration = Duration::from_secs(11);
 
 /// What the daemon needs; [`DaemonConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -274,7 +268,7 @@ pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon,
     let mut engine = Engine {
         alert_raised: alerts::is_raised(&cfg.root, Alert::SyncFailed),
         alerts: alerts_cfg,
-        debounce: Debounce::new(cfg.quiet, cfg.max_delay),
+        sched: Schedule::new(Debounce::new(cfg.quiet, cfg.max_delay), cfg.reconcile),
         backoff: cfg.backoff_min,
         cfg,
         runner,
@@ -293,12 +287,7 @@ pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon,
         list_dirty: true,
         gate_dirty: false,
         plan: Plan::default(),
-        pending: HashSet::new(),
-        pending_since: None,
         rescan: false,
-        wake: None,
-        next_reconcile: None,
-        trim_at: None,
         gate: Gate::default(),
         status,
         consecutive_failures: 0,
@@ -358,17 +347,10 @@ struct Engine {
     /// The role or the VRRP state may have changed: read them again.
     gate_dirty: bool,
     plan: Plan,
-    debounce: Debounce,
-    /// Changed paths not yet carried by a successful sync, and since when.
-    pending: HashSet<PathBuf>,
-    pending_since: Option<(Instant, u64)>,
+    /// What waits and what is due when (pure: `crate::schedule`).
+    sched: Schedule,
     /// Events were lost: the next sync re-establishes every watch.
     rescan: bool,
-    /// A scheduled sync (retry, reconnect, start) and its trigger.
-    wake: Option<(Instant, Trigger)>,
-    next_reconcile: Option<Instant>,
-    /// When to hand free memory back again (see `TRIM_AFTER`).
-    trim_at: Option<Instant>,
     gate: Gate,
     status: Arc<Mutex<DaemonStatus>>,
     alerts: AlertConfig,
@@ -482,52 +464,24 @@ impl Engine {
 
     /// The next time something is due, if anything.
     fn deadline(&self) -> Option<Instant> {
-        if !self.gate.active {
-            return self.trim_at;
-        }
-        let alert = match (self.pending_since, self.alert_raised) {
-            (Some((t, _)), false) => Some(t + self.alerts.max_wait),
-            _ => None,
-        };
-        [
-            self.debounce.deadline(),
-            self.wake.map(|w| w.0),
-            self.next_reconcile,
-            alert,
-            self.trim_at,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let alert_wait = (!self.alert_raised).then_some(self.alerts.max_wait);
+        self.sched.deadline(self.gate.active, alert_wait)
     }
 
     async fn on_timer(&mut self) {
-        let now = Instant::now();
-        if self.trim_at.is_some_and(|t| t <= now) {
-            self.trim_at = None;
+        if self.sched.trim_due(Instant::now()) {
             release_free_memory();
         }
         if !self.gate.active {
             return;
         }
-        if self.debounce.deadline().is_some_and(|d| d <= now) {
-            let t = if self.rescan {
-                Trigger::Rescan
-            } else {
-                Trigger::Change
-            };
+        if let Some(t) = self.sched.sync_due(Instant::now(), self.rescan) {
             self.sync(t).await;
-        } else if let Some((_, t)) = self.wake.filter(|w| w.0 <= now) {
-            self.sync(t).await;
-        } else if self.next_reconcile.is_some_and(|d| d <= now) {
-            self.sync(Trigger::Reconcile).await;
         }
-        if let (Some((t, _)), false) = (self.pending_since, self.alert_raised) {
-            if t.elapsed() >= self.alerts.max_wait && self.gate.active {
-                let msg = format!(
-                    "a change has waited {} s for the backup",
-                    t.elapsed().as_secs()
-                );
+        // After the sync: one that succeeded leaves nothing waiting.
+        if !self.alert_raised && self.gate.active {
+            if let Some(waited) = self.sched.alert_due(Instant::now(), self.alerts.max_wait) {
+                let msg = format!("a change has waited {} s for the backup", waited.as_secs());
                 self.set_alert(true, msg).await;
             }
         }
@@ -567,7 +521,7 @@ impl Engine {
                 self.dirty = true;
                 self.list_dirty = true;
                 self.gate_dirty = true;
-                self.debounce.note(now);
+                self.sched.nudge(now);
                 self.rescans += 1;
             }
             RawEvent::WatchError { message, limit } => {
@@ -584,7 +538,7 @@ impl Engine {
                 self.rescan = true;
                 self.dirty = true;
                 self.list_dirty = true;
-                self.debounce.note(now);
+                self.sched.nudge(now);
                 self.rescans += 1;
             }
         }
@@ -594,11 +548,7 @@ impl Engine {
         tracing::trace!("changed: {}", p.display());
         self.dirty = true;
         self.history.in_sync_since = None;
-        if self.pending.len() < MAX_PENDING {
-            self.pending.insert(p);
-        }
-        self.pending_since.get_or_insert((now, status::epoch_now()));
-        self.debounce.note(now);
+        self.sched.changed(p, now, status::epoch_now());
     }
 
     fn after_events(&mut self) {
@@ -622,14 +572,8 @@ impl Engine {
                     "this node is the active primary: sending to {}",
                     self.cfg.client.peer
                 );
-                let t = if first {
-                    Trigger::Start
-                } else {
-                    Trigger::Activated
-                };
-                self.wake = Some((Instant::now(), t));
                 // The activation's sync carries what changed while inactive.
-                self.debounce.take();
+                self.sched.activated(Instant::now(), first);
                 self.backoff = self.cfg.backoff_min;
             }
             (true, false) | (false, false) => {
@@ -640,10 +584,8 @@ impl Engine {
                     );
                 }
                 self.drop_connection();
-                self.wake = None;
-                self.next_reconcile = None;
-                // Bursts wait for the node to be active again; `pending` keeps them.
-                self.debounce.take();
+                // Bursts wait for the node to be active again; the pending paths stay.
+                self.sched.deactivated();
             }
             (true, true) => {}
         }
@@ -653,8 +595,8 @@ impl Engine {
     fn on_connection_lost(&mut self) {
         tracing::warn!("connection to {} lost", self.cfg.client.peer);
         self.drop_connection();
-        if self.gate.active && self.wake.is_none() {
-            self.wake = Some((Instant::now() + self.backoff, Trigger::Reconnect));
+        if self.gate.active {
+            self.sched.connection_lost(Instant::now(), self.backoff);
         }
         self.publish();
     }
@@ -747,11 +689,10 @@ impl Engine {
         }
         let started = Instant::now();
         // The burst this sync carries: the first of its events starts the latency clock.
-        let burst = self.debounce.take().or(self.pending_since.map(|p| p.0));
+        let burst = self.sched.begin_sync();
         let reset = std::mem::take(&mut self.rescan);
-        self.wake = None;
         let a = self.attempt(trigger, burst, reset).await;
-        self.debounce.synced(Instant::now());
+        self.sched.sync_ended(Instant::now());
         self.finish(trigger, started, a).await
     }
 
@@ -939,7 +880,7 @@ impl Engine {
             // A file changed while it was read: the backup holds a consistent generation,
             // and the change's own event (or this nudge) brings the next sync.
             tracing::info!("{e}");
-            self.debounce.note(Instant::now());
+            self.sched.nudge(Instant::now());
         }
         if !rep.up_to_date {
             record.latency_ms = burst.map(|b| b.elapsed().as_secs_f64() * 1e3);
@@ -1081,9 +1022,7 @@ impl Engine {
             }
             self.consecutive_failures = 0;
             self.backoff = self.cfg.backoff_min;
-            self.wake = None;
-            self.pending.clear();
-            self.pending_since = None;
+            self.sched.succeeded();
             if self.alert_raised {
                 self.set_alert(false, "sync succeeded".into()).await;
             }
@@ -1096,7 +1035,7 @@ impl Engine {
                 error.as_deref().unwrap_or(""),
                 self.backoff
             );
-            self.wake = Some((Instant::now() + self.backoff, Trigger::Retry));
+            self.sched.failed(Instant::now(), self.backoff);
             self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
             if self.consecutive_failures >= self.alerts.failures && !self.alert_raised {
                 let msg = format!(
@@ -1108,15 +1047,12 @@ impl Engine {
                 self.set_alert(true, msg).await;
             }
         }
-        if !self.cfg.reconcile.is_zero() {
-            self.next_reconcile = Some(Instant::now() + self.cfg.reconcile);
-        }
+        self.sched.recorded(Instant::now());
         if std::mem::take(&mut self.recycle) {
             self.recycle_connection().await;
         }
         self.save_cache().await;
         release_free_memory();
-        self.trim_at = Some(Instant::now() + TRIM_AFTER);
         self.commit();
         NowReply {
             ok: outcome.is_ok(),
@@ -1197,8 +1133,8 @@ impl Engine {
             None
         };
         s.consecutive_failures = self.consecutive_failures;
-        s.pending_changes = self.pending.len() as u64 + u64::from(self.rescan);
-        s.pending_since = self.pending_since.map(|p| p.1);
+        s.pending_changes = self.sched.pending_len() as u64 + u64::from(self.rescan);
+        s.pending_since = self.sched.pending_since_epoch();
         s.watches.dirs = self.watcher.len() as u64;
         s.watches.degraded = self.degraded;
         s.watches.rescans = self.rescans;
@@ -1206,7 +1142,7 @@ impl Engine {
         s.in_sync_since = self
             .history
             .in_sync_since
-            .filter(|_| self.gate.active && self.pending.is_empty() && !self.rescan);
+            .filter(|_| self.gate.active && !self.sched.has_pending() && !self.rescan);
     }
 
     /// Publishes everything and writes status.json, under the status lock: whoever sees a

@@ -15,6 +15,7 @@ pub mod drift;
 pub mod gate;
 pub mod hook;
 pub mod pull;
+pub mod schedule;
 pub mod status;
 pub mod transport;
 pub mod triggers;
