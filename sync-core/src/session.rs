@@ -258,6 +258,8 @@ impl Primary<'_> {
         })
     }
 
+    /// The session, step by step: greet, send the manifest, push what changed, answer the
+    /// wants, hear the commit and the restore.
     fn converse<S: Read + Write>(
         &mut self,
         conn: &mut Conn<S>,
@@ -265,16 +267,41 @@ impl Primary<'_> {
     ) -> Result<SyncReport, SyncError> {
         let start = Instant::now();
         let root = self.manifest.root_hash();
-        let acked_root = self.state.acked_root();
         let mut rep = SyncReport {
             root,
             ..SyncReport::default()
         };
+        let welcome = self.greet(conn, node)?;
+        rep.restored = welcome.restored;
+        if welcome.staging_root == Some(root) {
+            self.up_to_date(conn)?;
+            rep.up_to_date = true;
+            rep.traffic = conn.traffic;
+            rep.elapsed = start.elapsed();
+            return Ok(rep);
+        }
+        let base = self.send_manifest(conn, &welcome, &mut rep)?;
+        let mut sends = self.push(conn, base.as_ref(), &mut rep)?;
+        tracing::debug!("primary: manifest and pushes sent at {:?}", start.elapsed());
+        self.answer_wants(conn, &mut sends, &mut rep)?;
+        self.hear_commit(conn, &mut rep)?;
+        tracing::debug!("primary: committed at {:?}", start.elapsed());
+        rep.traffic = conn.traffic;
+        rep.elapsed = start.elapsed();
+        Ok(rep)
+    }
+
+    /// Hello (our root, the root we last saw the backup commit) and the backup's Welcome.
+    fn greet<S: Read + Write>(
+        &mut self,
+        conn: &mut Conn<S>,
+        node: &mut Option<String>,
+    ) -> Result<Welcome, SyncError> {
         conn.send(&Msg::Hello(Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
-            root,
-            acked: acked_root,
+            root: self.manifest.root_hash(),
+            acked: self.state.acked_root(),
             node: self.node.to_string(),
         }))?;
         conn.flush()?;
@@ -283,22 +310,29 @@ impl Primary<'_> {
             other => return Err(unexpected("Welcome", &other).into()),
         };
         *node = Some(crate::bounded::head(&welcome.node));
-        tracing::debug!("primary: welcome at {:?}", start.elapsed());
-        rep.restored = welcome.restored;
-        if welcome.staging_root == Some(root) {
-            conn.send(&Msg::Bye)?;
-            conn.flush()?;
-            if acked_root != Some(root) {
-                self.state.set_acked(Some(self.manifest))?;
-            }
-            rep.up_to_date = true;
-            rep.traffic = conn.traffic;
-            rep.elapsed = start.elapsed();
-            return Ok(rep);
+        Ok(welcome)
+    }
+
+    /// The backup holds our manifest already: goodbye, and remember it holds it.
+    fn up_to_date<S: Read + Write>(&mut self, conn: &mut Conn<S>) -> Result<(), SyncError> {
+        conn.send(&Msg::Bye)?;
+        conn.flush()?;
+        if self.state.acked_root() != Some(self.manifest.root_hash()) {
+            self.state.set_acked(Some(self.manifest))?;
         }
-        // The backup holds exactly what we last saw it commit: send only the changes, and
-        // push the changed files right away (no round trip for wants).
-        // Decoded only now: a no-change sync never needs it.
+        Ok(())
+    }
+
+    /// The manifest: only the changes when the backup holds exactly what we last saw it
+    /// commit (decoded only now: a no-change sync never needs it), else whole. Returns the
+    /// base the changes are against.
+    fn send_manifest<S: Read + Write>(
+        &mut self,
+        conn: &mut Conn<S>,
+        welcome: &Welcome,
+        rep: &mut SyncReport,
+    ) -> Result<Option<Manifest>, SyncError> {
+        let acked_root = self.state.acked_root();
         let base = if acked_root.is_some() && welcome.staging_root == acked_root {
             self.state
                 .acked()
@@ -306,26 +340,35 @@ impl Primary<'_> {
         } else {
             None
         };
-        let body = match &base {
-            Some(b) => {
-                rep.form = Some(ManifestForm::Delta);
-                postcard::to_allocvec(&ManifestDelta::between(b, self.manifest))
-            }
-            None => {
-                rep.form = Some(ManifestForm::Full);
-                Ok(self.manifest.encode())
-            }
-        }
-        .map_err(|e| SyncError::Manifest(e.to_string()))?;
+        let (form, body) = match &base {
+            Some(b) => (
+                ManifestForm::Delta,
+                postcard::to_allocvec(&ManifestDelta::between(b, self.manifest)),
+            ),
+            None => (ManifestForm::Full, Ok(self.manifest.encode())),
+        };
+        rep.form = Some(form);
+        let body = body.map_err(|e| SyncError::Manifest(e.to_string()))?;
         let z = delta::compress(&body);
         conn.send(&Msg::Manifest {
-            form: rep.form.expect("set above"),
+            form,
             len: z.len() as u64,
         })?;
         conn.send_chunks(&z)?;
-        // Times each file went out this session (pushed or wanted): bounded per file.
+        Ok(base)
+    }
+
+    /// With a delta manifest, the changed files go right away (no round trip for wants):
+    /// small ones whole, others as deltas against the basis we kept. Returns how many times
+    /// each file went out (bounded per file for the session).
+    fn push<S: Read + Write>(
+        &mut self,
+        conn: &mut Conn<S>,
+        base: Option<&Manifest>,
+        rep: &mut SyncReport,
+    ) -> Result<HashMap<RelPath, usize>, SyncError> {
         let mut sends: HashMap<RelPath, usize> = HashMap::new();
-        if let Some(b) = &base {
+        if let Some(b) = base {
             for op in crate::manifest::diff(b, self.manifest) {
                 if !op.needs_content() {
                     continue;
@@ -347,18 +390,27 @@ impl Primary<'_> {
                         None,
                     )?;
                     sends.insert(new.path.clone(), 1);
-                    self.send_encoded(conn, enc, &mut rep)?;
+                    self.send_encoded(conn, enc, rep)?;
                 }
             }
         }
         conn.send(&Msg::EndOfPush)?;
         conn.flush()?;
-        tracing::debug!("primary: manifest and pushes sent at {:?}", start.elapsed());
+        Ok(sends)
+    }
+
+    /// Rounds of wants until the backup wants nothing more (bounded by `MAX_REFETCHES`).
+    fn answer_wants<S: Read + Write>(
+        &mut self,
+        conn: &mut Conn<S>,
+        sends: &mut HashMap<RelPath, usize>,
+        rep: &mut SyncReport,
+    ) -> Result<(), SyncError> {
         let mut rounds = 0;
         loop {
-            let wants = self.recv_wants(conn, &mut sends)?;
+            let wants = self.recv_wants(conn, sends)?;
             if wants.is_empty() {
-                break;
+                return Ok(());
             }
             rounds += 1;
             if rounds > 1 + MAX_REFETCHES {
@@ -367,19 +419,26 @@ impl Primary<'_> {
                     1 + MAX_REFETCHES
                 )));
             }
-            self.send_wanted(conn, &wants, &mut rep)?;
+            self.send_wanted(conn, &wants, rep)?;
             conn.send(&Msg::EndOfData)?;
             conn.flush()?;
         }
+    }
+
+    /// The commit, recorded (only a commit of exactly our manifest lets the next sync send
+    /// changes from it), then the restore's report.
+    fn hear_commit<S: Read + Write>(
+        &mut self,
+        conn: &mut Conn<S>,
+        rep: &mut SyncReport,
+    ) -> Result<(), SyncError> {
         crate::fault::point(crate::fault::PRIMARY_AWAITING_COMMIT);
         let commit = match conn.recv()? {
             Msg::Committed(c) => c,
             other => return Err(unexpected("Committed", &other).into()),
         };
         crate::fault::point(crate::fault::PRIMARY_COMMITTED);
-        tracing::debug!("primary: committed at {:?}", start.elapsed());
-        // Only a commit of exactly our manifest lets the next sync send changes from it.
-        if commit.root == root {
+        if commit.root == self.manifest.root_hash() {
             self.state.set_acked(Some(self.manifest))?;
             self.state.prune_basis(self.manifest);
         } else {
@@ -390,9 +449,7 @@ impl Primary<'_> {
             Msg::Restored(r) => rep.restore = Some(r),
             other => return Err(unexpected("Restored", &other).into()),
         }
-        rep.traffic = conn.traffic;
-        rep.elapsed = start.elapsed();
-        Ok(rep)
+        Ok(())
     }
 
     /// One round of wants, each checked as it comes: a file of the manifest, once a round,
