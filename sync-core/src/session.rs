@@ -767,15 +767,71 @@ impl Backup<'_> {
         })
     }
 
+    /// The session, step by step: welcome, take the manifest, lay out the structure, fetch
+    /// the content (pushed, then wanted), commit, restore.
     fn converse<S: Read + Write>(&mut self, conn: &mut Conn<S>) -> Result<BackupReport, SyncError> {
         let t0 = Instant::now();
-        let hello = match conn.recv()? {
-            Msg::Hello(h) => h,
-            other => return Err(unexpected("Hello", &other).into()),
-        };
+        let (hello, staging_root) = self.welcome(conn)?;
         let mut rep = BackupReport {
             peer: hello.node.clone(),
             ..BackupReport::default()
+        };
+        let Some(new) = self.receive_manifest(conn, &hello, staging_root)? else {
+            rep.up_to_date = true;
+            return Ok(rep);
+        };
+        tracing::debug!("backup: manifest decoded and checked at {:?}", t0.elapsed());
+        let ops = self.plan(&new)?;
+        tracing::debug!(
+            "backup: manifest in, {} ops, diff {:?}",
+            ops.len(),
+            t0.elapsed()
+        );
+        self.staging.apply_structure(&ops)?;
+        let mut touched: BTreeSet<RelPath> = ops.iter().map(|o| o.path().clone()).collect();
+        // Files that still need content, with the staged copy's entry (delta basis).
+        let mut needed: BTreeMap<RelPath, Option<Entry>> = ops
+            .iter()
+            .filter(|o| o.needs_content())
+            .map(|o| match o {
+                Op::Content { new, old } => (new.path.clone(), Some(old.clone())),
+                o => (o.path().clone(), None),
+            })
+            .collect();
+        let committed = self.fetch(conn, &new, &mut needed)?;
+        touched.extend(
+            committed
+                .entries
+                .iter()
+                .filter(|e| needed.contains_key(&e.path))
+                .map(|e| e.path.clone()),
+        );
+        self.staging.finish_dirs(&committed, &touched)?;
+        let commit = Commit {
+            root: self.commit(&ops, &committed)?,
+            changed: touched.iter().map(RelPath::to_abs).collect(),
+            files_written: ops.iter().filter(|o| o.needs_content()).count() as u64,
+            deleted: ops.iter().filter(|o| matches!(o, Op::Delete(_))).count() as u64,
+        };
+        tracing::debug!("backup: committed {:?} after the manifest", t0.elapsed());
+        conn.send(&Msg::Committed(commit.clone()))?;
+        conn.flush()?;
+        let restore = (self.restore)(&committed, &commit);
+        conn.send(&Msg::Restored(restore.clone()))?;
+        conn.flush()?;
+        rep.commit = Some(commit);
+        rep.restore = Some(restore);
+        Ok(rep)
+    }
+
+    /// The primary's Hello, and our Welcome: what staging holds and what live holds.
+    fn welcome<S: Read + Write>(
+        &mut self,
+        conn: &mut Conn<S>,
+    ) -> Result<(Hello, Option<Hash>), SyncError> {
+        let hello = match conn.recv()? {
+            Msg::Hello(h) => h,
+            other => return Err(unexpected("Hello", &other).into()),
         };
         let staging_root = self.staging.root();
         conn.send(&Msg::Welcome(Welcome {
@@ -786,11 +842,19 @@ impl Backup<'_> {
             restored: self.staging.restored_root(),
         }))?;
         conn.flush()?;
+        Ok((hello, staging_root))
+    }
+
+    /// The manifest, whole or as the changes from what staging holds, checked against the
+    /// root the Hello announced; `None` when the primary says goodbye (nothing to send).
+    fn receive_manifest<S: Read + Write>(
+        &mut self,
+        conn: &mut Conn<S>,
+        hello: &Hello,
+        staging_root: Option<Hash>,
+    ) -> Result<Option<Manifest>, SyncError> {
         let (form, len) = match conn.recv()? {
-            Msg::Bye => {
-                rep.up_to_date = true;
-                return Ok(rep);
-            }
+            Msg::Bye => return Ok(None),
             Msg::Manifest { form, len } => (form, len),
             other => return Err(unexpected("Manifest or Bye", &other).into()),
         };
@@ -822,66 +886,45 @@ impl Backup<'_> {
                 "does not match the root hash announced in Hello".into(),
             ));
         }
-        tracing::debug!("backup: manifest decoded and checked at {:?}", t0.elapsed());
-        let ops = match self.staging.current(&new.list) {
-            Ok(cur) => crate::manifest::diff(&cur, &new),
+        Ok(Some(new))
+    }
+
+    /// What staging must do to hold `new`.
+    fn plan(&mut self, new: &Manifest) -> Result<Vec<Op>, SyncError> {
+        Ok(match self.staging.current(&new.list) {
+            Ok(cur) => crate::manifest::diff(&cur, new),
             Err(e) => {
                 // Staging that cannot even be rescanned must not wedge every later sync
                 // (issue 14, finding 6): empty it and take everything again.
                 tracing::warn!("staging cannot be rescanned ({e}): emptied for a full sync");
                 self.staging.reset()?;
-                crate::manifest::diff(&Manifest::default(), &new)
+                crate::manifest::diff(&Manifest::default(), new)
             }
-        };
-        tracing::debug!(
-            "backup: manifest in, {} ops, diff {:?}",
-            ops.len(),
-            t0.elapsed()
-        );
-        self.staging.apply_structure(&ops)?;
-        let mut touched: BTreeSet<RelPath> = ops.iter().map(|o| o.path().clone()).collect();
-        // Files that still need content, with the staged copy's entry (delta basis).
-        let mut needed: BTreeMap<RelPath, Option<Entry>> = ops
-            .iter()
-            .filter(|o| o.needs_content())
-            .map(|o| match o {
-                Op::Content { new, old } => (new.path.clone(), Some(old.clone())),
-                o => (o.path().clone(), None),
-            })
-            .collect();
+        })
+    }
+
+    /// The content of `needed`: the files pushed, then rounds of wants until every one is
+    /// verified. Returns the manifest as staged (a file the primary changed under its scan
+    /// is recorded as received).
+    fn fetch<S: Read + Write>(
+        &mut self,
+        conn: &mut Conn<S>,
+        new: &Manifest,
+        needed: &mut BTreeMap<RelPath, Option<Entry>>,
+    ) -> Result<Manifest, SyncError> {
         let mut committed = new.clone();
         let mut refetch: Vec<RelPath> = Vec::new();
-        // Pushed files, then rounds of wants until everything verified.
         self.receive_files(
             conn,
-            &new,
+            new,
             &mut committed,
-            &mut needed,
+            needed,
             &mut refetch,
             Msg::EndOfPush,
         )?;
         let mut round = 0;
         loop {
-            let mut wants = Vec::new();
-            for (p, old) in &needed {
-                let kind = match old
-                    .as_ref()
-                    .filter(|o| o.size() > WHOLE_MAX && !refetch.contains(p))
-                {
-                    Some(o) => match self.staging.read(p, delta::MAX_FILE_SIZE) {
-                        Some(b) if Some(Hash::of(&b)) == o.file_hash() => WantKind::Rsync {
-                            signature: delta::signature(&b),
-                            basis: Hash::of(&b),
-                        },
-                        _ => WantKind::Whole,
-                    },
-                    None => WantKind::Whole,
-                };
-                wants.push(Want {
-                    path: p.clone(),
-                    kind,
-                });
-            }
+            let wants = self.wants(needed, &refetch);
             // Given up before asking again: the primary answers at most 1 + MAX_REFETCHES
             // sends of a file, and would refuse one more.
             if !wants.is_empty() && round == MAX_REFETCHES {
@@ -896,51 +939,58 @@ impl Backup<'_> {
             }
             conn.send(&Msg::EndOfWants)?;
             if wants.is_empty() {
-                break;
+                return Ok(committed);
             }
             round += 1;
             conn.flush()?;
             refetch.clear();
             self.receive_files(
                 conn,
-                &new,
+                new,
                 &mut committed,
-                &mut needed,
+                needed,
                 &mut refetch,
                 Msg::EndOfData,
             )?;
         }
-        touched.extend(
-            committed
-                .entries
-                .iter()
-                .filter(|e| needed.contains_key(&e.path))
-                .map(|e| e.path.clone()),
-        );
-        self.staging.finish_dirs(&committed, &touched)?;
-        let changed: Vec<String> = touched.iter().map(RelPath::to_abs).collect();
-        let deleted = ops.iter().filter(|o| matches!(o, Op::Delete(_))).count() as u64;
-        let files_written = ops.iter().filter(|o| o.needs_content()).count() as u64;
-        let root = if ops.is_empty() && self.staging.root() == Some(committed.root_hash()) {
-            committed.root_hash()
-        } else {
-            self.staging.commit(&committed)?
-        };
-        tracing::debug!("backup: committed {:?} after the manifest", t0.elapsed());
-        let commit = Commit {
-            root,
-            changed,
-            files_written,
-            deleted,
-        };
-        conn.send(&Msg::Committed(commit.clone()))?;
-        conn.flush()?;
-        let restore = (self.restore)(&committed, &commit);
-        conn.send(&Msg::Restored(restore.clone()))?;
-        conn.flush()?;
-        rep.commit = Some(commit);
-        rep.restore = Some(restore);
-        Ok(rep)
+    }
+
+    /// One round of wants: a large file whose staged copy is intact as an rsync delta
+    /// against it, anything else (or one that failed to rebuild) whole.
+    fn wants(&self, needed: &BTreeMap<RelPath, Option<Entry>>, refetch: &[RelPath]) -> Vec<Want> {
+        needed
+            .iter()
+            .map(|(p, old)| {
+                let kind = match old
+                    .as_ref()
+                    .filter(|o| o.size() > WHOLE_MAX && !refetch.contains(p))
+                {
+                    Some(o) => match self.staging.read(p, delta::MAX_FILE_SIZE) {
+                        Some(b) if Some(Hash::of(&b)) == o.file_hash() => WantKind::Rsync {
+                            signature: delta::signature(&b),
+                            basis: Hash::of(&b),
+                        },
+                        _ => WantKind::Whole,
+                    },
+                    None => WantKind::Whole,
+                };
+                Want {
+                    path: p.clone(),
+                    kind,
+                }
+            })
+            .collect()
+    }
+
+    /// Commits `committed` (nothing to write when staging holds it already).
+    fn commit(&mut self, ops: &[Op], committed: &Manifest) -> Result<Hash, SyncError> {
+        Ok(
+            if ops.is_empty() && self.staging.root() == Some(committed.root_hash()) {
+                committed.root_hash()
+            } else {
+                self.staging.commit(committed)?
+            },
+        )
     }
 
     /// Reads `File`s until `end`. A file that does not rebuild to its hash goes to `refetch`
