@@ -27,9 +27,10 @@ use crate::agent::{self, NowError};
 use crate::alerts::{self, Alert, AlertConfig};
 use crate::control::{self, ControlError, NowReply};
 use crate::gate::{gate, Gate};
+use crate::link::Link;
 use crate::schedule::Schedule;
 use crate::status::{self, DaemonStatus, ErrorRecord, Outcome, RestoreRecord, SyncRecord};
-use crate::transport::{ClientConfig, Connection, TransportError};
+use crate::transport::ClientConfig;
 use crate::triggers::{self, Debounce, Plan, RawEvent, Relevance, Watcher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -50,8 +51,6 @@ pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How long a fence (see `Engine::fence`) may take before the daemon scans instead.
 const FENCE_WAIT: Duration = Duration::from_secs(1);
-/// A session that sent at least this much is followed by a new connection (see `recycle`).
-const RECYCLE_AFTER: u64 = 128 << 10;
 
 /// What the daemon needs; [`DaemonConfig::new`] gives the defaults.
 #[derive(Debug, Clone)]
@@ -269,16 +268,13 @@ pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon,
         alert_raised: alerts::is_raised(&cfg.root, Alert::SyncFailed),
         alerts: alerts_cfg,
         sched: Schedule::new(Debounce::new(cfg.quiet, cfg.max_delay), cfg.reconcile),
+        link: Link::new(cfg.client.clone()),
         backoff: cfg.backoff_min,
         cfg,
         runner,
         cache: Arc::new(Mutex::new(cache)),
         prepared: None,
-        confirmed: None,
-        recycle: false,
         restore_failed: None,
-        conn: None,
-        connected_since: None,
         watcher,
         events: Some(events),
         overflow,
@@ -325,14 +321,10 @@ struct Engine {
     /// Shared with the blocking scan task.
     cache: Arc<Mutex<StatCache>>,
     prepared: Option<Prepared>,
-    /// The generation the backup committed on the current connection.
-    confirmed: Option<Hash>,
-    /// The last session sent much: open a new connection once the sync is recorded.
-    recycle: bool,
     /// A generation whose restore on the backup failed, and the report.
     restore_failed: Option<(Hash, RestoreRecord)>,
-    conn: Option<Arc<Connection>>,
-    connected_since: Option<u64>,
+    /// The connection to the backup (`crate::link`).
+    link: Link,
     watcher: Watcher,
     /// notify's events; `None` once its thread is gone.
     events: Option<mpsc::Receiver<RawEvent>>,
@@ -378,7 +370,7 @@ impl Engine {
     async fn run(&mut self, mut requests: mpsc::Receiver<Request>) {
         loop {
             let deadline = self.deadline();
-            let conn = self.conn.clone();
+            let conn = self.link.current();
             let lost = async move {
                 match conn {
                     Some(c) => c.closed().await,
@@ -602,46 +594,7 @@ impl Engine {
     }
 
     fn drop_connection(&mut self) {
-        self.confirmed = None;
-        self.connected_since = None;
-        if let Some(c) = self.conn.take() {
-            tokio::spawn(async move {
-                if let Ok(c) = Arc::try_unwrap(c) {
-                    c.disconnect().await;
-                }
-            });
-        }
-    }
-
-    /// Replaces the connection after a session that sent much. russh keeps its packet
-    /// buffers at the largest size a connection ever needed (its write buffer grows to a
-    /// whole batch of queued packets, ~1 MiB after a full sync) until the connection ends:
-    /// a new one gives that memory back. Opened at once, so the next sync finds it ready;
-    /// if that fails, the next sync connects (and reports the error) as usual.
-    async fn recycle_connection(&mut self) {
-        let Some(old) = self.conn.take() else {
-            return;
-        };
-        self.confirmed = None;
-        self.connected_since = None;
-        if let Ok(old) = Arc::try_unwrap(old) {
-            old.disconnect().await;
-        }
-        if let Err(e) = self.connection().await {
-            tracing::debug!("reconnecting after a large sync: {e}");
-        }
-    }
-
-    async fn connection(&mut self) -> Result<Arc<Connection>, TransportError> {
-        if let Some(c) = self.conn.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
-        }
-        self.drop_connection();
-        let c = Arc::new(Connection::open(&self.cfg.client).await?);
-        tracing::info!("connected to {}", self.cfg.client.peer);
-        self.conn = Some(c.clone());
-        self.connected_since = Some(status::epoch_now());
-        Ok(c)
+        self.link.drop_now();
     }
 
     /// Sets the watches of `list`'s plan (all of them again after lost events).
@@ -715,8 +668,8 @@ impl Engine {
         // was master comes here. Asked on every new connection and by every sync that does
         // not follow a local change (start, activation, reconcile, retry, `now`): a backup
         // that was not master answers at once, one round trip.
-        if self.confirmed.is_none() || trigger != Trigger::Change {
-            let conn = match self.connection().await {
+        if self.link.confirmed().is_none() || trigger != Trigger::Change {
+            let conn = match self.link.get().await {
                 Ok(c) => c,
                 Err(e) => return fail(Outcome::of_transport(&e), e.to_string(), record),
             };
@@ -820,13 +773,15 @@ impl Engine {
 
         // Nothing changed since the backup committed on this very connection: a change event
         // that changed nothing (same content, same metadata) costs no message.
-        let alive = self.conn.as_ref().is_some_and(|c| !c.is_closed());
-        if trigger == Trigger::Change && alive && self.confirmed == Some(root_hash) {
+        if trigger == Trigger::Change
+            && self.link.is_alive()
+            && self.link.confirmed() == Some(root_hash)
+        {
             record.generation = Some(root_hash.to_hex());
             record.up_to_date = true;
             return self.restore_outcome(record, None, None);
         }
-        let conn = match self.connection().await {
+        let conn = match self.link.get().await {
             Ok(c) => c,
             Err(e) => return fail(Outcome::of_transport(&e), e.to_string(), record),
         };
@@ -861,7 +816,7 @@ impl Engine {
                 return fail(o, e.to_string(), record);
             }
         };
-        self.recycle = rep.traffic.sent >= RECYCLE_AFTER;
+        self.link.sent(rep.traffic.sent);
         record.up_to_date = rep.up_to_date;
         record.changed = rep.commit.as_ref().map_or(0, |c| c.changed.len() as u64);
         record.files_sent = rep.files_sent;
@@ -870,12 +825,12 @@ impl Engine {
         record.wire_received = rep.traffic.received;
         record.round_trips = rep.traffic.round_trips;
         record.restore = rep.restore.as_ref().map(RestoreRecord::from);
-        self.confirmed = match &rep.commit {
+        self.link.set_confirmed(match &rep.commit {
             Some(c) => Some(c.root),
             None if rep.up_to_date => Some(rep.root),
             None => None,
-        };
-        record.generation = self.confirmed.map(|h| h.to_hex());
+        });
+        record.generation = self.link.confirmed().map(|h| h.to_hex());
         if let Err(e) = agent::check_committed(&rep) {
             // A file changed while it was read: the backup holds a consistent generation,
             // and the change's own event (or this nudge) brings the next sync.
@@ -899,7 +854,7 @@ impl Engine {
         report: Option<&RestoreReport>,
         restored: Option<Hash>,
     ) -> Attempt {
-        let generation = self.confirmed;
+        let generation = self.link.confirmed();
         if report.is_none() && restored.is_some() && restored == generation {
             self.restore_failed = None;
         }
@@ -1048,9 +1003,7 @@ impl Engine {
             }
         }
         self.sched.recorded(Instant::now());
-        if std::mem::take(&mut self.recycle) {
-            self.recycle_connection().await;
-        }
+        self.link.recycle_if_due().await;
         self.save_cache().await;
         release_free_memory();
         self.commit();
@@ -1121,17 +1074,12 @@ impl Engine {
     }
 
     fn fill_live(&self, s: &mut DaemonStatus) {
-        let connected = self.conn.as_ref().is_some_and(|c| !c.is_closed());
         s.role = self.gate.role.map(|r| r.as_str().to_string());
         s.vrrp_state = self.gate.state.clone();
         s.active = self.gate.active;
         s.inactive_reason = self.gate.reason.clone();
-        s.connected = connected;
-        s.connected_since = if connected {
-            self.connected_since
-        } else {
-            None
-        };
+        s.connected = self.link.is_alive();
+        s.connected_since = self.link.connected_since();
         s.consecutive_failures = self.consecutive_failures;
         s.pending_changes = self.sched.pending_len() as u64 + u64::from(self.rescan);
         s.pending_since = self.sched.pending_since_epoch();

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod drift;
 pub mod gate;
 pub mod hook;
+pub mod link;
 pub mod pull;
 pub mod schedule;
 pub mod status;
