@@ -28,8 +28,9 @@ use crate::alerts::{self, Alert, AlertConfig};
 use crate::control::{self, ControlError, NowReply};
 use crate::gate::{gate, Gate};
 use crate::link::Link;
+use crate::record::{self, FailureAlert, History};
 use crate::schedule::Schedule;
-use crate::status::{self, DaemonStatus, ErrorRecord, Outcome, RestoreRecord, SyncRecord};
+use crate::status::{self, DaemonStatus, Outcome, RestoreRecord, SyncRecord};
 use crate::transport::ClientConfig;
 use crate::triggers::{self, Debounce, Plan, RawEvent, Relevance, Watcher};
 use std::path::{Path, PathBuf};
@@ -265,7 +266,10 @@ pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon,
         .clone()
         .unwrap_or_else(|| AlertConfig::load(&cfg.root));
     let mut engine = Engine {
-        alert_raised: alerts::is_raised(&cfg.root, Alert::SyncFailed),
+        failure_alert: FailureAlert::new(
+            alerts::is_raised(&cfg.root, Alert::SyncFailed),
+            alerts_cfg.failures,
+        ),
         alerts: alerts_cfg,
         sched: Schedule::new(Debounce::new(cfg.quiet, cfg.max_delay), cfg.reconcile),
         link: Link::new(cfg.client.clone()),
@@ -286,7 +290,6 @@ pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon,
         rescan: false,
         gate: Gate::default(),
         status,
-        consecutive_failures: 0,
         degraded: false,
         rescans: 0,
         history: History::default(),
@@ -346,24 +349,14 @@ struct Engine {
     gate: Gate,
     status: Arc<Mutex<DaemonStatus>>,
     alerts: AlertConfig,
-    alert_raised: bool,
-    consecutive_failures: u32,
+    /// `ha:sync:failed`, decided by `crate::record`.
+    failure_alert: FailureAlert,
     backoff: Duration,
     degraded: bool,
     rescans: u64,
     /// What syncs did; reaches the shared status only with status.json (see `commit`).
     history: History,
     _lock: fsx::Lock,
-}
-
-#[derive(Default)]
-struct History {
-    syncs: status::Counters,
-    last_sync: Option<SyncRecord>,
-    last_success: Option<u64>,
-    last_error: Option<ErrorRecord>,
-    /// Since when the backup holds what this node holds (see `DaemonStatus::in_sync_since`).
-    in_sync_since: Option<u64>,
 }
 
 impl Engine {
@@ -456,7 +449,7 @@ impl Engine {
 
     /// The next time something is due, if anything.
     fn deadline(&self) -> Option<Instant> {
-        let alert_wait = (!self.alert_raised).then_some(self.alerts.max_wait);
+        let alert_wait = (!self.failure_alert.is_raised()).then_some(self.alerts.max_wait);
         self.sched.deadline(self.gate.active, alert_wait)
     }
 
@@ -471,10 +464,10 @@ impl Engine {
             self.sync(t).await;
         }
         // After the sync: one that succeeded leaves nothing waiting.
-        if !self.alert_raised && self.gate.active {
-            if let Some(waited) = self.sched.alert_due(Instant::now(), self.alerts.max_wait) {
-                let msg = format!("a change has waited {} s for the backup", waited.as_secs());
-                self.set_alert(true, msg).await;
+        if self.gate.active {
+            let waited = self.sched.alert_due(Instant::now(), self.alerts.max_wait);
+            if let Some(t) = waited.and_then(|w| self.failure_alert.waited(w.as_secs())) {
+                self.set_alert(t).await;
             }
         }
     }
@@ -539,7 +532,7 @@ impl Engine {
     fn note_change(&mut self, p: PathBuf, now: Instant) {
         tracing::trace!("changed: {}", p.display());
         self.dirty = true;
-        self.history.in_sync_since = None;
+        self.history.diverged();
         self.sched.changed(p, now, status::epoch_now());
     }
 
@@ -925,29 +918,8 @@ impl Engine {
         if let Err(e) = status::write_uci(&self.cfg.root, outcome.as_str(), now) {
             tracing::warn!("cannot record the sync status: {e}");
         }
-        {
-            let h = &mut self.history;
-            h.syncs.total += 1;
-            if outcome.is_ok() {
-                h.syncs.ok += 1;
-                if record.up_to_date {
-                    h.syncs.unchanged += 1;
-                }
-                h.last_success = Some(now);
-                if record.generation.is_some() {
-                    h.in_sync_since.get_or_insert(now);
-                }
-            } else {
-                h.in_sync_since = None;
-                h.syncs.failed += 1;
-                h.last_error = Some(ErrorRecord {
-                    time: now,
-                    status: outcome.as_str().into(),
-                    message: error.clone().unwrap_or_default(),
-                });
-            }
-            h.last_sync = Some(record.clone());
-        }
+        self.history
+            .note(outcome.is_ok(), outcome.as_str(), &record, now);
         if outcome.is_ok() {
             match (record.network, record.up_to_date) {
                 (false, _) => tracing::debug!("{}: nothing changed", trigger.as_str()),
@@ -975,14 +947,12 @@ impl Engine {
                         .unwrap_or_default()
                 ),
             }
-            self.consecutive_failures = 0;
             self.backoff = self.cfg.backoff_min;
             self.sched.succeeded();
-            if self.alert_raised {
-                self.set_alert(false, "sync succeeded".into()).await;
+            if let Some(t) = self.failure_alert.after(None) {
+                self.set_alert(t).await;
             }
         } else {
-            self.consecutive_failures += 1;
             tracing::warn!(
                 "sync ({}) failed: {}: {}; retry in {:?}",
                 trigger.as_str(),
@@ -992,14 +962,9 @@ impl Engine {
             );
             self.sched.failed(Instant::now(), self.backoff);
             self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
-            if self.consecutive_failures >= self.alerts.failures && !self.alert_raised {
-                let msg = format!(
-                    "{} syncs in a row failed; last: {}: {}",
-                    self.consecutive_failures,
-                    outcome.as_str(),
-                    error.as_deref().unwrap_or("")
-                );
-                self.set_alert(true, msg).await;
+            let failed = (outcome.as_str(), error.as_deref().unwrap_or(""));
+            if let Some(t) = self.failure_alert.after(Some(failed)) {
+                self.set_alert(t).await;
             }
         }
         self.sched.recorded(Instant::now());
@@ -1015,8 +980,8 @@ impl Engine {
         }
     }
 
-    async fn set_alert(&mut self, failing: bool, message: String) {
-        self.alert_raised = failing;
+    /// Records a transition `crate::record` decided: UCI state, the alert command.
+    async fn set_alert(&mut self, (failing, message): record::Transition) {
         let (root, runner, cmd) = (
             self.cfg.root.clone(),
             self.runner.clone(),
@@ -1080,16 +1045,16 @@ impl Engine {
         s.inactive_reason = self.gate.reason.clone();
         s.connected = self.link.is_alive();
         s.connected_since = self.link.connected_since();
-        s.consecutive_failures = self.consecutive_failures;
+        s.consecutive_failures = self.failure_alert.failures();
         s.pending_changes = self.sched.pending_len() as u64 + u64::from(self.rescan);
         s.pending_since = self.sched.pending_since_epoch();
         s.watches.dirs = self.watcher.len() as u64;
         s.watches.degraded = self.degraded;
         s.watches.rescans = self.rescans;
-        s.alert_sync_failed = self.alert_raised;
+        s.alert_sync_failed = self.failure_alert.is_raised();
         s.in_sync_since = self
             .history
-            .in_sync_since
+            .in_sync_since()
             .filter(|_| self.gate.active && !self.sched.has_pending() && !self.rescan);
     }
 
@@ -1098,11 +1063,7 @@ impl Engine {
     fn commit(&self) {
         let mut s = self.lock_status();
         self.fill_live(&mut s);
-        let h = &self.history;
-        s.syncs = h.syncs.clone();
-        s.last_sync = h.last_sync.clone();
-        s.last_success = h.last_success;
-        s.last_error = h.last_error.clone();
+        self.history.fill(&mut s);
         if let Err(e) = status::write_json(&self.cfg.root, &s) {
             tracing::warn!("{e}");
         }

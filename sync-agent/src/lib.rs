@@ -16,6 +16,7 @@ pub mod gate;
 pub mod hook;
 pub mod link;
 pub mod pull;
+pub mod record;
 pub mod schedule;
 pub mod status;
 pub mod transport;
