@@ -65,52 +65,19 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
         root,
         ..RestoreReport::default()
     };
-    if let Err(e) = m.validate() {
-        rep.refused = Some(format!("manifest refused: {e}"));
-        return rep;
-    }
-    let excludes = match Excludes::new(m.excludes.clone()) {
-        Ok(x) => x,
-        Err(e) => {
-            // Mirroring without the user's exclusions would delete what he meant to keep.
-            rep.refused = Some(format!("exclude_list: {e}"));
+    let (excludes, state, staged, live) = match open(ctx, m) {
+        Ok(t) => t,
+        Err(Opened::Refused(why)) => {
+            rep.refused = Some(why);
             return rep;
         }
-    };
-    let opened = (|| {
-        Ok::<_, (String, io::Error)>((
-            open_state(ctx.staging)
-                .map_err(|e| (ctx.staging.join(".ha-sync").display().to_string(), e))?,
-            Dir::open(ctx.staging, false).map_err(|e| (ctx.staging.display().to_string(), e))?,
-            Dir::open(ctx.root, false).map_err(|e| (ctx.root.display().to_string(), e))?,
-        ))
-    })();
-    let (state, staged, live) = match opened {
-        Ok(t) => t,
-        Err((p, e)) => {
-            rep.errors.push((p, e.to_string()));
+        Err(Opened::Failed(p, e)) => {
+            rep.errors.push((p, e));
             return rep;
         }
     };
     let prev = read_restored(&state);
-
-    // What an interrupted run may have changed already: its journal lines and, when it died
-    // before live was complete, whatever differs between the generations.
-    let mut seed: BTreeSet<String> = BTreeSet::new();
-    if let Some(p) = &opts.recover {
-        seed.extend(p.paths.iter().cloned());
-        if p.phase == Phase::Restore {
-            let base = prev.clone().unwrap_or_default();
-            seed.extend(
-                diff(&base, m)
-                    .iter()
-                    .map(|op| op.path())
-                    .filter(|p| !is_per_node(p))
-                    .map(RelPath::to_abs),
-            );
-        }
-    }
-    let seed: Vec<String> = seed.into_iter().collect();
+    let seed = recovery_seed(opts.recover.as_ref(), prev.as_ref(), m);
     let mut journal = Journal::new(&state, root).with_seed(&seed);
 
     let hostname = read_live(&live, SYSTEM_CONFIG)
@@ -159,20 +126,80 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
         return rep;
     }
     rep.applied = rep.errors.is_empty();
+    finish(ctx, m, &state, &mut journal, &changed, &opts, &mut rep);
+    rep.changed = changed;
+    rep
+}
+
+/// Why a restore could not begin.
+enum Opened {
+    /// The generation itself is refused (nothing written).
+    Refused(String),
+    /// A tree could not be opened: the path and the cause.
+    Failed(String, String),
+}
+
+/// Checks the generation and opens the trees: staging's state, staging, live.
+fn open(ctx: &Ctx, m: &Manifest) -> Result<(Excludes, Dir, Dir, Dir), Opened> {
+    m.validate()
+        .map_err(|e| Opened::Refused(format!("manifest refused: {e}")))?;
+    // Mirroring without the user's exclusions would delete what he meant to keep.
+    let excludes = Excludes::new(m.excludes.clone())
+        .map_err(|e| Opened::Refused(format!("exclude_list: {e}")))?;
+    let failed = |p: String| move |e: io::Error| Opened::Failed(p, e.to_string());
+    let state = open_state(ctx.staging)
+        .map_err(failed(ctx.staging.join(".ha-sync").display().to_string()))?;
+    let staged =
+        Dir::open(ctx.staging, false).map_err(failed(ctx.staging.display().to_string()))?;
+    let live = Dir::open(ctx.root, false).map_err(failed(ctx.root.display().to_string()))?;
+    Ok((excludes, state, staged, live))
+}
+
+/// What an interrupted run may have changed already: its journal lines and, when it died
+/// before live was complete, whatever differs between the generations.
+fn recovery_seed(recover: Option<&Pending>, prev: Option<&Manifest>, m: &Manifest) -> Vec<String> {
+    let mut seed: BTreeSet<String> = BTreeSet::new();
+    if let Some(p) = recover {
+        seed.extend(p.paths.iter().cloned());
+        if p.phase == Phase::Restore {
+            let base = prev.cloned().unwrap_or_default();
+            seed.extend(
+                diff(&base, m)
+                    .iter()
+                    .map(|op| op.path())
+                    .filter(|p| !is_per_node(p))
+                    .map(RelPath::to_abs),
+            );
+        }
+    }
+    seed.into_iter().collect()
+}
+
+/// After live holds the generation: the NOTIFY_SYNC actions for what changed (journaled
+/// first, so a crash repeats them), the record of the generation restored, the journal gone.
+fn finish(
+    ctx: &Ctx,
+    m: &Manifest,
+    state: &Dir,
+    journal: &mut Journal,
+    changed: &[String],
+    opts: &Options,
+    rep: &mut RestoreReport,
+) {
+    let root = m.root_hash();
     if !changed.is_empty() {
-        if let Err(e) = journal.to_notify(&changed) {
+        if let Err(e) = journal.to_notify(changed) {
             rep.errors
                 .push((journal::JOURNAL.to_string(), e.to_string()));
-            rep.changed = changed;
-            return rep;
+            return;
         }
         sync_core::fault::point(sync_core::fault::BEFORE_NOTIFY_SYNC);
-        for e in hooks::notify_sync(ctx, &changed, root, opts.master) {
+        for e in hooks::notify_sync(ctx, changed, root, opts.master) {
             rep.errors.push(("NOTIFY_SYNC".to_string(), e));
         }
     }
-    if sync_core::staging::restored_root(&state) != Some(root) {
-        if let Err(e) = sync_core::staging::write_restored(&state, m) {
+    if sync_core::staging::restored_root(state) != Some(root) {
+        if let Err(e) = sync_core::staging::write_restored(state, m) {
             rep.errors.push((
                 state.path().join(journal::RESTORED).display().to_string(),
                 e.to_string(),
@@ -180,15 +207,13 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
         }
     }
     if journal.started() || opts.recover.is_some() {
-        if let Err(e) = journal::clear(&state) {
+        if let Err(e) = journal::clear(state) {
             rep.errors.push((
                 state.path().join(journal::JOURNAL).display().to_string(),
                 e.to_string(),
             ));
         }
     }
-    rep.changed = changed;
-    rep
 }
 
 fn read_live(live: &Dir, rel: &str) -> Option<Vec<u8>> {
