@@ -1,3 +1,4 @@
+#![deny(unreachable_pub)]
 //! The cluster companion: the actions of the incumbent's `ns-ha-config` (set up, inspect,
 //! change and tear down the two-node cluster) over keepalived, conntrackd and the agent.
 //!

@@ -1,3 +1,4 @@
+#![deny(unreachable_pub)]
 //! The backup side of ha-sync, after the bytes arrive, and both nodes' keepalived hooks.
 //!
 //! - [`restore_after_commit`]: the agent calls it right after each commit. Under the hooks

@@ -1,3 +1,4 @@
+#![deny(unreachable_pub)]
 //! The networked half of ha-sync: the agents over SSH (russh), the primary's daemon, status
 //! and alerts.
 //!

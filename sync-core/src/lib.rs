@@ -1,3 +1,4 @@
+#![deny(unreachable_pub)]
 //! ha-sync engine: everything a sync does except the network.
 //!
 //! Synchronous and free of tokio: the agents drive it over any byte stream.

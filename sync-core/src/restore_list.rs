@@ -704,7 +704,7 @@ pub(crate) mod digest {
         m
     }
 
-    pub fn md5(data: &[u8]) -> [u8; 16] {
+    pub(crate) fn md5(data: &[u8]) -> [u8; 16] {
         let mut h: [u32; 4] = [0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476];
         for block in padded(data, false).chunks_exact(64) {
             let mut w = [0u32; 16];
@@ -755,7 +755,7 @@ pub(crate) mod digest {
         0xc67178f2,
     ];
 
-    pub fn sha256(data: &[u8]) -> [u8; 32] {
+    pub(crate) fn sha256(data: &[u8]) -> [u8; 32] {
         let mut h: [u32; 8] = [
             0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
             0x5be0cd19,
@@ -805,7 +805,7 @@ pub(crate) mod digest {
         out
     }
 
-    pub fn hex(bytes: &[u8]) -> String {
+    pub(crate) fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|b| format!("{b:02x}")).collect()
     }
 }

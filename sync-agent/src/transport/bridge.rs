@@ -33,7 +33,7 @@ pub(crate) struct RemoteReport {
 }
 
 impl RemoteReport {
-    pub fn stderr_text(&self) -> String {
+    pub(super) fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr).trim().to_string()
     }
 }
@@ -62,7 +62,7 @@ fn clock() -> u64 {
 }
 
 impl Shared {
-    pub fn new(closed: CancellationToken) -> Self {
+    pub(super) fn new(closed: CancellationToken) -> Self {
         Shared {
             closed,
             eof: Arc::new(AtomicBool::new(false)),
@@ -73,7 +73,7 @@ impl Shared {
     }
 
     /// How long the reader has been waiting for the peer's next bytes, if it is.
-    pub fn waiting_for(&self) -> Option<std::time::Duration> {
+    pub(super) fn waiting_for(&self) -> Option<std::time::Duration> {
         match self.waiting_since.load(Ordering::SeqCst) {
             0 => None,
             t => Some(std::time::Duration::from_millis(clock().saturating_sub(t))),
@@ -81,11 +81,11 @@ impl Shared {
     }
 
     /// Marks the stream stalled; the caller stops the pump, and the reader reports it.
-    pub fn stall(&self) {
+    pub(super) fn stall(&self) {
         self.stalled.store(true, Ordering::SeqCst);
     }
 
-    pub fn report(&self) -> RemoteReport {
+    pub(super) fn report(&self) -> RemoteReport {
         match self.report.lock() {
             Ok(r) => r.clone(),
             Err(p) => p.into_inner().clone(),
@@ -246,7 +246,11 @@ pub(crate) struct BlockingStream<S: From<(ChannelId, ChannelMsg)> + Send + Sync 
 
 impl<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static> BlockingStream<S> {
     /// Must be called inside the tokio runtime (it keeps its handle).
-    pub fn new(rx: mpsc::Receiver<Bytes>, write: Arc<ChannelWriteHalf<S>>, shared: Shared) -> Self {
+    pub(super) fn new(
+        rx: mpsc::Receiver<Bytes>,
+        write: Arc<ChannelWriteHalf<S>>,
+        shared: Shared,
+    ) -> Self {
         let closed = shared.closed.clone();
         BlockingStream {
             reader: BufReader::with_capacity(
