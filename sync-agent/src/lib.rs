@@ -22,3 +22,8 @@ pub mod schedule;
 pub mod status;
 pub mod transport;
 pub mod triggers;
+
+// The front doors: the primary's daemon and one sync, the backup's agent, the transport.
+pub use agent::{now, NowError, NowOptions};
+pub use daemon::{Daemon, DaemonConfig};
+pub use transport::{ClientConfig, Connection, Server};

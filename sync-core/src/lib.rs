@@ -28,3 +28,10 @@ pub mod testing;
 pub mod uci;
 pub mod uci_merge;
 pub mod wire;
+
+// The types most callers need, at the crate root.
+pub use manifest::{Entry, Hash, Kind, Manifest};
+pub use node::{Node, Role, VrrpState};
+pub use path::RelPath;
+pub use runner::{Cmd, Runner};
+pub use session::SyncError;
