@@ -114,6 +114,24 @@ pub enum NowError {
     Pull(Box<crate::pull::PullFailure>),
 }
 
+impl NowError {
+    /// The status a failed sync records (`last_sync_status`).
+    pub fn outcome(&self) -> crate::status::Outcome {
+        use crate::status::Outcome;
+        match self {
+            NowError::Transport(t) => Outcome::of_transport(t),
+            NowError::Prepare(_) | NowError::Lock { .. } | NowError::Refused(_) => {
+                Outcome::LocalFailed
+            }
+            NowError::Sync(_) | NowError::NotCommitted(_) => Outcome::TransferFailed,
+            NowError::Pull(p) => match p.as_ref() {
+                crate::pull::PullFailure::Transport(t) => Outcome::of_transport(t),
+                _ => Outcome::TransferFailed,
+            },
+        }
+    }
+}
+
 impl From<crate::pull::PullFailure> for NowError {
     fn from(e: crate::pull::PullFailure) -> NowError {
         NowError::Pull(Box::new(e))
@@ -151,7 +169,7 @@ pub fn export_records(node: &Node) {
 
 /// The lock every sync from this root holds (`now` and the daemon), so two never interleave.
 pub fn sync_lock_path(root: &Path) -> PathBuf {
-    Node::new(root).state_dir().join("now.lock")
+    Node::new(root).sync_lock_path()
 }
 
 /// [`lock`] on a blocking thread.
@@ -214,7 +232,7 @@ fn guard_grace(deadline: Duration) -> Duration {
 }
 
 /// One primary session on `conn`, bounded: `deadline` (by default
-/// `limits::session_deadline` of the manifest) and every bound of `sync_core::limits`. An
+/// `manifest::session_deadline` of the manifest) and every bound of `sync_core::limits`. An
 /// error with [`SyncError::is_deadline`] leaves the connection unusable: drop it.
 pub async fn bounded_session(
     conn: &Connection,
@@ -272,7 +290,7 @@ pub async fn now_within(
         Ok((_, rep)) => Some(crate::status::Outcome::of_restore(rep.restore.as_ref())),
         // Nothing was attempted: the last attempt's record stands.
         Err(NowError::Refused(_) | NowError::Lock { .. }) => None,
-        Err(e) => Some(crate::status::Outcome::of_error(e)),
+        Err(e) => Some(e.outcome()),
     };
     if let Some(o) = outcome {
         if let Err(e) = crate::status::write_uci(&root, o.as_str(), crate::status::epoch_now()) {

@@ -5,15 +5,74 @@
 //! debounce and backoff timers say) and answers with its result ([`NowReply`]); `status`
 //! answers with the daemon's live [`DaemonStatus`]. Both answers are one JSON document.
 
-use crate::daemon::DaemonHandle;
 use crate::status::{DaemonStatus, SyncRecord};
+use crate::triggers::RawEvent;
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
+use tokio::sync::{mpsc, oneshot};
+
+pub(crate) enum Request {
+    Now(oneshot::Sender<NowReply>),
+    Inject(RawEvent),
+    Stop,
+}
+
+/// Talks to a running daemon (the control socket uses it; so can tests).
+#[derive(Clone)]
+pub struct DaemonHandle {
+    tx: mpsc::Sender<Request>,
+    status: Arc<Mutex<DaemonStatus>>,
+    peer: String,
+}
+
+impl DaemonHandle {
+    pub(crate) fn new(
+        tx: mpsc::Sender<Request>,
+        status: Arc<Mutex<DaemonStatus>>,
+        peer: String,
+    ) -> DaemonHandle {
+        DaemonHandle { tx, status, peer }
+    }
+
+    /// Syncs now and returns the result.
+    pub async fn now(&self) -> NowReply {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || NowReply {
+            ok: false,
+            peer: self.peer.clone(),
+            sync: None,
+            error: Some("the daemon is stopping".into()),
+        };
+        if self.tx.send(Request::Now(tx)).await.is_err() {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
+    }
+
+    /// The live status.
+    pub fn status(&self) -> DaemonStatus {
+        match self.status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Feeds an event as if notify had sent it (tests: a queue overflow).
+    pub async fn inject(&self, ev: RawEvent) -> bool {
+        self.tx.send(Request::Inject(ev)).await.is_ok()
+    }
+
+    /// Asks the daemon to stop; [`crate::daemon::Daemon::wait`] returns once it has.
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Request::Stop).await;
+    }
+}
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 256;

@@ -43,7 +43,7 @@ use sync_core::prepare::{self, Prepared};
 use sync_core::runner::Runner;
 use sync_core::scan::StatCache;
 use sync_core::wire::RestoreReport;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Default period of the reconcile sync.
 pub const RECONCILE: Duration = Duration::from_secs(60);
@@ -69,7 +69,7 @@ pub struct DaemonConfig {
     /// Alert settings; `None`: from `keepalived.ha_peer` (read again when that file changes).
     pub alerts: Option<AlertConfig>,
     /// Deadline of each sync session; `None`: from the manifest
-    /// (`sync_core::limits::session_deadline`).
+    /// (`sync_core::manifest::session_deadline`).
     pub session_deadline: Option<Duration>,
 }
 
@@ -107,83 +107,10 @@ pub enum DaemonError {
     Task(String),
 }
 
-/// Why a sync ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    Start,
-    Change,
-    Rescan,
-    Reconcile,
-    Now,
-    Retry,
-    Reconnect,
-    /// The node became the active primary.
-    Activated,
-}
+pub use crate::schedule::Trigger;
 
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Start => "start",
-            Trigger::Change => "change",
-            Trigger::Rescan => "rescan",
-            Trigger::Reconcile => "reconcile",
-            Trigger::Now => "now",
-            Trigger::Retry => "retry",
-            Trigger::Reconnect => "reconnect",
-            Trigger::Activated => "activated",
-        }
-    }
-}
-
-enum Request {
-    Now(oneshot::Sender<NowReply>),
-    Inject(RawEvent),
-    Stop,
-}
-
-/// Talks to a running daemon (the control socket uses it; so can tests).
-#[derive(Clone)]
-pub struct DaemonHandle {
-    tx: mpsc::Sender<Request>,
-    status: Arc<Mutex<DaemonStatus>>,
-    peer: String,
-}
-
-impl DaemonHandle {
-    /// Syncs now and returns the result.
-    pub async fn now(&self) -> NowReply {
-        let (tx, rx) = oneshot::channel();
-        let stopped = || NowReply {
-            ok: false,
-            peer: self.peer.clone(),
-            sync: None,
-            error: Some("the daemon is stopping".into()),
-        };
-        if self.tx.send(Request::Now(tx)).await.is_err() {
-            return stopped();
-        }
-        rx.await.unwrap_or_else(|_| stopped())
-    }
-
-    /// The live status.
-    pub fn status(&self) -> DaemonStatus {
-        match self.status.lock() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    /// Feeds an event as if notify had sent it (tests: a queue overflow).
-    pub async fn inject(&self, ev: RawEvent) -> bool {
-        self.tx.send(Request::Inject(ev)).await.is_ok()
-    }
-
-    /// Asks the daemon to stop; [`Daemon::wait`] returns once it has.
-    pub async fn stop(&self) {
-        let _ = self.tx.send(Request::Stop).await;
-    }
-}
+pub use crate::control::DaemonHandle;
+use crate::control::Request;
 
 /// A started daemon.
 pub struct Daemon {
@@ -256,11 +183,7 @@ pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon,
         socket: cfg.socket.display().to_string(),
         ..DaemonStatus::default()
     }));
-    let handle = DaemonHandle {
-        tx,
-        status: status.clone(),
-        peer: cfg.client.peer.clone(),
-    };
+    let handle = DaemonHandle::new(tx, status.clone(), cfg.client.peer.clone());
     let alerts_cfg = cfg
         .alerts
         .clone()
@@ -799,7 +722,7 @@ impl Engine {
                     self.drop_connection();
                 }
                 let e = NowError::Sync(e);
-                return fail(Outcome::of_error(&e), e.to_string(), record);
+                return fail(e.outcome(), e.to_string(), record);
             }
             Err(e) => {
                 let o = Outcome::of_transport(&e);

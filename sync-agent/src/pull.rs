@@ -411,12 +411,17 @@ pub async fn catch_up(
         }
     };
     // The daemon's syncs and `ha-sync now` take the same lock: one pull at a time.
-    let lock = crate::agent::lock_async(crate::agent::sync_lock_path(node.root())).await;
+    let path = node.sync_lock_path();
+    let lock = tokio::task::spawn_blocking(move || {
+        fsx::Lock::acquire(&path).map_err(|e| format!("{}: {e}", path.display()))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
     let result = match lock {
         Ok(_lock) => pull(&conn, node, runner.clone()).await,
-        Err(e) => Err(PullFailure::Local {
+        Err(msg) => Err(PullFailure::Local {
             peer: conn.peer().to_string(),
-            msg: e.to_string(),
+            msg,
         }),
     };
     conn.disconnect().await;

@@ -2,7 +2,6 @@
 //! when (the debounced burst, a retry or reconnect, the reconcile, the memory trim, the
 //! pending-change alert). The daemon gives it the instants; tests give it made-up ones.
 
-use crate::daemon::Trigger;
 use crate::triggers::Debounce;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -14,6 +13,35 @@ pub const MAX_PENDING: usize = 100_000;
 /// one: tokio ends its idle blocking threads (scans, sessions) after 10 s, and what they held
 /// (their allocator caches, their zstd contexts) is freed only then.
 pub const TRIM_AFTER: Duration = Duration::from_secs(11);
+
+/// Why a sync ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Start,
+    Change,
+    Rescan,
+    Reconcile,
+    Now,
+    Retry,
+    Reconnect,
+    /// The node became the active primary.
+    Activated,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Change => "change",
+            Trigger::Rescan => "rescan",
+            Trigger::Reconcile => "reconcile",
+            Trigger::Now => "now",
+            Trigger::Retry => "retry",
+            Trigger::Reconnect => "reconnect",
+            Trigger::Activated => "activated",
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Schedule {

@@ -19,7 +19,6 @@
 //! keepalived writes on its JSON signal, as the incumbent reads it) or `/tmp/keepalived.stats`
 //! (its SIGUSR2 text dump).
 
-use crate::agent::NowError;
 use crate::transport::TransportError;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -91,20 +90,6 @@ impl Outcome {
                 Outcome::TransferFailed
             }
             _ => Outcome::ConnectionFailed,
-        }
-    }
-
-    pub fn of_error(e: &NowError) -> Outcome {
-        match e {
-            NowError::Transport(t) => Outcome::of_transport(t),
-            NowError::Prepare(_) | NowError::Lock { .. } | NowError::Refused(_) => {
-                Outcome::LocalFailed
-            }
-            NowError::Sync(_) | NowError::NotCommitted(_) => Outcome::TransferFailed,
-            NowError::Pull(p) => match p.as_ref() {
-                crate::pull::PullFailure::Transport(t) => Outcome::of_transport(t),
-                _ => Outcome::TransferFailed,
-            },
         }
     }
 

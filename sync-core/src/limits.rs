@@ -6,7 +6,6 @@
 //! paths far below `PATH_MAX`), with room to spare, not by what the protocol could carry.
 //! README.md, "Limits and guarantees", lists each with the test that proves it.
 
-use crate::manifest::{Kind, Manifest};
 use std::time::Duration;
 
 // ---- frames and messages -------------------------------------------------------------
@@ -69,35 +68,6 @@ pub const SESSION_BASE: Duration = Duration::from_secs(120);
 /// Slowest rate a backup may take the payload at; below it the session's deadline passes.
 /// A firewall pair's sync link is a LAN; 1 MiB/s is what a congested 10 Mbit/s one gives.
 pub const MIN_THROUGHPUT: u64 = 1 << 20;
-
-/// Bytes of wants the primary takes in one round: a path and a little framing per file of
-/// the manifest, signatures of about 1/16 of the file bytes (this backup's are ~1/40), and
-/// [`WANT_ROUND_SLACK`]. Memory set by the manifest, not by the peer.
-pub fn want_round_budget(m: &Manifest) -> u64 {
-    let per_file: u64 = m
-        .entries
-        .iter()
-        .filter(|e| matches!(e.kind, Kind::File { .. }))
-        .map(|e| e.path.as_str().len() as u64 + 64)
-        .sum();
-    WANT_ROUND_SLACK + per_file + m.file_bytes() / 16
-}
-
-/// Bytes the primary takes from a backup in one session: the rounds of wants, plus the
-/// greeting, commit and restore report (a frame each at most) and an error.
-pub fn primary_receive_budget(m: &Manifest) -> u64 {
-    (1 + MAX_REFETCHES as u64) * want_round_budget(m) + 4 * MAX_FRAME as u64
-}
-
-/// When a primary session must be over: [`SESSION_BASE`] plus the payload (every file
-/// sent `1 + MAX_REFETCHES` times, the worst an honest backup asks) at [`MIN_THROUGHPUT`].
-pub fn session_deadline(m: &Manifest) -> Duration {
-    let payload = m
-        .file_bytes()
-        .saturating_mul(1 + MAX_REFETCHES as u64)
-        .saturating_add(m.entries.len() as u64 * 128);
-    SESSION_BASE + Duration::from_secs(payload / MIN_THROUGHPUT)
-}
 
 /// Largest payload (compressed, on the wire) accepted for a file the manifest says has
 /// `size` bytes: zstd never grows data by more than ~1/128 + a frame header; an rsync delta

@@ -519,6 +519,39 @@ pub fn fuzz_decode(data: &[u8]) {
     }
 }
 
+// Session bounds set by a manifest (the constants are `limits`').
+
+/// Bytes of wants the primary takes in one round: a path and a little framing per file of
+/// the manifest, signatures of about 1/16 of the file bytes (this backup's are ~1/40), and
+/// [`limits::WANT_ROUND_SLACK`](crate::limits::WANT_ROUND_SLACK). Memory set by the manifest, not by the peer.
+pub fn want_round_budget(m: &Manifest) -> u64 {
+    let per_file: u64 = m
+        .entries
+        .iter()
+        .filter(|e| matches!(e.kind, Kind::File { .. }))
+        .map(|e| e.path.as_str().len() as u64 + 64)
+        .sum();
+    crate::limits::WANT_ROUND_SLACK + per_file + m.file_bytes() / 16
+}
+
+/// Bytes the primary takes from a backup in one session: the rounds of wants, plus the
+/// greeting, commit and restore report (a frame each at most) and an error.
+pub fn primary_receive_budget(m: &Manifest) -> u64 {
+    (1 + crate::limits::MAX_REFETCHES as u64) * want_round_budget(m)
+        + 4 * crate::limits::MAX_FRAME as u64
+}
+
+/// When a primary session must be over: [`limits::SESSION_BASE`](crate::limits::SESSION_BASE) plus the payload (every file
+/// sent `1 + MAX_REFETCHES` times, the worst an honest backup asks) at [`limits::MIN_THROUGHPUT`](crate::limits::MIN_THROUGHPUT).
+pub fn session_deadline(m: &Manifest) -> std::time::Duration {
+    let payload = m
+        .file_bytes()
+        .saturating_mul(1 + crate::limits::MAX_REFETCHES as u64)
+        .saturating_add(m.entries.len() as u64 * 128);
+    crate::limits::SESSION_BASE
+        + std::time::Duration::from_secs(payload / crate::limits::MIN_THROUGHPUT)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

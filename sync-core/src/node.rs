@@ -223,6 +223,12 @@ impl Node {
     }
 
     /// `<root>/var/run/ha-sync.sock`.
+    /// The lock every sync from this node holds (`now`, the daemon, the catch-up gate), so
+    /// two never interleave.
+    pub fn sync_lock_path(&self) -> PathBuf {
+        self.state_dir().join("now.lock")
+    }
+
     pub fn control_socket(&self) -> PathBuf {
         self.root.join(CONTROL_SOCKET)
     }

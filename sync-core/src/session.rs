@@ -60,7 +60,7 @@ impl SyncError {
 pub struct SessionLimits {
     /// How the backup is named in errors (its address; empty: by its node name only).
     pub peer: String,
-    /// How long the session may take; by default `limits::session_deadline` of the manifest.
+    /// How long the session may take; by default `manifest::session_deadline` of the manifest.
     pub deadline: Duration,
 }
 
@@ -69,7 +69,7 @@ impl SessionLimits {
     pub fn for_manifest(peer: &str, m: &Manifest) -> SessionLimits {
         SessionLimits {
             peer: peer.to_string(),
-            deadline: limits::session_deadline(m),
+            deadline: crate::manifest::session_deadline(m),
         }
     }
 }
@@ -242,7 +242,7 @@ impl Primary<'_> {
     ) -> Result<SyncReport, SyncError> {
         let mut conn = Conn::new(stream);
         conn.set_deadline(limits.deadline);
-        conn.set_receive_limit(limits::primary_receive_budget(self.manifest));
+        conn.set_receive_limit(crate::manifest::primary_receive_budget(self.manifest));
         let mut node = None;
         self.converse(&mut conn, &mut node).map_err(|e| match e {
             e @ (SyncError::Wire(_) | SyncError::Limit(_)) => SyncError::Peer {
@@ -461,7 +461,7 @@ impl Primary<'_> {
         conn: &mut Conn<S>,
         sends: &mut HashMap<RelPath, usize>,
     ) -> Result<Vec<Want>, SyncError> {
-        let budget = limits::want_round_budget(self.manifest);
+        let budget = crate::manifest::want_round_budget(self.manifest);
         let start = conn.traffic.received;
         let mut wants = Vec::new();
         let mut seen = HashSet::new();
