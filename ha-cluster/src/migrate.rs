@@ -34,8 +34,14 @@ use crate::{
 pub const ADOPT_COMMAND: &str = "ha-sync-adopt-cluster-key";
 /// The incumbent's key on the primary (dropbear format).
 pub const INCUMBENT_KEY: &str = "etc/keepalived/keys/id_rsa";
-/// Where the primary keeps it converted, until the backup has the cluster key.
-pub const CONVERTED_KEY: &str = "etc/ha-sync/ns-ha_id_rsa";
+/// The name the primary keeps it under, converted, in its ha-sync directory
+/// ([`node::ETC_DIR`]), until the backup has the cluster key.
+pub const CONVERTED_KEY_NAME: &str = "ns-ha_id_rsa";
+
+/// The converted incumbent key (relative to the root).
+pub fn converted_key() -> String {
+    format!("{}/{CONVERTED_KEY_NAME}", node::ETC_DIR)
+}
 /// Where ns-ha's hotplug scripts are moved.
 pub const MOVED_HOOKS: &str = "usr/share/ha-sync/ns-ha-hotplug";
 const DROPBEAR_UCI: &str = "etc/config/dropbear";
@@ -183,18 +189,19 @@ pub fn migrate_local(ctx: &Ctx) -> Result<Migrated, ClusterError> {
         }
         Role::Primary => {
             let src = ctx.path(INCUMBENT_KEY);
-            let dst = ctx.path(CONVERTED_KEY);
+            let dst = ctx.path(&converted_key());
             if src.is_file() && !dst.is_file() {
                 sync_agent::transport::convert_dropbear_key(&src, &dst)?;
                 out.steps.push(format!(
-                    "the ns-ha key /{INCUMBENT_KEY} converted to /{CONVERTED_KEY}"
+                    "the ns-ha key /{INCUMBENT_KEY} converted to /{}",
+                    converted_key()
                 ));
             }
             if dst.is_file() {
                 // Logs in with it until the backup has the cluster key (`adopt`).
                 let mut pkg = load_uci(ctx)?;
                 if let Some(p) = pkg.section_mut("ha_peer") {
-                    let path = format!("/{CONVERTED_KEY}");
+                    let path = node::router_path(&converted_key());
                     if p.get("ssh_key") != Some(&path) {
                         p.set("ssh_key", &path)?;
                         pkg.write_atomic(&ctx.path(KEEPALIVED_UCI))?;
@@ -286,8 +293,8 @@ pub fn finish_primary(ctx: &Ctx) -> Result<(), ClusterError> {
     }
     pkg.write_atomic(&ctx.path(KEEPALIVED_UCI))?;
     for p in [
-        ctx.path(CONVERTED_KEY),
-        ctx.path(&format!("{CONVERTED_KEY}.pub")),
+        ctx.path(&converted_key()),
+        ctx.path(&format!("{}.pub", converted_key())),
     ] {
         match std::fs::remove_file(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&p)(e)),

@@ -265,7 +265,7 @@ fn a_pair_the_incumbent_set_up_migrates_and_syncs() {
         "only the cluster key from now on"
     );
     assert!(auth.starts_with("ssh-ed25519 "));
-    assert!(!p.join(migrate::CONVERTED_KEY).exists());
+    assert!(!p.join(migrate::converted_key()).exists());
     let k = Package::load(&p.join("etc/config/keepalived")).unwrap();
     assert_eq!(k.get("ha_peer", "ssh_key"), Some("/etc/ha-sync/id_ed25519"));
 
