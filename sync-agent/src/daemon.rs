@@ -29,7 +29,7 @@ use crate::control::{self, ControlError, NowReply};
 use crate::gate::{gate, Gate};
 use crate::link::Link;
 use crate::record::{self, FailureAlert, History};
-use crate::schedule::Schedule;
+use crate::schedule::{Due, Schedule};
 use crate::status::{self, DaemonStatus, Outcome, RestoreRecord, SyncRecord};
 use crate::transport::ClientConfig;
 use crate::triggers::{self, Debounce, Plan, RawEvent, Relevance, Watcher};
@@ -194,9 +194,12 @@ pub async fn start(cfg: DaemonConfig, runner: Arc<dyn Runner>) -> Result<Daemon,
             alerts_cfg.failures,
         ),
         alerts: alerts_cfg,
-        sched: Schedule::new(Debounce::new(cfg.quiet, cfg.max_delay), cfg.reconcile),
+        sched: Schedule::new(
+            Debounce::new(cfg.quiet, cfg.max_delay),
+            cfg.reconcile,
+            (cfg.backoff_min, cfg.backoff_max),
+        ),
         link: Link::new(cfg.client.clone()),
-        backoff: cfg.backoff_min,
         cfg,
         runner,
         cache: Arc::new(Mutex::new(cache)),
@@ -274,7 +277,6 @@ struct Engine {
     alerts: AlertConfig,
     /// `ha:sync:failed`, decided by `crate::record`.
     failure_alert: FailureAlert,
-    backoff: Duration,
     degraded: bool,
     rescans: u64,
     /// What syncs did; reaches the shared status only with status.json (see `commit`).
@@ -377,20 +379,23 @@ impl Engine {
     }
 
     async fn on_timer(&mut self) {
-        if self.sched.trim_due(Instant::now()) {
-            release_free_memory();
-        }
-        if !self.gate.active {
-            return;
-        }
-        if let Some(t) = self.sched.sync_due(Instant::now(), self.rescan) {
-            self.sync(t).await;
-        }
-        // After the sync: one that succeeded leaves nothing waiting.
-        if self.gate.active {
-            let waited = self.sched.alert_due(Instant::now(), self.alerts.max_wait);
-            if let Some(t) = waited.and_then(|w| self.failure_alert.waited(w.as_secs())) {
-                self.set_alert(t).await;
+        // Each kind at most once a tick: a sync that fails sets its retry in the future.
+        for _ in 0..3 {
+            let alert_wait = (!self.failure_alert.is_raised()).then_some(self.alerts.max_wait);
+            let due = self
+                .sched
+                .next(Instant::now(), self.gate.active, self.rescan, alert_wait);
+            match due {
+                None => return,
+                Some(Due::Trim) => release_free_memory(),
+                Some(Due::Sync(t)) => {
+                    self.sync(t).await;
+                }
+                Some(Due::Alert(waited)) => {
+                    if let Some(t) = self.failure_alert.waited(waited.as_secs()) {
+                        self.set_alert(t).await;
+                    }
+                }
             }
         }
     }
@@ -482,7 +487,6 @@ impl Engine {
                 );
                 // The activation's sync carries what changed while inactive.
                 self.sched.activated(Instant::now(), first);
-                self.backoff = self.cfg.backoff_min;
             }
             (true, false) | (false, false) => {
                 if was || first {
@@ -504,7 +508,7 @@ impl Engine {
         tracing::warn!("connection to {} lost", self.cfg.client.peer);
         self.drop_connection();
         if self.gate.active {
-            self.sched.connection_lost(Instant::now(), self.backoff);
+            self.sched.connection_lost(Instant::now());
         }
         self.publish();
     }
@@ -870,21 +874,19 @@ impl Engine {
                         .unwrap_or_default()
                 ),
             }
-            self.backoff = self.cfg.backoff_min;
             self.sched.succeeded();
             if let Some(t) = self.failure_alert.after(None) {
                 self.set_alert(t).await;
             }
         } else {
+            let wait = self.sched.failed(Instant::now());
             tracing::warn!(
                 "sync ({}) failed: {}: {}; retry in {:?}",
                 trigger.as_str(),
                 outcome.as_str(),
                 error.as_deref().unwrap_or(""),
-                self.backoff
+                wait
             );
-            self.sched.failed(Instant::now(), self.backoff);
-            self.backoff = (self.backoff * 2).min(self.cfg.backoff_max);
             let failed = (outcome.as_str(), error.as_deref().unwrap_or(""));
             if let Some(t) = self.failure_alert.after(Some(failed)) {
                 self.set_alert(t).await;

@@ -55,11 +55,33 @@ pub struct Schedule {
     pending_since: Option<(Instant, u64)>,
     /// Between reconcile syncs (zero: none).
     reconcile: Duration,
+    /// The wait before the next retry or reconnect: doubles with each failure up to `max`.
+    backoff: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+}
+
+/// What is due at a moment, most urgent first (see [`Schedule::next`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    /// Hand free memory back to the kernel.
+    Trim,
+    /// A sync, and why.
+    Sync(Trigger),
+    /// A change has waited this long: raise the alert.
+    Alert(Duration),
 }
 
 impl Schedule {
-    pub fn new(debounce: Debounce, reconcile: Duration) -> Schedule {
+    pub fn new(
+        debounce: Debounce,
+        reconcile: Duration,
+        (backoff_min, backoff_max): (Duration, Duration),
+    ) -> Schedule {
         Schedule {
+            backoff: backoff_min,
+            backoff_min,
+            backoff_max,
             debounce,
             wake: None,
             next_reconcile: None,
@@ -95,6 +117,7 @@ impl Schedule {
         };
         self.wake = Some((now, t));
         self.debounce.take();
+        self.backoff = self.backoff_min;
     }
 
     /// No longer sending: nothing is due but the trim; the changes stay pending.
@@ -104,10 +127,10 @@ impl Schedule {
         self.debounce.take();
     }
 
-    /// The connection dropped: reconnect after `backoff`, unless a sync is set already.
-    pub fn connection_lost(&mut self, now: Instant, backoff: Duration) {
+    /// The connection dropped: reconnect after the backoff, unless a sync is set already.
+    pub fn connection_lost(&mut self, now: Instant) {
         if self.wake.is_none() {
-            self.wake = Some((now + backoff, Trigger::Reconnect));
+            self.wake = Some((now + self.backoff, Trigger::Reconnect));
         }
     }
 
@@ -124,16 +147,45 @@ impl Schedule {
         self.debounce.synced(now);
     }
 
-    /// The sync succeeded: nothing pending, no retry.
+    /// The sync succeeded: nothing pending, no retry, the backoff back to its minimum.
     pub fn succeeded(&mut self) {
+        self.backoff = self.backoff_min;
         self.wake = None;
         self.pending.clear();
         self.pending_since = None;
     }
 
-    /// The sync failed: retry after `backoff`.
-    pub fn failed(&mut self, now: Instant, backoff: Duration) {
-        self.wake = Some((now + backoff, Trigger::Retry));
+    /// The sync failed: retry after the backoff, which doubles for the next one. Returns
+    /// the wait.
+    pub fn failed(&mut self, now: Instant) -> Duration {
+        let wait = self.backoff;
+        self.wake = Some((now + wait, Trigger::Retry));
+        self.backoff = (self.backoff * 2).min(self.backoff_max);
+        wait
+    }
+
+    /// The most urgent thing due at `now`: the trim, then (while `active`) a sync, then the
+    /// alert of a change waiting past `alert_wait` (`None`: raised already). The caller acts
+    /// and asks again: after a sync that succeeded, nothing waits and no alert is due.
+    pub fn next(
+        &mut self,
+        now: Instant,
+        active: bool,
+        rescan: bool,
+        alert_wait: Option<Duration>,
+    ) -> Option<Due> {
+        if self.trim_due(now) {
+            return Some(Due::Trim);
+        }
+        if !active {
+            return None;
+        }
+        if let Some(t) = self.sync_due(now, rescan) {
+            return Some(Due::Sync(t));
+        }
+        alert_wait
+            .and_then(|w| self.alert_due(now, w))
+            .map(Due::Alert)
     }
 
     /// A sync was recorded at `now`: the next reconcile and the memory trim count from here.
@@ -229,7 +281,11 @@ mod tests {
 
     fn schedule() -> (Schedule, Instant) {
         (
-            Schedule::new(Debounce::new(QUIET, MAX), Duration::from_secs(60)),
+            Schedule::new(
+                Debounce::new(QUIET, MAX),
+                Duration::from_secs(60),
+                (Duration::from_secs(4), Duration::from_secs(30)),
+            ),
             Instant::now(),
         )
     }
@@ -270,23 +326,33 @@ mod tests {
     fn failures_retry_after_the_backoff_and_a_lost_connection_reconnects() {
         let (mut s, t0) = schedule();
         s.activated(t0, true);
-        assert_eq!(s.sync_due(t0, false), Some(Trigger::Start));
+        assert_eq!(
+            s.next(t0, true, false, None),
+            Some(Due::Sync(Trigger::Start))
+        );
         s.begin_sync();
-        s.failed(t0, Duration::from_secs(4));
+        assert_eq!(s.failed(t0), Duration::from_secs(4));
         s.recorded(t0);
         assert_eq!(s.sync_due(t0 + Duration::from_secs(3), false), None);
         assert_eq!(
             s.sync_due(t0 + Duration::from_secs(4), false),
             Some(Trigger::Retry)
         );
+        // The backoff doubles, to its maximum.
+        assert_eq!(s.failed(t0), Duration::from_secs(8));
+        assert_eq!(s.failed(t0), Duration::from_secs(16));
+        assert_eq!(s.failed(t0), Duration::from_secs(30));
+        assert_eq!(s.failed(t0), Duration::from_secs(30));
         // A retry already set is not replaced by a reconnect.
-        s.connection_lost(t0, Duration::from_secs(1));
-        assert_eq!(s.sync_due(t0 + Duration::from_secs(1), false), None);
+        s.connection_lost(t0);
+        assert_eq!(s.sync_due(t0 + Duration::from_secs(29), false), None);
+        // Success: back to the minimum.
         s.succeeded();
-        s.connection_lost(t0, Duration::from_secs(1));
+        s.connection_lost(t0);
+        assert_eq!(s.sync_due(t0 + Duration::from_secs(3), false), None);
         assert_eq!(
-            s.sync_due(t0 + Duration::from_secs(1), false),
-            Some(Trigger::Reconnect)
+            s.next(t0 + Duration::from_secs(4), true, false, None),
+            Some(Due::Sync(Trigger::Reconnect))
         );
     }
 
@@ -310,13 +376,29 @@ mod tests {
         assert_eq!(s.pending_since_epoch(), Some(7), "changes stay pending");
         let wait = Duration::from_secs(120);
         assert_eq!(s.alert_due(t0 + Duration::from_secs(119), wait), None);
+        // Inactive: the trim only, once.
+        let late = t0 + Duration::from_secs(121);
+        assert_eq!(s.next(late, false, false, Some(wait)), Some(Due::Trim));
+        assert_eq!(s.next(late, false, false, Some(wait)), None);
+        // Active again: the sync first; the alert once a sync failed to carry the change.
+        assert_eq!(
+            s.next(late, true, false, Some(wait)),
+            Some(Due::Sync(Trigger::Reconcile))
+        );
+        s.begin_sync();
+        s.sync_ended(late);
+        s.failed(late);
+        s.recorded(late);
+        assert_eq!(
+            s.next(late, true, false, Some(wait)),
+            Some(Due::Alert(Duration::from_secs(121)))
+        );
+        assert_eq!(s.next(late, true, false, None), None, "raised already");
         assert_eq!(
             s.alert_due(t0 + Duration::from_secs(121), wait),
             Some(Duration::from_secs(121))
         );
-        assert_eq!(
-            s.deadline(true, Some(wait)).map(|d| d.min(t0 + wait)),
-            Some(t0 + TRIM_AFTER).map(|d| d.min(t0 + wait))
-        );
+        // The alert's moment counts in the deadline while it is not raised.
+        assert_eq!(s.deadline(true, Some(wait)), Some(t0 + wait));
     }
 }
