@@ -311,6 +311,7 @@ pub fn offer(ctx: &Ctx) -> Result<Offer, HookError> {
             .map(|e| &e.path)
             .filter(|p| !not_pulled(p) && !live.contains_key(*p)),
     );
+    let mut offered = 0u64;
     for path in paths {
         let b = base.get(path);
         let l = live.get(path);
@@ -326,6 +327,19 @@ pub fn offer(ctx: &Ctx) -> Result<Offer, HookError> {
         };
         if let Some((e, normalized)) = l {
             if matches!(e.kind, Kind::File { .. }) {
+                // Configuration travels, not data: a file too large to offer stays on this
+                // node (the push's restore keeps it in the attic, or leaves it when it is
+                // larger than the attic), and the pull still carries everything else.
+                if e.size() > pull::MAX_OFFERED_FILE || offered + e.size() > pull::MAX_OFFERED_BYTES
+                {
+                    tracing::warn!(
+                        "pull: {} ({} bytes) not offered: over the pull's bounds",
+                        path.to_abs(),
+                        e.size()
+                    );
+                    continue;
+                }
+                offered += e.size();
                 let data = match normalized {
                     Some(d) => d.clone(),
                     None => {

@@ -25,6 +25,10 @@ pub const TAKEN_COMMAND: &str = "ha-sync-pull-taken";
 pub const MAX_OFFER: usize = 64 << 20;
 /// The backup's exec command that answers with its [`LiveView`] (`ha-sync diff`).
 pub const LIVE_COMMAND: &str = "ha-sync-live";
+/// Largest file an offer carries, and the most file bytes in one offer: configuration, not
+/// data (a larger file the acting backup changed stays there, see `restore_hooks::authority`).
+pub const MAX_OFFERED_FILE: u64 = 8 << 20;
+pub const MAX_OFFERED_BYTES: u64 = 48 << 20;
 /// Bumped when [`Offer`] or [`Taken`] change shape.
 pub const PULL_VERSION: u32 = 1;
 
