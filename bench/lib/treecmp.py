@@ -5,7 +5,8 @@ usage: treecmp.py SRC DST DETAILS_PREFIX
 prints one word: equal | diff:N | meta:N | dirtime:N
   diff:N    N lines of `diff -rq --no-dereference SRC DST` (missing/extra/different content)
   meta:N    N paths whose listing `%P %m %U %G %T@ %s %l` differs (mode, owner, mtime, size,
-            symlink target) beyond the case below
+            symlink target; a directory's size is the filesystem's, not compared) beyond the
+            case below
   dirtime:N the only differences are directory mtimes off by less than one second inside the
             same second (rsync 3.x compares directory times in whole seconds, so a directory
             changed and synced within the same second keeps the receiver's own mtime)
@@ -13,7 +14,7 @@ Details go to DETAILS_PREFIX.diff / .meta when not equal.
 """
 import os, subprocess, sys
 
-FMT = "%P\t%m %U %G %T@ %s %l\n"
+FMT = "%P\t%m %U %G %T@ %s %l %y\n"
 
 
 def listing(root):
@@ -21,7 +22,12 @@ def listing(root):
     d = {}
     for line in out.splitlines():
         p, _, rest = line.partition("\t")
-        d[p] = rest
+        f = rest.split(" ")
+        # A directory's size is the filesystem's (ext4 never shrinks a directory that once
+        # held more entries, e.g. a batch of temp files): not something a sync carries.
+        if f[-1] == "d":
+            f[4] = "-"
+        d[p] = " ".join(f[:-1])
     return d
 
 
