@@ -29,9 +29,9 @@ pub mod identity;
 pub mod journal;
 mod livestat;
 pub mod records;
-pub mod restore;
-pub mod services;
-pub mod state;
+mod restore;
+mod services;
+mod state;
 
 pub use sync_core::node::{Role, VrrpState};
 

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Stopped on NOTIFY_BACKUP (and FAULT, STOP), restarted on NOTIFY_MASTER (INCUMBENT.md).
-pub const KEPT_STOPPED: &[&str] = &[
+pub(crate) const KEPT_STOPPED: &[&str] = &[
     "dnsmasq",
     "ns-binding",
     "acme",
@@ -32,7 +32,7 @@ pub const KEPT_STOPPED: &[&str] = &[
 
 /// Restarted on NOTIFY_MASTER, in this order: the kept-stopped services plus nginx, which
 /// keeps running on a backup (restart only).
-pub const RESTARTED_ON_MASTER: &[&str] = &[
+pub(crate) const RESTARTED_ON_MASTER: &[&str] = &[
     "dnsmasq",
     "ns-binding",
     "acme",
@@ -85,7 +85,7 @@ const OWNERS: &[(&str, &str)] = &[
 ];
 
 /// The service whose configuration `rel` (relative path) is, if any.
-pub fn owner(rel: &str) -> Option<String> {
+pub(crate) fn owner(rel: &str) -> Option<String> {
     for (p, svc) in OWNERS {
         if rel == *p || (rel.starts_with(p) && rel.as_bytes().get(p.len()) == Some(&b'/')) {
             return Some((*svc).to_string());
@@ -97,7 +97,7 @@ pub fn owner(rel: &str) -> Option<String> {
 
 /// Services to reload for `changed` router paths: those with an init script under `root`,
 /// minus the kept-stopped ones unless this node is master (a reload would start them).
-pub fn to_reload(root: &Path, changed: &[String], master: bool) -> Vec<String> {
+pub(crate) fn to_reload(root: &Path, changed: &[String], master: bool) -> Vec<String> {
     let mut set = BTreeSet::new();
     for c in changed {
         let rel = c.trim_start_matches('/');
@@ -113,7 +113,7 @@ pub fn to_reload(root: &Path, changed: &[String], master: bool) -> Vec<String> {
     set.into_iter().collect()
 }
 
-pub fn has_init_script(root: &Path, svc: &str) -> bool {
+pub(crate) fn has_init_script(root: &Path, svc: &str) -> bool {
     !svc.contains('/') && root.join("etc/init.d").join(svc).is_file()
 }
 

@@ -10,16 +10,16 @@ use sync_core::node::{Node, Role};
 
 /// Whether this node may send.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Gate {
-    pub role: Option<Role>,
+pub(crate) struct Gate {
+    pub(crate) role: Option<Role>,
     /// The VRRP state, as the hooks recorded it or keepalived's dumps say.
-    pub state: Option<String>,
-    pub active: bool,
+    pub(crate) state: Option<String>,
+    pub(crate) active: bool,
     /// Why this node must not send, when it must not.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
 }
 
-pub fn gate(root: &Path) -> Gate {
+pub(crate) fn gate(root: &Path) -> Gate {
     let role = Node::new(root).role();
     let state = status::vrrp_state(root);
     let reason = match (role, state.as_deref()) {

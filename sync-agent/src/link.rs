@@ -7,9 +7,9 @@ use sync_core::manifest::Hash;
 
 /// A session that sent at least this much is followed by a new connection (see
 /// [`Link::recycle_if_due`]).
-pub const RECYCLE_AFTER: u64 = 128 << 10;
+pub(crate) const RECYCLE_AFTER: u64 = 128 << 10;
 
-pub struct Link {
+pub(crate) struct Link {
     client: ClientConfig,
     conn: Option<Arc<Connection>>,
     /// When the current connection was made (epoch seconds).
@@ -21,7 +21,7 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(client: ClientConfig) -> Link {
+    pub(crate) fn new(client: ClientConfig) -> Link {
         Link {
             client,
             conn: None,
@@ -31,35 +31,31 @@ impl Link {
         }
     }
 
-    pub fn peer(&self) -> &str {
-        &self.client.peer
-    }
-
     /// The connection, as it is (for waiting on its end).
-    pub fn current(&self) -> Option<Arc<Connection>> {
+    pub(crate) fn current(&self) -> Option<Arc<Connection>> {
         self.conn.clone()
     }
 
-    pub fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&self) -> bool {
         self.conn.as_ref().is_some_and(|c| !c.is_closed())
     }
 
     /// Since when the live connection is up.
-    pub fn connected_since(&self) -> Option<u64> {
+    pub(crate) fn connected_since(&self) -> Option<u64> {
         self.since.filter(|_| self.is_alive())
     }
 
     /// The generation the backup committed on this connection, if known.
-    pub fn confirmed(&self) -> Option<Hash> {
+    pub(crate) fn confirmed(&self) -> Option<Hash> {
         self.confirmed
     }
 
-    pub fn set_confirmed(&mut self, g: Option<Hash>) {
+    pub(crate) fn set_confirmed(&mut self, g: Option<Hash>) {
         self.confirmed = g;
     }
 
     /// The live connection, or a new one.
-    pub async fn get(&mut self) -> Result<Arc<Connection>, TransportError> {
+    pub(crate) async fn get(&mut self) -> Result<Arc<Connection>, TransportError> {
         if let Some(c) = self.conn.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
@@ -72,7 +68,7 @@ impl Link {
     }
 
     /// Drops the connection (said goodbye to in the background).
-    pub fn drop_now(&mut self) {
+    pub(crate) fn drop_now(&mut self) {
         self.confirmed = None;
         self.since = None;
         if let Some(c) = self.conn.take() {
@@ -85,7 +81,7 @@ impl Link {
     }
 
     /// A session sent `bytes`: a large one asks for a new connection afterwards.
-    pub fn sent(&mut self, bytes: u64) {
+    pub(crate) fn sent(&mut self, bytes: u64) {
         self.recycle = bytes >= RECYCLE_AFTER;
     }
 
@@ -94,7 +90,7 @@ impl Link {
     /// whole batch of queued packets, ~1 MiB after a full sync) until the connection ends:
     /// a new one gives that memory back. Opened at once, so the next sync finds it ready;
     /// if that fails, the next sync connects (and reports the error) as usual.
-    pub async fn recycle_if_due(&mut self) {
+    pub(crate) async fn recycle_if_due(&mut self) {
         if !std::mem::take(&mut self.recycle) {
             return;
         }

@@ -5,7 +5,7 @@
 use crate::status::{Counters, DaemonStatus, ErrorRecord, SyncRecord};
 
 #[derive(Debug, Default)]
-pub struct History {
+pub(crate) struct History {
     syncs: Counters,
     last_sync: Option<SyncRecord>,
     last_success: Option<u64>,
@@ -16,7 +16,7 @@ pub struct History {
 
 impl History {
     /// A sync ended at `now` (epoch seconds) with `record`; `ok` and `status` its outcome.
-    pub fn note(&mut self, ok: bool, status: &str, record: &SyncRecord, now: u64) {
+    pub(crate) fn note(&mut self, ok: bool, status: &str, record: &SyncRecord, now: u64) {
         self.syncs.total += 1;
         if ok {
             self.syncs.ok += 1;
@@ -40,16 +40,16 @@ impl History {
     }
 
     /// A change came: the nodes differ until the next sync.
-    pub fn diverged(&mut self) {
+    pub(crate) fn diverged(&mut self) {
         self.in_sync_since = None;
     }
 
-    pub fn in_sync_since(&self) -> Option<u64> {
+    pub(crate) fn in_sync_since(&self) -> Option<u64> {
         self.in_sync_since
     }
 
     /// Into the status `status.json` carries.
-    pub fn fill(&self, s: &mut DaemonStatus) {
+    pub(crate) fn fill(&self, s: &mut DaemonStatus) {
         s.syncs = self.syncs.clone();
         s.last_sync = self.last_sync.clone();
         s.last_success = self.last_success;
@@ -60,17 +60,17 @@ impl History {
 /// `ha:sync:failed`: raised after `threshold` failed syncs in a row (or by a change waiting
 /// too long), cleared by the next success.
 #[derive(Debug)]
-pub struct FailureAlert {
+pub(crate) struct FailureAlert {
     raised: bool,
     failures: u32,
     threshold: u32,
 }
 
 /// A transition of the alert: raise (true) or clear, and what to say.
-pub type Transition = (bool, String);
+pub(crate) type Transition = (bool, String);
 
 impl FailureAlert {
-    pub fn new(raised: bool, threshold: u32) -> FailureAlert {
+    pub(crate) fn new(raised: bool, threshold: u32) -> FailureAlert {
         FailureAlert {
             raised,
             failures: 0,
@@ -78,16 +78,16 @@ impl FailureAlert {
         }
     }
 
-    pub fn is_raised(&self) -> bool {
+    pub(crate) fn is_raised(&self) -> bool {
         self.raised
     }
 
-    pub fn failures(&self) -> u32 {
+    pub(crate) fn failures(&self) -> u32 {
         self.failures
     }
 
     /// A sync succeeded (`None`) or failed (`Some((status, error))`): the transition due.
-    pub fn after(&mut self, failed: Option<(&str, &str)>) -> Option<Transition> {
+    pub(crate) fn after(&mut self, failed: Option<(&str, &str)>) -> Option<Transition> {
         match failed {
             None => {
                 self.failures = 0;
@@ -113,7 +113,7 @@ impl FailureAlert {
     }
 
     /// A change has waited `secs` seconds, past the bound: raise, unless raised.
-    pub fn waited(&mut self, secs: u64) -> Option<Transition> {
+    pub(crate) fn waited(&mut self, secs: u64) -> Option<Transition> {
         (!self.raised).then(|| {
             self.raised = true;
             (true, format!("a change has waited {secs} s for the backup"))

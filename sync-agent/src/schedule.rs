@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Distinct changed paths remembered between syncs (beyond it the count saturates).
-pub const MAX_PENDING: usize = 100_000;
+pub(crate) const MAX_PENDING: usize = 100_000;
 /// Free memory goes back to the kernel after each sync, and again this long after the last
 /// one: tokio ends its idle blocking threads (scans, sessions) after 10 s, and what they held
 /// (their allocator caches, their zstd contexts) is freed only then.
-pub const TRIM_AFTER: Duration = Duration::from_secs(11);
+pub(crate) const TRIM_AFTER: Duration = Duration::from_secs(11);
 
 /// Why a sync ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl Trigger {
 }
 
 #[derive(Debug)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     debounce: Debounce,
     /// A sync set for a time (retry, reconnect, start) and its trigger.
     wake: Option<(Instant, Trigger)>,
@@ -63,7 +63,7 @@ pub struct Schedule {
 
 /// What is due at a moment, most urgent first (see [`Schedule::next`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Due {
+pub(crate) enum Due {
     /// Hand free memory back to the kernel.
     Trim,
     /// A sync, and why.
@@ -73,7 +73,7 @@ pub enum Due {
 }
 
 impl Schedule {
-    pub fn new(
+    pub(crate) fn new(
         debounce: Debounce,
         reconcile: Duration,
         (backoff_min, backoff_max): (Duration, Duration),
@@ -93,7 +93,7 @@ impl Schedule {
     }
 
     /// `p` changed at `now` (`epoch`: the same moment in seconds, for the status).
-    pub fn changed(&mut self, p: PathBuf, now: Instant, epoch: u64) {
+    pub(crate) fn changed(&mut self, p: PathBuf, now: Instant, epoch: u64) {
         if self.pending.len() < MAX_PENDING {
             self.pending.insert(p);
         }
@@ -103,13 +103,13 @@ impl Schedule {
 
     /// Something to sync soon without a path of its own (a rescan, a list change, a file
     /// that changed while it was read).
-    pub fn nudge(&mut self, now: Instant) {
+    pub(crate) fn nudge(&mut self, now: Instant) {
         self.debounce.note(now);
     }
 
     /// The node became the active primary (`first`: at start): sync at once, carrying what
     /// changed while inactive.
-    pub fn activated(&mut self, now: Instant, first: bool) {
+    pub(crate) fn activated(&mut self, now: Instant, first: bool) {
         let t = if first {
             Trigger::Start
         } else {
@@ -121,14 +121,14 @@ impl Schedule {
     }
 
     /// No longer sending: nothing is due but the trim; the changes stay pending.
-    pub fn deactivated(&mut self) {
+    pub(crate) fn deactivated(&mut self) {
         self.wake = None;
         self.next_reconcile = None;
         self.debounce.take();
     }
 
     /// The connection dropped: reconnect after the backoff, unless a sync is set already.
-    pub fn connection_lost(&mut self, now: Instant) {
+    pub(crate) fn connection_lost(&mut self, now: Instant) {
         if self.wake.is_none() {
             self.wake = Some((now + self.backoff, Trigger::Reconnect));
         }
@@ -136,19 +136,19 @@ impl Schedule {
 
     /// A sync begins: the burst it carries ends; returns when its first change came (the
     /// latency clock), else when the oldest pending change came.
-    pub fn begin_sync(&mut self) -> Option<Instant> {
+    pub(crate) fn begin_sync(&mut self) -> Option<Instant> {
         self.wake = None;
         self.debounce.take().or(self.pending_since.map(|p| p.0))
     }
 
     /// The sync's session ended at `now` (whatever its outcome): what comes during the next
     /// quiet period is coalesced.
-    pub fn sync_ended(&mut self, now: Instant) {
+    pub(crate) fn sync_ended(&mut self, now: Instant) {
         self.debounce.synced(now);
     }
 
     /// The sync succeeded: nothing pending, no retry, the backoff back to its minimum.
-    pub fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         self.backoff = self.backoff_min;
         self.wake = None;
         self.pending.clear();
@@ -157,7 +157,7 @@ impl Schedule {
 
     /// The sync failed: retry after the backoff, which doubles for the next one. Returns
     /// the wait.
-    pub fn failed(&mut self, now: Instant) -> Duration {
+    pub(crate) fn failed(&mut self, now: Instant) -> Duration {
         let wait = self.backoff;
         self.wake = Some((now + wait, Trigger::Retry));
         self.backoff = (self.backoff * 2).min(self.backoff_max);
@@ -167,7 +167,7 @@ impl Schedule {
     /// The most urgent thing due at `now`: the trim, then (while `active`) a sync, then the
     /// alert of a change waiting past `alert_wait` (`None`: raised already). The caller acts
     /// and asks again: after a sync that succeeded, nothing waits and no alert is due.
-    pub fn next(
+    pub(crate) fn next(
         &mut self,
         now: Instant,
         active: bool,
@@ -189,7 +189,7 @@ impl Schedule {
     }
 
     /// A sync was recorded at `now`: the next reconcile and the memory trim count from here.
-    pub fn recorded(&mut self, now: Instant) {
+    pub(crate) fn recorded(&mut self, now: Instant) {
         if !self.reconcile.is_zero() {
             self.next_reconcile = Some(now + self.reconcile);
         }
@@ -199,7 +199,7 @@ impl Schedule {
     /// The next moment something is due: while `active`, the burst, a set sync, the
     /// reconcile and the alert (`alert_wait`: how long a change may wait, `None` when the
     /// alert is raised already); else only the trim.
-    pub fn deadline(&self, active: bool, alert_wait: Option<Duration>) -> Option<Instant> {
+    pub(crate) fn deadline(&self, active: bool, alert_wait: Option<Duration>) -> Option<Instant> {
         if !active {
             return self.trim_at;
         }
@@ -220,7 +220,7 @@ impl Schedule {
     }
 
     /// Whether the memory trim is due at `now` (then it is done: not due again).
-    pub fn trim_due(&mut self, now: Instant) -> bool {
+    pub(crate) fn trim_due(&mut self, now: Instant) -> bool {
         let due = self.trim_at.is_some_and(|t| t <= now);
         if due {
             self.trim_at = None;
@@ -230,7 +230,7 @@ impl Schedule {
 
     /// The sync due at `now`, if any, by priority: the debounced burst (`rescan`: after lost
     /// events, a full one), a set sync, the reconcile.
-    pub fn sync_due(&self, now: Instant, rescan: bool) -> Option<Trigger> {
+    pub(crate) fn sync_due(&self, now: Instant, rescan: bool) -> Option<Trigger> {
         if self.debounce.deadline().is_some_and(|d| d <= now) {
             return Some(if rescan {
                 Trigger::Rescan
@@ -247,28 +247,23 @@ impl Schedule {
     }
 
     /// How long the oldest change has waited, when that is `wait` or more.
-    pub fn alert_due(&self, now: Instant, wait: Duration) -> Option<Duration> {
+    pub(crate) fn alert_due(&self, now: Instant, wait: Duration) -> Option<Duration> {
         let (t, _) = self.pending_since?;
         let waited = now.saturating_duration_since(t);
         (waited >= wait).then_some(waited)
     }
 
-    pub fn pending_len(&self) -> usize {
+    pub(crate) fn pending_len(&self) -> usize {
         self.pending.len()
     }
 
-    pub fn has_pending(&self) -> bool {
+    pub(crate) fn has_pending(&self) -> bool {
         !self.pending.is_empty()
     }
 
     /// Since when (epoch seconds) a change waits, if one does.
-    pub fn pending_since_epoch(&self) -> Option<u64> {
+    pub(crate) fn pending_since_epoch(&self) -> Option<u64> {
         self.pending_since.map(|p| p.1)
-    }
-
-    /// Whether a sync is set for a time.
-    pub fn is_woken(&self) -> bool {
-        self.wake.is_some()
     }
 }
 

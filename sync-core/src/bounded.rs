@@ -23,7 +23,7 @@ pub(crate) fn refuse<E: de::Error>(why: String) -> E {
 }
 
 /// The text of a postcard error, with the reason a bound or rule gave when it was ours.
-pub fn explain(e: postcard::Error) -> String {
+pub(crate) fn explain(e: postcard::Error) -> String {
     let why = WHY.with(|w| w.borrow_mut().take());
     match (e, why) {
         (postcard::Error::SerdeDeCustom, Some(why)) => why,

@@ -4,7 +4,7 @@
 //! Synchronous and free of tokio: the agents drive it over any byte stream.
 
 pub mod attic;
-pub mod bounded;
+mod bounded;
 pub mod clock;
 pub mod delta;
 pub mod fault;
