@@ -31,7 +31,7 @@ use sync_core::pull::{self, Change, Decision, Offer, Taken, PULL_VERSION};
 use sync_core::restore_list::{self, Excludes};
 use sync_core::scan::{Scanner, StatCache};
 use sync_core::staging::Staging;
-use sync_core::uci::{self};
+use sync_core::uci;
 use sync_core::uci_merge;
 
 /// In the node's data directory: the backup's authority mark.
