@@ -496,7 +496,11 @@ pub struct PullOutcome {
     /// UCI files merged from both.
     pub merged: Vec<String>,
     pub conflicts: Vec<ConflictRecord>,
-    /// Paths that could not be applied, with the cause.
+    /// Paths not taken because this node does not sync them (off its restore list, or its
+    /// own), with the reason: logged, not an error (the backup's next generation from here
+    /// does not list them either, so its restore leaves or attics them).
+    pub skipped: Vec<(String, String)>,
+    /// Paths that could not be applied, with the cause: the pull failed, and is tried again.
     pub errors: Vec<(String, String)>,
 }
 
@@ -616,7 +620,11 @@ pub fn apply_offer(ctx: &Ctx, offer: &Offer) -> Result<PullOutcome, HookError> {
     for c in &offer.changes {
         let p = c.path.as_str().to_string();
         if not_pulled(&c.path) || !listed(&c.path) {
-            out.errors.push((
+            tracing::warn!(
+                "pull: {} not taken: not on this node's restore list (or this node's own)",
+                c.path.to_abs()
+            );
+            out.skipped.push((
                 c.path.to_abs(),
                 "not on this node's restore list (or per node): not taken".into(),
             ));

@@ -272,7 +272,8 @@ fn an_offer_outside_the_primarys_list_is_refused_path_by_path() {
     }
     let out = apply_offer(&primary_ctx(&p, &r), &o).unwrap();
     assert_eq!(out.taken, ["etc/openvpn/new.conf"]);
-    let refused: Vec<&str> = out.errors.iter().map(|(p, _)| p.as_str()).collect();
+    assert!(out.errors.is_empty(), "{out:?}");
+    let refused: Vec<&str> = out.skipped.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
         refused,
         [

@@ -42,6 +42,9 @@ pub struct PullRecord {
     pub taken: Vec<String>,
     pub merged: Vec<String>,
     pub conflicts: usize,
+    /// Offered paths this node does not sync (not taken, not an error).
+    #[serde(default)]
+    pub skipped: Vec<String>,
     pub errors: Vec<(String, String)>,
 }
 
@@ -168,6 +171,7 @@ pub async fn pull(
         taken: applied.taken.clone(),
         merged: applied.merged.clone(),
         conflicts: applied.conflicts.len(),
+        skipped: applied.skipped.iter().map(|(p, _)| p.clone()).collect(),
         errors: applied.errors.clone(),
     };
     save(node, &record);
