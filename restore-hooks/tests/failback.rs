@@ -31,6 +31,20 @@ fn primary_ctx<'a>(p: &'a Pair, r: &'a RecordingRunner) -> Ctx<'a> {
     }
 }
 
+/// A whole pull, as the agents run it: the backup's offer, applied on the primary, taken.
+fn pull(p: &Pair, r: &RecordingRunner) {
+    let o = offer(&p.ctx(r)).unwrap();
+    apply_offer(&primary_ctx(p, r), &o).unwrap();
+    taken(
+        &p.ctx(r),
+        &Taken {
+            version: PULL_VERSION,
+            live_root: o.live_root,
+        },
+    )
+    .unwrap();
+}
+
 fn paths(o: &Offer) -> Vec<String> {
     o.changes.iter().map(|c| c.path.to_abs()).collect()
 }
@@ -208,16 +222,7 @@ fn the_backups_restore_waits_until_the_primary_took_its_changes() {
     );
 
     // The primary pulls, takes it, pushes: the restore proceeds and the mark goes.
-    let o = offer(&p.ctx(&r)).unwrap();
-    apply_offer(&primary_ctx(&p, &r), &o).unwrap();
-    taken(
-        &p.ctx(&r),
-        &Taken {
-            version: PULL_VERSION,
-            live_root: o.live_root,
-        },
-    )
-    .unwrap();
+    pull(&p, &r);
     let (m, c) = p.sync();
     let rep = restore_after_commit(&p.ctx(&r), &m, &c);
     assert!(rep.applied, "{rep:?}");
@@ -233,16 +238,7 @@ fn an_edit_after_the_pull_holds_the_restore_again() {
     let p = acting_backup();
     let r = RecordingRunner::new();
     write(&p.backup, "etc/openvpn/a.conf", "first\n");
-    let o = offer(&p.ctx(&r)).unwrap();
-    apply_offer(&primary_ctx(&p, &r), &o).unwrap();
-    taken(
-        &p.ctx(&r),
-        &Taken {
-            version: PULL_VERSION,
-            live_root: o.live_root,
-        },
-    )
-    .unwrap();
+    pull(&p, &r);
     write(&p.backup, "etc/openvpn/b.conf", "after the pull\n");
     run_hook(&p.ctx(&r), Event::NotifyBackup).unwrap();
     let (m, c) = p.sync();

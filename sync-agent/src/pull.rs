@@ -192,17 +192,7 @@ pub async fn pull(
                 .join(", ")
         );
         tracing::warn!("{msg}");
-        let cfg = AlertConfig::load(node.root());
-        if let Err(e) = alerts::record(
-            node.root(),
-            runner.as_ref(),
-            cfg.command.as_deref(),
-            Alert::Conflict,
-            true,
-            &msg,
-        ) {
-            tracing::warn!("recording the conflict alert: {e}");
-        }
+        raise_conflict(node, runner.as_ref(), &msg);
     }
     tracing::info!(
         "pull from {peer}: {} path(s) taken, {} merged, {} conflict(s), {} error(s)",
@@ -241,6 +231,21 @@ pub async fn pull(
         });
     }
     Ok(Some(record))
+}
+
+/// Raises `ha:sync:conflict` with `msg` (its state timestamp and the alert command).
+fn raise_conflict(node: &Node, runner: &dyn Runner, msg: &str) {
+    let cfg = AlertConfig::load(node.root());
+    if let Err(e) = alerts::record(
+        node.root(),
+        runner,
+        cfg.command.as_deref(),
+        Alert::Conflict,
+        true,
+        msg,
+    ) {
+        tracing::warn!("recording the conflict alert: {e}");
+    }
 }
 
 fn save(node: &Node, r: &PullRecord) {
@@ -449,17 +454,7 @@ pub async fn catch_up(
     // The record stays until this node is master (or the peer answers): the checks until then
     // must not start a new wait and pull the priority down again.
     if !alerts::is_raised(node.root(), Alert::Conflict) {
-        let cfg = AlertConfig::load(node.root());
-        if let Err(err) = alerts::record(
-            node.root(),
-            runner.as_ref(),
-            cfg.command.as_deref(),
-            Alert::Conflict,
-            true,
-            &msg,
-        ) {
-            tracing::warn!("recording the conflict alert: {err}");
-        }
+        raise_conflict(node, runner.as_ref(), &msg);
     }
     CatchUp::GaveUp(msg)
 }

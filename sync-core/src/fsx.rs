@@ -300,10 +300,8 @@ impl Dir {
 
     /// Writes `data` to a fresh temp file beside `name`, lets `fixup` set its metadata,
     /// optionally fsyncs it, and renames it over `name`. The temp file never outlives an error.
-    /// Writes `data` as a temp file beside `name`, its metadata set, neither fsynced nor
-    /// renamed: for a batch whose data the caller makes durable at once ([`Dir::sync_fs`])
-    /// before renaming each into place ([`Dir::rename`]). Returns the temp's name.
-    pub fn write_temp(&self, name: &str, data: &[u8], meta: Option<Meta>) -> io::Result<String> {
+    /// A new temp file beside `name` (exclusive, never through a symlink, 0600), and its name.
+    fn create_temp(&self, name: &str) -> io::Result<(String, File)> {
         let tmp = temp_name(name);
         let c = cstr(&tmp)?;
         // SAFETY: valid fd and C string.
@@ -316,7 +314,14 @@ impl Dir {
             )
         })?;
         // SAFETY: fresh fd.
-        let mut f = unsafe { File::from_raw_fd(fd) };
+        Ok((tmp, unsafe { File::from_raw_fd(fd) }))
+    }
+
+    /// Writes `data` as a temp file beside `name`, its metadata set, neither fsynced nor
+    /// renamed: for a batch whose data the caller makes durable at once ([`Dir::sync_fs`])
+    /// before renaming each into place ([`Dir::rename`]). Returns the temp's name.
+    pub fn write_temp(&self, name: &str, data: &[u8], meta: Option<Meta>) -> io::Result<String> {
+        let (tmp, mut f) = self.create_temp(name)?;
         let res = f.write_all(data).and_then(|()| match meta {
             Some(m) => set_meta_fd(&f, m),
             None => Ok(()),
@@ -337,19 +342,7 @@ impl Dir {
         fsync: bool,
         fixup: impl FnOnce(&File) -> io::Result<()>,
     ) -> io::Result<()> {
-        let tmp = temp_name(name);
-        let c = cstr(&tmp)?;
-        // SAFETY: valid fd and C string.
-        let fd = check(unsafe {
-            libc::openat(
-                self.raw(),
-                c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
-            )
-        })?;
-        // SAFETY: fresh fd.
-        let mut f = unsafe { File::from_raw_fd(fd) };
+        let (tmp, mut f) = self.create_temp(name)?;
         let res = (|| {
             f.write_all(data)?;
             fixup(&f)?;

@@ -87,23 +87,32 @@ pub struct LiveView {
 
 impl LiveView {
     pub fn encode(&self) -> Vec<u8> {
-        let raw = postcard::to_allocvec(self).unwrap_or_default();
-        zstd::bulk::compress(&raw, 3).unwrap_or_default()
+        compressed(self)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<LiveView, PullError> {
-        if bytes.len() > MAX_OFFER {
-            return Err(PullError::TooLarge(bytes.len()));
-        }
-        let raw = zstd::bulk::decompress(bytes, MAX_OFFER)
-            .map_err(|e| PullError::Malformed(format!("zstd: {e}")))?;
-        let v: LiveView = postcard::from_bytes(&raw)
-            .map_err(|e| PullError::Malformed(crate::bounded::explain(e)))?;
+        let v: LiveView = decompressed(bytes)?;
         if v.version != PULL_VERSION {
             return Err(PullError::Version(v.version));
         }
         Ok(v)
     }
+}
+
+/// postcard, then zstd: how an offer or a live view travels.
+fn compressed<T: Serialize>(v: &T) -> Vec<u8> {
+    let raw = postcard::to_allocvec(v).unwrap_or_default();
+    zstd::bulk::compress(&raw, 3).unwrap_or_default()
+}
+
+/// The other way, bounded by [`MAX_OFFER`] before and after decompression.
+fn decompressed<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, PullError> {
+    if bytes.len() > MAX_OFFER {
+        return Err(PullError::TooLarge(bytes.len()));
+    }
+    let raw = zstd::bulk::decompress(bytes, MAX_OFFER)
+        .map_err(|e| PullError::Malformed(format!("zstd: {e}")))?;
+    postcard::from_bytes(&raw).map_err(|e| PullError::Malformed(crate::bounded::explain(e)))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,20 +127,13 @@ pub enum PullError {
 
 impl Offer {
     pub fn encode(&self) -> Vec<u8> {
-        let raw = postcard::to_allocvec(self).unwrap_or_default();
-        zstd::bulk::compress(&raw, 3).unwrap_or_default()
+        compressed(self)
     }
 
     /// Decodes a peer's offer: bounded, every path validated (`RelPath`), each change
     /// consistent with itself.
     pub fn decode(bytes: &[u8]) -> Result<Offer, PullError> {
-        if bytes.len() > MAX_OFFER {
-            return Err(PullError::TooLarge(bytes.len()));
-        }
-        let raw = zstd::bulk::decompress(bytes, MAX_OFFER)
-            .map_err(|e| PullError::Malformed(format!("zstd: {e}")))?;
-        let o: Offer = postcard::from_bytes(&raw)
-            .map_err(|e| PullError::Malformed(crate::bounded::explain(e)))?;
+        let o: Offer = decompressed(bytes)?;
         if o.version != PULL_VERSION {
             return Err(PullError::Version(o.version));
         }

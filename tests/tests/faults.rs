@@ -137,6 +137,39 @@ impl Agent {
     }
 }
 
+/// The primary's tree: 24 small files in 4 directories under `app`.
+fn app_tree(app: &Path) {
+    for i in 0..24 {
+        let dir = app.join(format!("d{}", i % 4));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}")), format!("file {i}\n")).unwrap();
+    }
+}
+
+/// `HA_SYNC_FAULT_SEED`, or a fresh seed (printed by each campaign, so it can be replayed).
+fn seed() -> u64 {
+    std::env::var("HA_SYNC_FAULT_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| sync_core::clock::now_ns() as u64 | 1)
+}
+
+/// `ha-sync now --no-daemon` from `root` to the agent on `port`, quiet, no fault set.
+fn now_command(bin: &Path, root: &Path, keys: &Keys, port: u16) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["now", "--no-daemon", "--root"])
+        .arg(root)
+        .args(["--peer", &format!("127.0.0.1:{port}")])
+        .arg("--key")
+        .arg(&keys.id)
+        .arg("--known-hosts")
+        .arg(&keys.known_hosts)
+        .env_remove("HA_SYNC_FAULT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -151,10 +184,7 @@ fn kill_9_at_every_point_leaves_live_whole_and_the_next_sync_completes_it() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
-    let seed: u64 = std::env::var("HA_SYNC_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| sync_core::clock::now_ns() as u64 | 1);
+    let seed = seed();
     println!("faults: seed {seed} (HA_SYNC_FAULT_SEED replays it), {trials} trials");
     let bin = ha_sync_bin();
     let d = tempfile::tempdir().unwrap();
@@ -163,11 +193,7 @@ fn kill_9_at_every_point_leaves_live_whole_and_the_next_sync_completes_it() {
         router_root(r, &["/etc/app/"], &[], &[]);
     }
     let app = a.join("etc/app");
-    for i in 0..24 {
-        let dir = app.join(format!("d{}", i % 4));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("f{i}")), format!("file {i}\n")).unwrap();
-    }
+    app_tree(&app);
     let keys = Keys::new(&d.path().join("keys"));
     let port = free_port();
     keys.pin("127.0.0.1", port);
@@ -264,10 +290,7 @@ fn kill_9_of_the_primary_leaves_the_backup_whole_and_the_next_sync_completes_it(
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(60, |t| t.max(3) / 3 * 3);
-    let seed: u64 = std::env::var("HA_SYNC_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| sync_core::clock::now_ns() as u64 | 1);
+    let seed = seed();
     let bin = ha_sync_bin();
     let d = tempfile::tempdir().unwrap();
     let (a, b) = (d.path().join("primary"), d.path().join("backup"));
@@ -275,11 +298,7 @@ fn kill_9_of_the_primary_leaves_the_backup_whole_and_the_next_sync_completes_it(
         router_root(r, &["/etc/app/"], &[], &[]);
     }
     let app = a.join("etc/app");
-    for i in 0..24 {
-        let dir = app.join(format!("d{}", i % 4));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("f{i}")), format!("file {i}\n")).unwrap();
-    }
+    app_tree(&app);
     let keys = Keys::new(&d.path().join("keys"));
     let port = free_port();
     keys.pin("127.0.0.1", port);
@@ -300,17 +319,8 @@ fn kill_9_of_the_primary_leaves_the_backup_whole_and_the_next_sync_completes_it(
         } else {
             1
         };
-        let status = Command::new(&bin)
-            .args(["now", "--no-daemon", "--root"])
-            .arg(&a)
-            .args(["--peer", &format!("127.0.0.1:{port}")])
-            .arg("--key")
-            .arg(&keys.id)
-            .arg("--known-hosts")
-            .arg(&keys.known_hosts)
+        let status = now_command(&bin, &a, &keys, port)
             .env("HA_SYNC_FAULT", format!("{point}:{nth}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .status()
             .expect("run ha-sync now");
         use std::os::unix::process::ExitStatusExt;
@@ -427,10 +437,7 @@ fn kill_9_of_either_node_during_a_pull_leaves_both_live_trees_whole() {
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .map_or(40, |t| (t / 5).max(4));
-    let seed: u64 = std::env::var("HA_SYNC_FAULT_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| sync_core::clock::now_ns() as u64 | 1);
+    let seed = seed();
     let bin = ha_sync_bin();
     let d = tempfile::tempdir().unwrap();
     let (a, b) = (d.path().join("primary"), d.path().join("backup"));
@@ -448,11 +455,7 @@ fn kill_9_of_either_node_during_a_pull_leaves_both_live_trees_whole() {
     Node::new(&a).set_vrrp_state(VrrpState::Master).unwrap();
     Node::new(&b).set_vrrp_state(VrrpState::Backup).unwrap();
     let app = a.join("etc/app");
-    for i in 0..24 {
-        let dir = app.join(format!("d{}", i % 4));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("f{i}")), format!("file {i}\n")).unwrap();
-    }
+    app_tree(&app);
     let keys = Keys::new(&d.path().join("keys"));
     let port = free_port();
     keys.pin("127.0.0.1", port);
@@ -497,17 +500,7 @@ fn kill_9_of_either_node_during_a_pull_leaves_both_live_trees_whole() {
         let fault = format!("{point}:{nth}");
         let on_backup = point == PULL_OFFERED || point == PULL_TAKEN;
         let agent = Agent::start(&bin, &b, &keys, port, on_backup.then_some(fault.as_str()));
-        let mut cmd = Command::new(&bin);
-        cmd.args(["now", "--no-daemon", "--root"])
-            .arg(&a)
-            .args(["--peer", &format!("127.0.0.1:{port}")])
-            .arg("--key")
-            .arg(&keys.id)
-            .arg("--known-hosts")
-            .arg(&keys.known_hosts)
-            .env_remove("HA_SYNC_FAULT")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        let mut cmd = now_command(&bin, &a, &keys, port);
         if !on_backup {
             cmd.env("HA_SYNC_FAULT", &fault);
         }

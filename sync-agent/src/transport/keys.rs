@@ -73,6 +73,11 @@ pub fn generate_keypair(out: &Path) -> Result<()> {
     let mut key = PrivateKey::random(&mut russh::keys::key::safe_rng(), Algorithm::Ed25519)
         .map_err(|e| TransportError::KeyGen(e.to_string()))?;
     key.set_comment(format!("ha-sync@{}", hostname()));
+    write_keypair(&key, out)
+}
+
+/// Writes `key` to `out` (OpenSSH format, 0600) and its public half to `out.pub`.
+fn write_keypair(key: &PrivateKey, out: &Path) -> Result<()> {
     let private = key
         .to_openssh(LineEnding::LF)
         .map_err(|e| TransportError::KeyEncode {
@@ -87,8 +92,7 @@ pub fn generate_keypair(out: &Path) -> Result<()> {
             reason: e.to_string(),
         })?;
     write_atomic(out, private.as_bytes(), 0o600)?;
-    write_atomic(&pub_path(out), format!("{public}\n").as_bytes(), 0o644)?;
-    Ok(())
+    write_atomic(&pub_path(out), format!("{public}\n").as_bytes(), 0o644)
 }
 
 /// Reads a dropbear private key file (what `dropbearkey` writes, the incumbent's
@@ -157,22 +161,8 @@ pub fn convert_dropbear_key(src: &Path, out: &Path) -> Result<PublicKey> {
     };
     let key = PrivateKey::new(keypair, "ns-ha (converted from dropbear)")
         .map_err(|e| TransportError::KeyGen(e.to_string()))?;
-    let private = key
-        .to_openssh(LineEnding::LF)
-        .map_err(|e| TransportError::KeyEncode {
-            path: out.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-    let public = key
-        .public_key()
-        .to_openssh()
-        .map_err(|e| TransportError::KeyEncode {
-            path: pub_path(out),
-            reason: e.to_string(),
-        })?;
     create_parent(out)?;
-    write_atomic(out, private.as_bytes(), 0o600)?;
-    write_atomic(&pub_path(out), format!("{public}\n").as_bytes(), 0o644)?;
+    write_keypair(&key, out)?;
     Ok(key.public_key().clone())
 }
 
