@@ -220,7 +220,8 @@ fn staged(ctx: &Ctx) -> Result<Option<(Staging, Manifest)>, HookError> {
     let staging = Staging::open(ctx.staging)?;
     let restored = crate::restore::open_state(ctx.staging)
         .ok()
-        .and_then(|st| crate::restore::read_restored(&st));
+        .and_then(|st| crate::restore::read_restored(&st))
+        .map(|m| Manifest::clone(&m));
     let Some(m) = restored.or_else(|| staging.committed().cloned()) else {
         return Ok(None);
     };

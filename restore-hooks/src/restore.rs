@@ -53,7 +53,7 @@ pub(crate) fn open_state(staging: &std::path::Path) -> io::Result<Dir> {
 }
 
 /// The generation last restored (`.ha-sync/restored`), if known.
-pub(crate) fn read_restored(state: &Dir) -> Option<Manifest> {
+pub(crate) fn read_restored(state: &Dir) -> Option<std::sync::Arc<Manifest>> {
     sync_core::staging::read_manifest(state, journal::RESTORED)
 }
 
@@ -80,7 +80,7 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
         }
     };
     let prev = read_restored(&state);
-    let seed = recovery_seed(opts.recover.as_ref(), prev.as_ref(), m);
+    let seed = recovery_seed(opts.recover.as_ref(), prev.as_deref(), m);
     let mut journal = Journal::new(&state, root).with_seed(&seed);
 
     let hostname = read_live(&live, SYSTEM_CONFIG)
@@ -97,7 +97,7 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
         live,
         staged,
         m,
-        prev: prev.as_ref(),
+        prev: prev.as_deref(),
         excludes: &excludes,
         journal: &mut journal,
         changed: BTreeSet::new(),
@@ -197,7 +197,7 @@ fn finish(
     opts: &Options,
     rep: &mut RestoreReport,
 ) {
-    let root = m.root_hash();
+    let root = rep.root;
     if !changed.is_empty() {
         if let Err(e) = journal.to_notify(changed) {
             rep.errors
@@ -330,7 +330,7 @@ impl<'a> Applier<'a, '_> {
     }
 
     fn excluded(&self, p: &RelPath) -> bool {
-        self.excludes.is_excluded(&p.to_abs()) || self.is_protected(p)
+        self.excludes.is_excluded_rel(p) || self.is_protected(p)
     }
 
     fn is_protected(&self, p: &RelPath) -> bool {

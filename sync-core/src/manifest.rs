@@ -180,6 +180,54 @@ pub struct Manifest {
     pub entries: Vec<Entry>,
 }
 
+/// A postcard output that feeds blake3 through a small buffer (postcard writes field by field,
+/// a few bytes at a time; blake3 wants whole chunks).
+struct HashingFlavor {
+    hasher: blake3::Hasher,
+    buf: Vec<u8>,
+}
+
+impl Default for HashingFlavor {
+    fn default() -> Self {
+        HashingFlavor {
+            hasher: blake3::Hasher::new(),
+            buf: Vec::with_capacity(HashingFlavor::BUF),
+        }
+    }
+}
+
+impl HashingFlavor {
+    const BUF: usize = 16 * 1024;
+
+    fn spill(&mut self) {
+        if self.buf.len() >= Self::BUF {
+            self.hasher.update(&self.buf);
+            self.buf.clear();
+        }
+    }
+}
+
+impl postcard::ser_flavors::Flavor for HashingFlavor {
+    type Output = Hash;
+
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        self.buf.push(b);
+        self.spill();
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.buf.extend_from_slice(data);
+        self.spill();
+        Ok(())
+    }
+
+    fn finalize(mut self) -> postcard::Result<Hash> {
+        self.hasher.update(&self.buf);
+        Ok(Hash(*self.hasher.finalize().as_bytes()))
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ManifestError {
     #[error("manifest has {0} entries, more than the limit of {MAX_ENTRIES}")]
@@ -211,12 +259,17 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// blake3 of [`Manifest::encode`], streamed: the encoding (a megabyte at a few thousand
+    /// entries) is never held, and a session asks for the root more than once.
     pub fn root_hash(&self) -> Hash {
-        Hash::of(&self.encode())
+        postcard::serialize_with_flavor(self, HashingFlavor::default())
+            .expect("manifest serializes to a hasher")
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_allocvec(self).expect("manifest serializes to memory")
+        // Sized up front: growing by doubling copies the whole encoding several times.
+        let guess = 64 + self.entries.len() * 96;
+        postcard::to_extend(self, Vec::with_capacity(guess)).expect("manifest serializes to memory")
     }
 
     /// Decodes and validates; what a peer sends goes through here.
@@ -269,7 +322,7 @@ impl Manifest {
             if !self.list.iter().any(|l| e.path.starts_with(&l.path)) {
                 return Err(ManifestError::NotListed(e.path.clone()));
             }
-            if let Some(rule) = crate::restore_list::never_synced(&e.path.to_abs()) {
+            if let Some(rule) = crate::restore_list::never_synced(e.path.as_str()) {
                 return Err(ManifestError::NeverSynced {
                     path: e.path.clone(),
                     rule,
@@ -653,6 +706,16 @@ mod tests {
         c.excludes.push("/etc/x".into());
         assert_ne!(a.root_hash(), c.root_hash());
         assert_eq!(Hash::from_hex(&a.root_hash().to_hex()), Some(a.root_hash()));
+    }
+
+    #[test]
+    fn the_streamed_root_hash_is_the_hash_of_the_encoding() {
+        // Past the hashing buffer's size, so the streamed hash spills more than once.
+        let mut entries = vec![dir("etc")];
+        entries.extend((0..2000).map(|i| file(&format!("etc/f{i:05}"), b"x")));
+        for m in [manifest(vec![]), manifest(entries)] {
+            assert_eq!(m.root_hash(), Hash::of(&m.encode()));
+        }
     }
 
     fn raw(paths: &[&str], excludes: Vec<String>) -> Vec<u8> {

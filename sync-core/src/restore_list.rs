@@ -179,23 +179,35 @@ pub const NEVER_SYNCED: &[&str] = &[
     "/var/run/ha-sync",
 ];
 
-/// The [`NEVER_SYNCED`] rule that covers the absolute router path `abs_path`, if any.
-pub fn never_synced(abs_path: &str) -> Option<&'static str> {
-    let p = abs_path.trim_end_matches('/');
-    NEVER_SYNCED
-        .iter()
-        .copied()
-        .find(|rule| match rule.split_once('*') {
-            Some((head, tail)) => p
-                .strip_prefix(head)
-                .and_then(|rest| rest.strip_suffix(tail))
+/// The [`NEVER_SYNCED`] rule that covers the router path `path`, if any. The path may be
+/// absolute (`/etc/x`) or relative to the root as in a manifest (`etc/x`): checked for every
+/// entry of every manifest, so it allocates nothing.
+pub fn never_synced(path: &str) -> Option<&'static str> {
+    /// Each rule relative, cut at its `*`: (rule, head, tail).
+    type Rule = (&'static str, &'static str, Option<&'static str>);
+    static RULES: std::sync::LazyLock<Vec<Rule>> = std::sync::LazyLock::new(|| {
+        NEVER_SYNCED
+            .iter()
+            .map(|abs| {
+                let rel = abs.trim_start_matches('/');
+                match rel.split_once('*') {
+                    Some((head, tail)) => (*abs, head, Some(tail)),
+                    None => (*abs, rel, None),
+                }
+            })
+            .collect()
+    });
+    let p = path.trim_start_matches('/').trim_end_matches('/');
+    RULES.iter().find_map(|&(abs, head, tail)| {
+        let rest = p.strip_prefix(head)?;
+        let hit = match tail {
+            Some(tail) => rest
+                .strip_suffix(tail)
                 .is_some_and(|mid| !mid.contains('/')),
-            None => {
-                p == *rule
-                    || p.strip_prefix(rule)
-                        .is_some_and(|rest| rest.starts_with('/'))
-            }
-        })
+            None => rest.is_empty() || rest.starts_with('/'),
+        };
+        hit.then_some(abs)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -274,6 +286,15 @@ impl Excludes {
     /// Whether the absolute router path `abs_path` (or a directory above it) is excluded: by
     /// a pattern, or by the built-in [`NEVER_SYNCED`] rules, which every matcher carries (a
     /// backup rebuilding it from a peer's patterns included).
+    /// [`Excludes::is_excluded`] for a manifest path; without patterns (the common case) it
+    /// allocates nothing.
+    pub fn is_excluded_rel(&self, p: &crate::path::RelPath) -> bool {
+        if self.patterns.is_empty() {
+            return never_synced(p.as_str()).is_some();
+        }
+        self.is_excluded(&p.to_abs())
+    }
+
     pub fn is_excluded(&self, abs_path: &str) -> bool {
         if never_synced(abs_path).is_some() {
             return true;
@@ -1180,6 +1201,13 @@ config primary 'primary'
         let rebuilt = Excludes::new(Vec::new()).expect("empty");
         assert!(rebuilt.is_excluded("/etc/ha-sync/id_ed25519"));
         assert_eq!(never_synced("/etc/ha-sync"), Some("/etc/ha-sync"));
+        // A manifest's relative path is checked the same way.
+        assert_eq!(never_synced("etc/ha-sync/x"), Some("/etc/ha-sync"));
+        assert_eq!(
+            never_synced("etc/dropbear/dropbear_rsa_host_key"),
+            Some("/etc/dropbear/dropbear_*_host_key")
+        );
+        assert_eq!(never_synced("etc/ha-syncer"), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::path::{PathError, RelPath};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -311,7 +312,7 @@ impl Scanner<'_> {
         for de in std::fs::read_dir(dir).map_err(io_err(dir))? {
             let de = de.map_err(io_err(dir))?;
             let full = de.path();
-            if rel_of(self.root, &full).is_some_and(|r| (self.is_excluded)(&format!("/{r}"))) {
+            if abs_of(self.root, &full).is_some_and(|a| (self.is_excluded)(a)) {
                 continue;
             }
             let md = match de.metadata() {
@@ -424,9 +425,21 @@ impl Scanner<'_> {
     }
 }
 
+/// `full` (a path below `root`) as a router path, `/etc/x`; `None` when it is not UTF-8.
+/// Bytes, not `Path::strip_prefix`: that walks components, and was a fifth of a no-change
+/// scan's instructions.
+fn abs_of<'a>(root: &Path, full: &'a Path) -> Option<&'a str> {
+    let r = root.as_os_str().as_bytes();
+    let r = r.strip_suffix(b"/").unwrap_or(r);
+    let rest = full.as_os_str().as_bytes().strip_prefix(r)?;
+    if !(rest.is_empty() || rest.starts_with(b"/")) {
+        return None;
+    }
+    std::str::from_utf8(rest).ok()
+}
+
 fn rel_of(root: &Path, full: &Path) -> Option<String> {
-    let r = full.strip_prefix(root).ok()?;
-    r.to_str().map(|s| s.trim_start_matches('/').to_string())
+    abs_of(root, full).map(|a| a.trim_start_matches('/').to_string())
 }
 
 /// blake3 of a file, never through a symlink.
@@ -617,6 +630,20 @@ mod tests {
         .unwrap();
         assert!(StatCache::load(&p).is_empty());
         assert!(StatCache::load(&t.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn router_paths_are_cut_from_any_root_spelling() {
+        let full = Path::new("/tmp/A/etc/config");
+        for root in ["/tmp/A", "/tmp/A/"] {
+            assert_eq!(abs_of(Path::new(root), full), Some("/etc/config"));
+            assert_eq!(rel_of(Path::new(root), full).as_deref(), Some("etc/config"));
+        }
+        assert_eq!(abs_of(Path::new("/"), Path::new("/etc/x")), Some("/etc/x"));
+        // A sibling that shares the root's bytes is not below it.
+        assert_eq!(abs_of(Path::new("/tmp/A"), Path::new("/tmp/AB/etc")), None);
+        let bad = Path::new(std::ffi::OsStr::from_bytes(b"/r/etc/\xff"));
+        assert_eq!(abs_of(Path::new("/r"), bad), None);
     }
 
     #[test]

@@ -153,8 +153,13 @@ impl PrimaryState {
     fn set_acked(&self, m: Option<&Manifest>) -> Result<(), SyncError> {
         match m {
             Some(m) => {
-                self.write(&self.acked_root_path(), m.root_hash().to_hex().as_bytes())?;
-                self.write(&self.acked_path(), &m.encode())
+                // Encoded once, hashed from the bytes: the root without a second pass.
+                let bytes = m.encode();
+                self.write(
+                    &self.acked_root_path(),
+                    Hash::of(&bytes).to_hex().as_bytes(),
+                )?;
+                self.write(&self.acked_path(), &bytes)
             }
             None => match std::fs::remove_file(self.acked_path()) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => Err(SyncError::State {
@@ -271,10 +276,10 @@ impl Primary<'_> {
             root,
             ..SyncReport::default()
         };
-        let welcome = self.greet(conn, node)?;
+        let welcome = self.greet(conn, node, root)?;
         rep.restored = welcome.restored;
         if welcome.staging_root == Some(root) {
-            self.up_to_date(conn)?;
+            self.up_to_date(conn, root)?;
             rep.up_to_date = true;
             rep.traffic = conn.traffic;
             rep.elapsed = start.elapsed();
@@ -296,11 +301,12 @@ impl Primary<'_> {
         &mut self,
         conn: &mut Conn<S>,
         node: &mut Option<String>,
+        root: Hash,
     ) -> Result<Welcome, SyncError> {
         conn.send(&Msg::Hello(Hello {
             magic: MAGIC,
             version: PROTOCOL_VERSION,
-            root: self.manifest.root_hash(),
+            root,
             acked: self.state.acked_root(),
             node: self.node.to_string(),
         }))?;
@@ -314,10 +320,14 @@ impl Primary<'_> {
     }
 
     /// The backup holds our manifest already: goodbye, and remember it holds it.
-    fn up_to_date<S: Read + Write>(&mut self, conn: &mut Conn<S>) -> Result<(), SyncError> {
+    fn up_to_date<S: Read + Write>(
+        &mut self,
+        conn: &mut Conn<S>,
+        root: Hash,
+    ) -> Result<(), SyncError> {
         conn.send(&Msg::Bye)?;
         conn.flush()?;
-        if self.state.acked_root() != Some(self.manifest.root_hash()) {
+        if self.state.acked_root() != Some(root) {
             self.state.set_acked(Some(self.manifest))?;
         }
         Ok(())
@@ -438,7 +448,7 @@ impl Primary<'_> {
             other => return Err(unexpected("Committed", &other).into()),
         };
         crate::fault::point(crate::fault::PRIMARY_COMMITTED);
-        if commit.root == self.manifest.root_hash() {
+        if commit.root == rep.root {
             self.state.set_acked(Some(self.manifest))?;
             self.state.prune_basis(self.manifest);
         } else {

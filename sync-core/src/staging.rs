@@ -26,6 +26,7 @@ use layout::{DIRTY, MANIFEST, ROOT, STATE};
 use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The incumbent's restore list inside staging.
 pub const RESTORE_LIST: &str = "tmp/restore_list";
@@ -57,34 +58,140 @@ pub fn open_state(staging: &Path) -> io::Result<Dir> {
 /// Reads a manifest kept in the state directory (`name`: [`layout::MANIFEST`] or
 /// [`layout::RESTORED`]); `None` when there is none or it does not decode (logged: the caller
 /// then falls back to a rescan or a full comparison).
-pub fn read_manifest(state: &Dir, name: &str) -> Option<Manifest> {
-    let b = match state.read_file(name, crate::wire::MAX_MANIFEST) {
-        Ok(b) => b,
+///
+/// The last two files decoded are kept by identity (device, inode, size, mtime, ctime, read
+/// from the open file): both names are written by rename, so a file with the same identity
+/// holds the same bytes. A session reads the committed manifest and the restore the restored
+/// one, which [`write_restored`] makes the same file: a megabyte decoded and validated once
+/// per generation instead of twice per session (issue 13).
+pub fn read_manifest(state: &Dir, name: &str) -> Option<Arc<Manifest>> {
+    let warn = |e: &dyn std::fmt::Display| {
+        tracing::warn!("{}/{name}: {e}", state.path().display());
+    };
+    let f = match state.open_file(name) {
+        Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
         Err(e) => {
-            tracing::warn!("{}/{name}: {e}", state.path().display());
+            warn(&e);
             return None;
         }
     };
-    match Manifest::decode(&b) {
-        Ok(m) => Some(m),
+    let key = match f.metadata() {
+        Ok(md) => FileId::of(&md),
         Err(e) => {
-            tracing::warn!("{}/{name}: {e}", state.path().display());
+            warn(&e);
+            return None;
+        }
+    };
+    if let Some(m) = memo::get(&key) {
+        return Some(m);
+    }
+    let mut b = Vec::new();
+    if let Err(e) = io::Read::read_to_end(
+        &mut io::Read::take(&f, crate::wire::MAX_MANIFEST + 1),
+        &mut b,
+    ) {
+        warn(&e);
+        return None;
+    }
+    if b.len() as u64 > crate::wire::MAX_MANIFEST {
+        warn(&"larger than a manifest may be");
+        return None;
+    }
+    match Manifest::decode(&b) {
+        Ok(m) => {
+            let m = Arc::new(m);
+            memo::put(key, Arc::clone(&m));
+            Some(m)
+        }
+        Err(e) => {
+            warn(&e);
             None
         }
     }
 }
 
+/// What identifies a file's content without reading it, for files only ever replaced by
+/// rename (ctime cannot be set from user space).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl FileId {
+    fn of(md: &std::fs::Metadata) -> FileId {
+        use std::os::unix::fs::MetadataExt;
+        FileId {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
+        }
+    }
+}
+
+/// The decoded manifests [`read_manifest`] keeps, most recent first.
+mod memo {
+    use super::{Arc, FileId, Manifest};
+    use std::sync::Mutex;
+
+    /// The committed and the restored generation: the same file between syncs, two files
+    /// while a commit awaits its restore.
+    const KEEP: usize = 2;
+    static MEMO: Mutex<Vec<(FileId, Arc<Manifest>)>> = Mutex::new(Vec::new());
+
+    pub(super) fn get(key: &FileId) -> Option<Arc<Manifest>> {
+        let mut memo = MEMO.lock().unwrap_or_else(|p| p.into_inner());
+        let i = memo.iter().position(|(k, _)| k == key)?;
+        let hit = memo.remove(i);
+        let m = Arc::clone(&hit.1);
+        memo.insert(0, hit);
+        Some(m)
+    }
+
+    /// `m` is what the file `name` (just written by this process) holds.
+    pub(super) fn remember(state: &crate::fsx::Dir, name: &str, m: &Arc<Manifest>) {
+        if let Ok(md) = state.open_file(name).and_then(|f| f.metadata()) {
+            put(FileId::of(&md), Arc::clone(m));
+        }
+    }
+
+    pub(super) fn put(key: FileId, m: Arc<Manifest>) {
+        let mut memo = MEMO.lock().unwrap_or_else(|p| p.into_inner());
+        memo.retain(|(k, _)| *k != key);
+        memo.insert(0, (key, m));
+        memo.truncate(KEEP);
+    }
+}
+
 /// Records `m` as the generation live holds: [`layout::RESTORED`], then its root in
 /// [`layout::RESTORED_ROOT`], each durable. A crash between the two leaves the old root,
-/// which only makes the next start redo an idempotent restore.
+/// which only makes the next start redo an idempotent restore. When `m` is the committed
+/// generation (the usual case) the restored record is a second name of the committed file:
+/// nothing encoded or written again, and one decode serves both.
 pub fn write_restored(state: &Dir, m: &Manifest) -> io::Result<()> {
-    state.write_file_atomic(layout::RESTORED, &m.encode(), None)?;
-    state.write_file_atomic(
-        layout::RESTORED_ROOT,
-        m.root_hash().to_hex().as_bytes(),
-        None,
-    )?;
+    let root = m.root_hash();
+    let committed = (read_root(state, ROOT) == Some(root))
+        .then(|| read_manifest(state, MANIFEST))
+        .flatten()
+        .filter(|c| **c == *m);
+    let linked = match committed {
+        Some(c) if state.link_atomic(MANIFEST, layout::RESTORED).is_ok() => {
+            // A link moves the file's ctime: remembered again under its new identity.
+            memo::remember(state, layout::RESTORED, &c);
+            true
+        }
+        _ => false,
+    };
+    if !linked {
+        state.write_file_atomic(layout::RESTORED, &m.encode(), None)?;
+    }
+    state.write_file_atomic(layout::RESTORED_ROOT, root.to_hex().as_bytes(), None)?;
     state.sync()
 }
 
@@ -157,7 +264,7 @@ pub struct Staging {
     state: Dir,
     path: PathBuf,
     /// Loaded on first use: a no-change session only needs the root.
-    committed: std::cell::OnceCell<Option<Manifest>>,
+    committed: std::cell::OnceCell<Option<Arc<Manifest>>>,
     /// `.ha-sync/root`, written with the manifest, read at open.
     root: Option<Hash>,
     dirty: bool,
@@ -208,7 +315,7 @@ impl Staging {
         })
     }
 
-    fn load_committed(&self) -> Option<Manifest> {
+    fn load_committed(&self) -> Option<Arc<Manifest>> {
         let m = read_manifest(&self.state, MANIFEST);
         if m.is_none() && self.state.lstat(MANIFEST).ok().flatten().is_some() {
             tracing::warn!(
@@ -226,7 +333,7 @@ impl Staging {
     pub fn committed(&self) -> Option<&Manifest> {
         self.committed
             .get_or_init(|| self.load_committed())
-            .as_ref()
+            .as_deref()
     }
 
     /// The committed root, when the tree is known to hold exactly that. From `root`, written
@@ -480,13 +587,16 @@ impl Staging {
         )
         .map_err(at(self.path.join(RESTORE_LIST)))?;
         d.sync().map_err(at(self.path.join("tmp")))?;
-        let root = m.root_hash();
+        // Encoded once; the root is the hash of those bytes.
+        let bytes = m.encode();
+        let root = Hash::of(&bytes);
         self.state
             .write_file_atomic(ROOT, root.to_hex().as_bytes(), None)
             .map_err(at(self.path.join(STATE).join(ROOT)))?;
         self.state
-            .write_file_atomic(MANIFEST, &m.encode(), None)
+            .write_file_atomic(MANIFEST, &bytes, None)
             .map_err(at(self.path.join(STATE).join(MANIFEST)))?;
+        drop(bytes);
         if self.dirty {
             self.state
                 .unlink(DIRTY)
@@ -494,7 +604,9 @@ impl Staging {
         }
         self.state.sync().map_err(at(self.path.join(STATE)))?;
         self.dirty = false;
-        self.committed = std::cell::OnceCell::from(Some(m.clone()));
+        let m = Arc::new(m.clone());
+        memo::remember(&self.state, MANIFEST, &m);
+        self.committed = std::cell::OnceCell::from(Some(m));
         self.root = Some(root);
         crate::fault::point(crate::fault::AFTER_COMMIT);
         Ok(root)
@@ -504,4 +616,81 @@ impl Staging {
 /// Whether this process can make staging's owners match the primary's.
 pub fn preserves_owners() -> bool {
     fsx::can_chown()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::ListItem;
+    use std::os::unix::fs::MetadataExt;
+
+    fn manifest(files: &[&str]) -> Manifest {
+        let mut entries = vec![Entry {
+            path: RelPath::new("etc").unwrap(),
+            kind: Kind::Dir,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 1,
+        }];
+        entries.extend(files.iter().map(|f| Entry {
+            path: RelPath::new(format!("etc/{f}")).unwrap(),
+            kind: Kind::File {
+                size: 0,
+                hash: Hash::of(b""),
+            },
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 1,
+        }));
+        Manifest {
+            list: vec![ListItem {
+                path: RelPath::new("etc").unwrap(),
+                dir: true,
+            }],
+            excludes: vec![],
+            entries,
+        }
+    }
+
+    #[test]
+    fn the_restored_record_is_the_committed_file_and_is_decoded_once() {
+        let d = tempfile::tempdir().unwrap();
+        let mut st = Staging::open(d.path()).unwrap();
+        let m = manifest(&["a", "b"]);
+        st.commit(&m).unwrap();
+        let state = open_state(d.path()).unwrap();
+        write_restored(&state, &m).unwrap();
+        let md = |n: &str| std::fs::metadata(d.path().join(STATE).join(n)).unwrap();
+        assert_eq!(md(MANIFEST).ino(), md(layout::RESTORED).ino());
+        assert_eq!(restored_root(&state), Some(m.root_hash()));
+        let (a, b) = (
+            read_manifest(&state, MANIFEST).unwrap(),
+            read_manifest(&state, layout::RESTORED).unwrap(),
+        );
+        assert!(Arc::ptr_eq(&a, &b), "one decode serves both names");
+        assert_eq!(*a, m);
+
+        // The next commit replaces the committed file; the restored record keeps the old one.
+        let n = manifest(&["a"]);
+        st.commit(&n).unwrap();
+        assert_ne!(md(MANIFEST).ino(), md(layout::RESTORED).ino());
+        assert_eq!(*read_manifest(&state, layout::RESTORED).unwrap(), m);
+        assert_eq!(*read_manifest(&state, MANIFEST).unwrap(), n);
+    }
+
+    #[test]
+    fn a_manifest_that_is_not_the_committed_one_is_written_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let mut st = Staging::open(d.path()).unwrap();
+        st.commit(&manifest(&["a"])).unwrap();
+        let state = open_state(d.path()).unwrap();
+        let other = manifest(&["b"]);
+        write_restored(&state, &other).unwrap();
+        let md = |n: &str| std::fs::metadata(d.path().join(STATE).join(n)).unwrap();
+        assert_ne!(md(MANIFEST).ino(), md(layout::RESTORED).ino());
+        assert_eq!(*read_manifest(&state, layout::RESTORED).unwrap(), other);
+        assert_eq!(restored_root(&state), Some(other.root_hash()));
+    }
 }
