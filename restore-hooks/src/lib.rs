@@ -250,6 +250,22 @@ fn pending(staging: &Path) -> Option<journal::Pending> {
 /// while this node is VRRP master or the primary. A journal left by a crash is completed on
 /// the way (this restore compares everything, and the interrupted run's paths are notified).
 pub fn restore_after_commit(ctx: &Ctx, manifest: &Manifest, commit: &Commit) -> RestoreReport {
+    restore_generation(ctx, manifest, commit, false)
+}
+
+/// [`restore_after_commit`] trusting no cache: every live file of the generation is hashed
+/// and every mirrored directory listed. The drift check's pass: it finds what a stat cannot
+/// show (a file changed with its times put back), at the cost of reading the whole tree.
+pub fn restore_thorough(ctx: &Ctx, manifest: &Manifest, commit: &Commit) -> RestoreReport {
+    restore_generation(ctx, manifest, commit, true)
+}
+
+fn restore_generation(
+    ctx: &Ctx,
+    manifest: &Manifest,
+    commit: &Commit,
+    thorough: bool,
+) -> RestoreReport {
     let root = manifest.root_hash();
     sync_core::fault::point(sync_core::fault::BEFORE_RESTORE_LOCK);
     let _lock = match state::hooks_lock(ctx.root) {
@@ -277,6 +293,7 @@ pub fn restore_after_commit(ctx: &Ctx, manifest: &Manifest, commit: &Commit) -> 
         restore::Options {
             master: false,
             recover: pending(ctx.staging),
+            thorough,
         },
     );
     if rep.applied {
@@ -326,6 +343,7 @@ fn recover_locked(ctx: &Ctx) -> Result<Option<RestoreReport>, HookError> {
         restore::Options {
             master,
             recover: Some(p),
+            thorough: false,
         },
     )))
 }
@@ -424,6 +442,7 @@ fn restore_committed(ctx: &Ctx) -> Result<RestoreReport, HookError> {
         restore::Options {
             master: false,
             recover: None,
+            thorough: false,
         },
     );
     if rep.applied {

@@ -8,6 +8,10 @@
 //! hashed again. The cache lives in the state directory (RAM on a router): after a reboot the
 //! first restore hashes everything once, as before.
 //!
+//! Directories are remembered too, by inode, mtime and ctime only: a name created, removed
+//! or renamed in a directory moves both, so a mirrored directory whose stat is what the last
+//! complete restore left holds no name the restore has to delete, and is not listed again.
+//!
 //! The file is a plain binary list, rewritten whole at the end of a restore that changed it;
 //! a missing, truncated or foreign file is an empty cache, never an error.
 
@@ -18,7 +22,7 @@ use sync_core::manifest::Hash;
 
 /// Name in the state directory.
 pub(crate) const FILE: &str = "live-stat";
-const MAGIC: &[u8; 8] = b"hslive1\n";
+const MAGIC: &[u8; 8] = b"hslive2\n";
 /// More entries than any restore list holds (`limits::MAX_ENTRIES`) means a foreign file.
 const MAX_RECORDS: usize = sync_core::limits::MAX_ENTRIES;
 
@@ -51,11 +55,32 @@ impl Rec {
     }
 }
 
+/// A directory as the last complete restore left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirRec {
+    dev: u64,
+    ino: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+}
+
+impl DirRec {
+    fn of(s: &Stat) -> DirRec {
+        DirRec {
+            dev: s.dev,
+            ino: s.ino,
+            mtime_ns: s.mtime_ns,
+            ctime_ns: s.ctime_ns,
+        }
+    }
+}
+
 /// Router path (relative, as in the manifest) -> what was verified.
 #[derive(Debug, Default)]
 pub(crate) struct LiveStat {
     path: Option<PathBuf>,
     map: HashMap<String, Rec>,
+    dirs: HashMap<String, DirRec>,
     dirty: bool,
 }
 
@@ -63,14 +88,49 @@ impl LiveStat {
     /// The cache of the node whose state directory is `state_dir`.
     pub(crate) fn load(state_dir: &Path) -> LiveStat {
         let path = state_dir.join(FILE);
-        let map = std::fs::read(&path)
+        let (map, dirs) = std::fs::read(&path)
             .ok()
             .and_then(|b| decode(&b))
             .unwrap_or_default();
         LiveStat {
             path: Some(path),
             map,
+            dirs,
             dirty: false,
+        }
+    }
+
+    /// An empty cache that is saved over the one of `state_dir`: everything is read and
+    /// listed once more (the drift check's thorough pass), and what it finds is remembered.
+    pub(crate) fn fresh(state_dir: &Path) -> LiveStat {
+        LiveStat {
+            path: Some(state_dir.join(FILE)),
+            dirty: true,
+            ..LiveStat::default()
+        }
+    }
+
+    /// Whether the directory `rel` (its `lstat` now: `s`) is as the last complete restore
+    /// left it.
+    pub(crate) fn dir_unchanged(&self, rel: &str, s: &Stat) -> bool {
+        s.kind == FileType::Dir && self.dirs.get(rel) == Some(&DirRec::of(s))
+    }
+
+    /// The directory `rel` holds no name but the generation's (and what the restore keeps).
+    pub(crate) fn record_dir(&mut self, rel: &str, s: &Stat) {
+        let r = DirRec::of(s);
+        if self.dirs.get(rel) != Some(&r) {
+            self.dirs.insert(rel.to_string(), r);
+            self.dirty = true;
+        }
+    }
+
+    /// Forgets every directory: a restore that did not complete may have left a name it
+    /// meant to delete.
+    pub(crate) fn forget_dirs(&mut self) {
+        if !self.dirs.is_empty() {
+            self.dirs.clear();
+            self.dirty = true;
         }
     }
 
@@ -102,7 +162,8 @@ impl LiveStat {
         if !self.dirty {
             return;
         }
-        if let Err(e) = fsx::write_atomic(path, &encode(&self.map), 0o600, Durability::Visible) {
+        let bytes = encode(&self.map, &self.dirs);
+        if let Err(e) = fsx::write_atomic(path, &bytes, 0o600, Durability::Visible) {
             tracing::warn!(
                 "{}: {e}; the next restore hashes every file",
                 path.display()
@@ -113,22 +174,34 @@ impl LiveStat {
     }
 }
 
-fn encode(map: &HashMap<String, Rec>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + map.len() * 96);
+type Maps = (HashMap<String, Rec>, HashMap<String, DirRec>);
+
+fn encode(map: &HashMap<String, Rec>, dirs: &HashMap<String, DirRec>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + map.len() * 96 + dirs.len() * 64);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(map.len() as u64).to_le_bytes());
-    for (p, r) in map {
+    let path = |out: &mut Vec<u8>, p: &str| {
         out.extend_from_slice(&(p.len() as u32).to_le_bytes());
         out.extend_from_slice(p.as_bytes());
+    };
+    for (p, r) in map {
+        path(&mut out, p);
         for v in [r.dev, r.ino, r.size, r.mtime_ns as u64, r.ctime_ns as u64] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.extend_from_slice(&r.hash.0);
     }
+    out.extend_from_slice(&(dirs.len() as u64).to_le_bytes());
+    for (p, r) in dirs {
+        path(&mut out, p);
+        for v in [r.dev, r.ino, r.mtime_ns as u64, r.ctime_ns as u64] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
     out
 }
 
-fn decode(b: &[u8]) -> Option<HashMap<String, Rec>> {
+fn decode(b: &[u8]) -> Option<Maps> {
     let mut r = Reader(b.strip_prefix(MAGIC.as_slice())?);
     let n = usize::try_from(r.u64()?).ok()?;
     if n > MAX_RECORDS {
@@ -136,8 +209,7 @@ fn decode(b: &[u8]) -> Option<HashMap<String, Rec>> {
     }
     let mut map = HashMap::with_capacity(n);
     for _ in 0..n {
-        let len = r.u32()? as usize;
-        let p = std::str::from_utf8(r.take(len)?).ok()?.to_string();
+        let p = r.path()?;
         let (dev, ino, size, mtime, ctime) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u64()?);
         let hash = Hash(r.take(32)?.try_into().ok()?);
         map.insert(
@@ -152,7 +224,25 @@ fn decode(b: &[u8]) -> Option<HashMap<String, Rec>> {
             },
         );
     }
-    r.0.is_empty().then_some(map)
+    let n = usize::try_from(r.u64()?).ok()?;
+    if n > MAX_RECORDS {
+        return None;
+    }
+    let mut dirs = HashMap::with_capacity(n);
+    for _ in 0..n {
+        let p = r.path()?;
+        let (dev, ino, mtime, ctime) = (r.u64()?, r.u64()?, r.u64()?, r.u64()?);
+        dirs.insert(
+            p,
+            DirRec {
+                dev,
+                ino,
+                mtime_ns: mtime as i64,
+                ctime_ns: ctime as i64,
+            },
+        );
+    }
+    r.0.is_empty().then_some((map, dirs))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -171,6 +261,10 @@ impl<'a> Reader<'a> {
     }
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn path(&mut self) -> Option<String> {
+        let len = self.u32()? as usize;
+        Some(std::str::from_utf8(self.take(len)?).ok()?.to_string())
     }
 }
 
@@ -207,6 +301,33 @@ mod tests {
         assert_eq!(c.hash("etc/config/firewall", &stat(3, 11)), None);
         assert_eq!(c.hash("etc/config/firewall", &stat(4, 10)), None);
         assert_eq!(c.hash("etc/config/network", &stat(3, 10)), None);
+    }
+
+    #[test]
+    fn a_directory_record_survives_a_save_and_matches_only_the_same_stat() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = |ino, ctime_ns| Stat {
+            kind: FileType::Dir,
+            ..stat(ino, ctime_ns)
+        };
+        let mut c = LiveStat::load(d.path());
+        c.record("a", &stat(1, 1), Hash([1; 32]));
+        c.record_dir("etc/config", &dir(5, 20));
+        c.save();
+        let mut c = LiveStat::load(d.path());
+        assert!(c.dir_unchanged("etc/config", &dir(5, 20)));
+        // A name created or removed in it moved its ctime; a file is not a directory.
+        assert!(!c.dir_unchanged("etc/config", &dir(5, 21)));
+        assert!(!c.dir_unchanged("etc/config", &stat(5, 20)));
+        assert_eq!(c.hash("a", &stat(1, 1)), Some(Hash([1; 32])));
+        c.forget_dirs();
+        c.save();
+        assert!(!LiveStat::load(d.path()).dir_unchanged("etc/config", &dir(5, 20)));
+        // The thorough pass starts empty and replaces the saved cache.
+        let mut f = LiveStat::fresh(d.path());
+        assert_eq!(f.hash("a", &stat(1, 1)), None);
+        f.save();
+        assert_eq!(LiveStat::load(d.path()).hash("a", &stat(1, 1)), None);
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub(crate) struct Options {
     pub master: bool,
     /// The journal an interrupted run left.
     pub recover: Option<Pending>,
+    /// Trust no cache: every live file is hashed and every mirrored directory listed (the
+    /// drift check). Otherwise what the live stat cache vouches for is only `lstat`ed.
+    pub thorough: bool,
 }
 
 pub(crate) fn open_state(staging: &std::path::Path) -> io::Result<Dir> {
@@ -87,10 +90,25 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
         .and_then(|b| identity::hostname_of(&String::from_utf8_lossy(&b)));
     // Batched when many files may be written: the first restore, or a generation that
     // changes many (the count is from the manifests, an upper bound of what differs live).
-    let writes = match &prev {
-        Some(p) => diff(p, m).iter().filter(|o| o.needs_content()).count(),
+    let ops = prev.as_deref().map(|p| diff(p, m));
+    let writes = match &ops {
+        Some(ops) => ops.iter().filter(|o| o.needs_content()).count(),
         None => m.entries.len(),
     };
+    // A directory may go unlisted only when the last restore left it complete, no name in
+    // it left the generation since, and what the mirror keeps (list, excludes) is the same.
+    let unlisted_ok = !opts.thorough
+        && opts.recover.is_none()
+        && prev
+            .as_deref()
+            .is_some_and(|p| p.list == m.list && p.excludes == m.excludes);
+    let removed_in: HashSet<String> = ops
+        .iter()
+        .flatten()
+        .filter(|o| matches!(o, sync_core::manifest::Op::Delete(_)))
+        .map(|o| parent_key(o.path()))
+        .collect();
+    let state_dir = ctx.root.join(sync_core::node::STATE_DIR);
     let mut a = Applier {
         batch: writes > BATCH_MIN,
         deferred: Vec::new(),
@@ -108,7 +126,13 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
         cleaned: HashSet::new(),
         conffiles: None,
         root_path: ctx.root,
-        live_stat: LiveStat::load(&ctx.root.join(sync_core::node::STATE_DIR)),
+        live_stat: if opts.thorough {
+            LiveStat::fresh(&state_dir)
+        } else {
+            LiveStat::load(&state_dir)
+        },
+        unlisted_ok,
+        removed_in,
         dirs: HashMap::new(),
         recovering: opts.recover.is_some(),
         protected: protected_dirs(ctx),
@@ -122,6 +146,9 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
             .collect(),
     };
     let res = a.run();
+    if res.is_err() || !a.errors.is_empty() {
+        a.live_stat.forget_dirs();
+    }
     a.live_stat.save();
     let mut changed = std::mem::take(&mut a.changed);
     rep.errors = std::mem::take(&mut a.errors);
@@ -268,8 +295,14 @@ struct Applier<'a, 'j> {
     cleaned: HashSet<String>,
     conffiles: Option<HashSet<String>>,
     root_path: &'a std::path::Path,
-    /// Live files known to hold a hash without reading them (issue 13).
+    /// Live files known to hold a hash without reading them, and mirrored directories known
+    /// to hold nothing to delete (issue 13).
     live_stat: LiveStat,
+    /// Directories the live stat cache vouches for need not be listed (see `restore`).
+    unlisted_ok: bool,
+    /// Directories a name of the last restored generation left (relative, "" for the root):
+    /// always listed, so the mirror deletes it.
+    removed_in: HashSet<String>,
     /// Live directories opened for the entries just restored, by [`parent_key`]: entries come
     /// in path order, so siblings reuse one descriptor instead of walking from the root again
     /// (one `openat` per component and entry was most of a small restore's cost). Emptied
@@ -370,6 +403,25 @@ impl<'a> Applier<'a, '_> {
     }
 
     fn mirror(&mut self, d: &Dir, rel: &RelPath) -> Result<(), HookError> {
+        if self.unlisted_ok
+            && !self.removed_in.contains(rel.as_str())
+            && d.lstat(".")
+                .ok()
+                .flatten()
+                .is_some_and(|s| self.live_stat.dir_unchanged(rel.as_str(), &s))
+        {
+            // Nothing here to delete: only its subdirectories are looked at.
+            for name in self.child_dirs(rel) {
+                let Ok(child) = rel.join(&name) else { continue };
+                if is_per_node(&child) || self.excluded(&child) {
+                    continue;
+                }
+                if let Ok(sub) = d.open_dir(&name) {
+                    self.mirror(&sub, &child)?;
+                }
+            }
+            return Ok(());
+        }
         let names = match d.list() {
             Ok(n) => n,
             Err(e) => {
@@ -399,6 +451,27 @@ impl<'a> Applier<'a, '_> {
             }
         }
         Ok(())
+    }
+
+    /// The names of the generation's directories right below `rel`: the entries after it
+    /// that start with `rel/` are one run in path order.
+    fn child_dirs(&self, rel: &RelPath) -> Vec<String> {
+        let below = format!("{}/", rel.as_str());
+        // Not simply the entries after `rel`: `etc/misc-x` sorts between `etc/misc` and
+        // `etc/misc/a`.
+        let start = self
+            .m
+            .entries
+            .partition_point(|e| e.path.as_str() < below.as_str());
+        self.m.entries[start..]
+            .iter()
+            .take_while(|e| e.path.as_str().starts_with(below.as_str()))
+            .filter(|e| is_dir(e))
+            .filter_map(|e| {
+                let name = &e.path.as_str()[below.len()..];
+                (!name.contains('/')).then(|| name.to_string())
+            })
+            .collect()
     }
 
     /// Removes `name` (at `rel`) and what is below it, except excluded and per-node paths;
@@ -987,15 +1060,22 @@ impl<'a> Applier<'a, '_> {
             let Ok(Some(s)) = d.lstat(e.path.file_name()) else {
                 continue;
             };
-            if s.kind != FileType::Dir || !Self::meta_differs(&s, e, false) {
+            if s.kind != FileType::Dir {
+                continue;
+            }
+            if !Self::meta_differs(&s, e, false) {
+                // Its names are final: the next restore need not list it (see `mirror`).
+                self.live_stat.record_dir(e.path.as_str(), &s);
                 continue;
             }
             self.note(&e.path)?;
-            if let Err(err) = d
+            match d
                 .open_dir(e.path.file_name())
-                .and_then(|x| x.set_own_meta(meta_of(e)))
+                .and_then(|x| x.set_own_meta(meta_of(e)).and_then(|()| x.lstat(".")))
             {
-                self.err(&e.path, err);
+                Ok(Some(s)) => self.live_stat.record_dir(e.path.as_str(), &s),
+                Ok(None) => {}
+                Err(err) => self.err(&e.path, err),
             }
         }
         Ok(())
@@ -1096,4 +1176,127 @@ fn conffiles(root: &std::path::Path) -> HashSet<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use sync_core::local::{staging_only, sync_local};
+    use sync_core::runner::RecordingRunner;
+    use sync_core::staging::Staging;
+
+    fn write(root: &Path, rel: &str, text: &str) {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    /// `etc/app/` synced from `a` into `b`'s staging; the committed generation.
+    fn sync(a: &Path, b: &Path) -> Manifest {
+        sync_local(a, b, &RecordingRunner::new(), &mut staging_only).unwrap();
+        Manifest::clone(
+            Staging::open(&sync_core::Node::new(b).staging_dir())
+                .unwrap()
+                .committed()
+                .unwrap(),
+        )
+    }
+
+    fn run(b: &Path, m: &Manifest, thorough: bool) -> RestoreReport {
+        let staging = sync_core::Node::new(b).staging_dir();
+        let r = RecordingRunner::new();
+        let ctx = Ctx {
+            root: b,
+            staging: &staging,
+            runner: &r,
+        };
+        let opts = Options {
+            master: false,
+            recover: None,
+            thorough,
+        };
+        restore(&ctx, m, opts)
+    }
+
+    fn pair(d: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let (a, b) = (d.join("a"), d.join("b"));
+        for r in [&a, &b] {
+            write(
+                r,
+                "etc/config/keepalived",
+                "config peer 'ha_peer'\n\tlist sync_list '/etc/app/'\n",
+            );
+            write(r, "etc/sysupgrade.conf", "");
+        }
+        write(&a, "etc/app/conf", "from the primary\n");
+        write(&a, "etc/app/sub/deep", "deep\n");
+        (a, b)
+    }
+
+    /// What the stat cache vouches for is trusted by a restore and checked by the thorough
+    /// pass. The cache is forged here (a file whose content changed under an unchanged stat
+    /// cannot be made from user space), standing for what a stat cannot show.
+    #[test]
+    fn the_thorough_pass_reads_what_the_stat_cache_vouches_for() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = pair(d.path());
+        let m = sync(&a, &b);
+        assert!(run(&b, &m, false).applied);
+
+        let live = b.join("etc/app/conf");
+        let before = std::fs::metadata(&live).unwrap();
+        std::fs::write(&live, "FROM THE PRIMARY\n").unwrap(); // same size, mtime put back
+        filetime::set_file_mtime(
+            &live,
+            filetime::FileTime::from_last_modification_time(&before),
+        )
+        .unwrap();
+        let st = Dir::open(&b.join("etc/app"), false)
+            .unwrap()
+            .lstat("conf")
+            .unwrap()
+            .unwrap();
+        let state = b.join(sync_core::node::STATE_DIR);
+        let mut cache = LiveStat::load(&state);
+        let staged = m.get(&RelPath::new("etc/app/conf").unwrap()).unwrap();
+        cache.record("etc/app/conf", &st, staged.file_hash().unwrap());
+        cache.save();
+
+        assert!(
+            run(&b, &m, false).changed.is_empty(),
+            "the cache is trusted"
+        );
+        let rep = run(&b, &m, true);
+        assert_eq!(rep.changed, ["/etc/app/conf"]);
+        assert_eq!(
+            std::fs::read_to_string(&live).unwrap(),
+            "from the primary\n"
+        );
+    }
+
+    /// A mirrored directory the last restore left complete is not listed; one that changed
+    /// since, or that lost a name in the new generation, is.
+    #[test]
+    fn only_directories_that_changed_are_listed_again() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = pair(d.path());
+        let m = sync(&a, &b);
+        assert!(run(&b, &m, false).applied);
+
+        // A stray file in a directory the cache vouches for: its ctime moved, so it is
+        // listed and the stray deleted.
+        write(&b, "etc/app/sub/stray", "not on the primary\n");
+        let rep = run(&b, &m, false);
+        assert_eq!(rep.changed, ["/etc/app/sub/stray"]);
+        assert!(!b.join("etc/app/sub/stray").exists());
+
+        // The primary deletes a file: its directory is listed although unchanged live.
+        std::fs::remove_file(a.join("etc/app/sub/deep")).unwrap();
+        let m2 = sync(&a, &b);
+        let rep = run(&b, &m2, false);
+        assert_eq!(rep.changed, ["/etc/app/sub/deep"]);
+        assert!(!b.join("etc/app/sub/deep").exists());
+        assert!(run(&b, &m2, false).changed.is_empty());
+    }
 }

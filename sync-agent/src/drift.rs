@@ -53,7 +53,24 @@ pub fn interval(node: &Node) -> Option<Duration> {
 
 /// One check. `None` when there is nothing to compare (not a backup, master, no generation
 /// restored yet, or a sync in progress); else what differed (possibly nothing).
+///
+/// Files the live stat cache vouches for (as the last restore left them) are only `lstat`ed;
+/// [`check_thorough`] reads them all.
 pub fn check(node: &Node, runner: &dyn Runner) -> Option<Drift> {
+    check_with(node, runner, false)
+}
+
+/// [`check`] hashing every live file and listing every mirrored directory: what a stat
+/// cannot show (a file changed with its size and times put back by a tool that also
+/// controls the clock) is found here. [`run`] makes every [`THOROUGH_EVERY`]th check this.
+pub fn check_thorough(node: &Node, runner: &dyn Runner) -> Option<Drift> {
+    check_with(node, runner, true)
+}
+
+/// One check in [`THOROUGH_EVERY`] reads the whole tree (hourly at the default interval).
+pub const THOROUGH_EVERY: u64 = 60;
+
+fn check_with(node: &Node, runner: &dyn Runner, thorough: bool) -> Option<Drift> {
     if node.role() == Some(Role::Primary) || node.vrrp_state() == Some(VrrpState::Master) {
         return None;
     }
@@ -74,14 +91,15 @@ pub fn check(node: &Node, runner: &dyn Runner) -> Option<Drift> {
         staging: &staging_dir,
         runner,
     };
-    let rep = restore_hooks::restore_after_commit(
-        &ctx,
-        &m,
-        &Commit {
-            root,
-            ..Commit::default()
-        },
-    );
+    let commit = Commit {
+        root,
+        ..Commit::default()
+    };
+    let rep = if thorough {
+        restore_hooks::restore_thorough(&ctx, &m, &commit)
+    } else {
+        restore_hooks::restore_after_commit(&ctx, &m, &commit)
+    };
     if rep.refused.is_some() {
         return None;
     }
@@ -162,9 +180,10 @@ pub async fn run(node: Node, runner: std::sync::Arc<dyn Runner>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick is immediate: start-up already restored
-    loop {
+    for count in 1u64.. {
         tick.tick().await;
         let (n, r) = (node.clone(), runner.clone());
-        let _ = tokio::task::spawn_blocking(move || check(&n, r.as_ref())).await;
+        let thorough = count % THOROUGH_EVERY == 0;
+        let _ = tokio::task::spawn_blocking(move || check_with(&n, r.as_ref(), thorough)).await;
     }
 }

@@ -59,9 +59,9 @@ pub fn open_state(staging: &Path) -> io::Result<Dir> {
 /// [`layout::RESTORED`]); `None` when there is none or it does not decode (logged: the caller
 /// then falls back to a rescan or a full comparison).
 ///
-/// The last two files decoded are kept by identity (device, inode, size, mtime, ctime, read
-/// from the open file): both names are written by rename, so a file with the same identity
-/// holds the same bytes. A session reads the committed manifest and the restore the restored
+/// The last two files decoded are kept by identity (device, inode, size, mtime, read from the
+/// open file): both names are only ever written by rename, never in place, so a file with the
+/// same identity holds the same bytes. A session reads the committed manifest and the restore the restored
 /// one, which [`write_restored`] makes the same file: a megabyte decoded and validated once
 /// per generation instead of twice per session (issue 13).
 pub fn read_manifest(state: &Dir, name: &str) -> Option<Arc<Manifest>> {
@@ -101,7 +101,7 @@ pub fn read_manifest(state: &Dir, name: &str) -> Option<Arc<Manifest>> {
     match Manifest::decode(&b) {
         Ok(m) => {
             let m = Arc::new(m);
-            memo::put(key, Arc::clone(&m));
+            memo::put(state.path(), key, Arc::clone(&m));
             Some(m)
         }
         Err(e) => {
@@ -112,14 +112,14 @@ pub fn read_manifest(state: &Dir, name: &str) -> Option<Arc<Manifest>> {
 }
 
 /// What identifies a file's content without reading it, for files only ever replaced by
-/// rename (ctime cannot be set from user space).
+/// rename. Not the ctime: linking the restored record and replacing the committed name move
+/// it (the link count changes), the bytes do not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileId {
     dev: u64,
     ino: u64,
     size: u64,
     mtime_ns: i64,
-    ctime_ns: i64,
 }
 
 impl FileId {
@@ -130,7 +130,6 @@ impl FileId {
             ino: md.ino(),
             size: md.size(),
             mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-            ctime_ns: md.ctime() * 1_000_000_000 + md.ctime_nsec(),
         }
     }
 }
@@ -138,18 +137,22 @@ impl FileId {
 /// The decoded manifests [`read_manifest`] keeps, most recent first.
 mod memo {
     use super::{Arc, FileId, Manifest};
+    use std::path::{Path, PathBuf};
     use std::sync::Mutex;
 
-    /// The committed and the restored generation: the same file between syncs, two files
-    /// while a commit awaits its restore.
+    /// Per state directory: the committed and the restored generation (the same file
+    /// between syncs, two files while a commit awaits its restore).
     const KEEP: usize = 2;
-    static MEMO: Mutex<Vec<(FileId, Arc<Manifest>)>> = Mutex::new(Vec::new());
+    /// State directories at once: one on a router; tests open many.
+    const DIRS: usize = 4;
+    type Memo = Vec<(PathBuf, FileId, Arc<Manifest>)>;
+    static MEMO: Mutex<Memo> = Mutex::new(Vec::new());
 
     pub(super) fn get(key: &FileId) -> Option<Arc<Manifest>> {
         let mut memo = MEMO.lock().unwrap_or_else(|p| p.into_inner());
-        let i = memo.iter().position(|(k, _)| k == key)?;
+        let i = memo.iter().position(|(_, k, _)| k == key)?;
         let hit = memo.remove(i);
-        let m = Arc::clone(&hit.1);
+        let m = Arc::clone(&hit.2);
         memo.insert(0, hit);
         Some(m)
     }
@@ -157,15 +160,31 @@ mod memo {
     /// `m` is what the file `name` (just written by this process) holds.
     pub(super) fn remember(state: &crate::fsx::Dir, name: &str, m: &Arc<Manifest>) {
         if let Ok(md) = state.open_file(name).and_then(|f| f.metadata()) {
-            put(FileId::of(&md), Arc::clone(m));
+            put(state.path(), FileId::of(&md), Arc::clone(m));
         }
     }
 
-    pub(super) fn put(key: FileId, m: Arc<Manifest>) {
+    pub(super) fn put(dir: &Path, key: FileId, m: Arc<Manifest>) {
         let mut memo = MEMO.lock().unwrap_or_else(|p| p.into_inner());
-        memo.retain(|(k, _)| *k != key);
-        memo.insert(0, (key, m));
-        memo.truncate(KEEP);
+        memo.retain(|(_, k, _)| *k != key);
+        memo.insert(0, (dir.to_path_buf(), key, m));
+        let mut seen: Vec<(&Path, usize)> = Vec::new();
+        let mut keep = Vec::with_capacity(memo.len());
+        for (d, ..) in memo.iter() {
+            let n = match seen.iter_mut().find(|(x, _)| *x == d.as_path()) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    seen.push((d.as_path(), 1));
+                    1
+                }
+            };
+            keep.push(n <= KEEP && seen.len() <= DIRS);
+        }
+        let mut flags = keep.into_iter();
+        memo.retain(|_| flags.next().unwrap_or(false));
     }
 }
 
@@ -176,18 +195,9 @@ mod memo {
 /// nothing encoded or written again, and one decode serves both.
 pub fn write_restored(state: &Dir, m: &Manifest) -> io::Result<()> {
     let root = m.root_hash();
-    let committed = (read_root(state, ROOT) == Some(root))
-        .then(|| read_manifest(state, MANIFEST))
-        .flatten()
-        .filter(|c| **c == *m);
-    let linked = match committed {
-        Some(c) if state.link_atomic(MANIFEST, layout::RESTORED).is_ok() => {
-            // A link moves the file's ctime: remembered again under its new identity.
-            memo::remember(state, layout::RESTORED, &c);
-            true
-        }
-        _ => false,
-    };
+    let is_committed = read_root(state, ROOT) == Some(root)
+        && read_manifest(state, MANIFEST).is_some_and(|c| *c == *m);
+    let linked = is_committed && state.link_atomic(MANIFEST, layout::RESTORED).is_ok();
     if !linked {
         state.write_file_atomic(layout::RESTORED, &m.encode(), None)?;
     }
@@ -676,7 +686,11 @@ mod tests {
         let n = manifest(&["a"]);
         st.commit(&n).unwrap();
         assert_ne!(md(MANIFEST).ino(), md(layout::RESTORED).ino());
-        assert_eq!(*read_manifest(&state, layout::RESTORED).unwrap(), m);
+        let restored = read_manifest(&state, layout::RESTORED).unwrap();
+        assert!(
+            Arc::ptr_eq(&restored, &a),
+            "still decoded once: losing a name is not a change of content"
+        );
         assert_eq!(*read_manifest(&state, MANIFEST).unwrap(), n);
     }
 

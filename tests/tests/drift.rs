@@ -53,6 +53,11 @@ fn a_hand_edit_on_the_backup_is_found_healed_kept_and_reported() {
 
     let clean = drift::check(&node, &r).expect("a backup is checked");
     assert!(clean.paths.is_empty(), "{clean:?}");
+    let thorough = drift::check_thorough(&node, &r).expect("checked");
+    assert!(
+        thorough.paths.is_empty(),
+        "reading every file finds nothing: {thorough:?}"
+    );
     assert!(!alerts::is_raised(&b, Alert::Drift));
 
     // An admin edits a listed file by hand and drops a file into the mirrored directory.
