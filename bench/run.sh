@@ -4,6 +4,7 @@
 #   bench/run.sh [--scale N]... [--rounds R] [--mode auto|net|local] [--no-pcap]
 #                [--bin PATH] [--out DIR] [--tag NAME] [--force] [--no-install] [--keep]
 #                [--ssh-shell /bin/sh|keep] [--quiet-wait SECONDS] [--staging-only] [--fs tmpfs|ext4] [--slow]
+#                [--fresh-agent]
 # ha-sync as shipped: the static musl build (built if missing), the backup restoring each commit
 # to its live tree; --staging-only stops at the staging tree (what rsync writes); --fs ext4 puts
 # the trees on an ext4 loop device instead of a tmpfs; --slow pins the whole run (both tools,
@@ -29,6 +30,7 @@ QUIET_PCT=25
 STAGING_ONLY=0
 FS=tmpfs
 SLOW=0
+FRESH_AGENT=0
 SCENARIOS=(full nochange edit bigedit delete add touch)
 TOOLS=(ha-sync rsync rsync-z)
 NS_P=ha-p NS_B=ha-b IP_P=198.18.0.1 IP_B=198.18.0.2
@@ -53,6 +55,7 @@ while [ $# -gt 0 ]; do
     --ssh-shell) SSH_SHELL=${2:?}; shift 2 ;;
     --staging-only) STAGING_ONLY=1; shift ;;
     --slow) SLOW=1; shift ;;
+    --fresh-agent) FRESH_AGENT=1; shift ;;
     --fs) case "${2:-}" in tmpfs|ext4) FS=$2 ;; *) die "--fs tmpfs|ext4" ;; esac; shift 2 ;;
     --quiet-wait) [[ "${2:-}" =~ ^[0-9]+$ ]] || die "--quiet-wait needs seconds"; QUIET_WAIT=$2; shift 2 ;;
     -h|--help) usage 0 ;;
@@ -308,6 +311,8 @@ stop_serve() {
   SERVE_PID=""
 }
 hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+CLK_TCK=$(getconf CLK_TCK)
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
 # ---------------------------------------------------------------- measuring helpers
 wire() { ip netns exec $NS_P cat /sys/class/net/vp/statistics/tx_bytes /sys/class/net/vp/statistics/rx_bytes | paste -sd' '; }
@@ -373,7 +378,14 @@ measure() { # SCALE ROUND SCENARIO TOOL
   case $tool in
     ha-sync)
       if [ $MODE = net ]; then
-        stop_serve; start_serve "$SD/hs/B"; idle=$(hwm_kb $SERVE_PID)
+        # The agent runs as under procd: started once per round (a fresh tree), kept across the
+        # round's scenarios; its peak RSS is reset for each (clear_refs 5). --fresh-agent: a
+        # new agent process for every sync (its first session pays every cold cache).
+        if [ $FRESH_AGENT = 1 ] || [ -z "$SERVE_PID" ] || ! kill -0 "$SERVE_PID" 2>/dev/null; then
+          stop_serve; start_serve "$SD/hs/B"
+        fi
+        echo 5 > "/proc/$SERVE_PID/clear_refs" 2>/dev/null
+        idle=$(hwm_kb $SERVE_PID); serve_ticks0=$(proc_ticks $SERVE_PID)
         cmd=("$HS" now --root "$src" --peer $IP_B:$HS_PORT --key "$W/keys/client" --known-hosts "$W/keys/known_hosts")
       else
         mode=local
@@ -399,7 +411,11 @@ measure() { # SCALE ROUND SCENARIO TOOL
   local bk_hwm="" spid=""
   if [ $mode = net ] && [ "$tool" = ha-sync ]; then
     spid=$SERVE_PID; bk_hwm=$(hwm_kb $SERVE_PID)
-    stop_serve   # per-scenario VmHWM; its exit record (CPU time) lands in the window too
+    if [ $FRESH_AGENT = 1 ]; then
+      stop_serve   # per-scenario VmHWM; its exit record (CPU time) lands in the window too
+    else
+      serve_cpu_ms=$(( ($(proc_ticks $SERVE_PID) - serve_ticks0) * 1000 / CLK_TCK ))
+    fi
   fi
   sleep 0.05
   e1=$(stat -c %s "$EXITS")
@@ -415,9 +431,11 @@ measure() { # SCALE ROUND SCENARIO TOOL
     if [ "$tool" != ha-sync ]; then
       r=$("$PY" "$HERE/lib/rssattr.py" "$EXITS" "$e0" "$e1" $SSHD_PID --exclude-roots)
       rss_b=$(kv sum_kb "$r"); rss_bprocs=$(kv procs "$r"); cpu_b=$(kv cpu_ms "$r")
-    elif [ -n "$spid" ]; then
+    elif [ -n "$spid" ] && [ $FRESH_AGENT = 1 ]; then
       r=$("$PY" "$HERE/lib/rssattr.py" "$EXITS" "$e0" "$e1" $spid)
       cpu_b=$(kv cpu_ms "$r"); rss_bprocs="serve-VmHWM;exit-record:$(kv sum_kb "$r")kB"
+    elif [ -n "$spid" ]; then
+      cpu_b=$serve_cpu_ms; rss_bprocs="serve-VmHWM(running)"
     fi
   fi
   if [ "$tool" = ha-sync ]; then
@@ -467,6 +485,7 @@ for scale in "${SCALES[@]}"; do
   write_router_config "$SD/pristine"
   for round in $(seq 1 "$ROUNDS"); do
     log "scale $scale round $round/$ROUNDS"
+    stop_serve   # a new round is a new tree: a new agent
     for t in "${TOOLS[@]}"; do reset_tool "$t"; done
     # rotate the tools' order each round so that none always runs first after a mutation
     order=()
@@ -487,7 +506,7 @@ SSH_V=$(ssh -V 2>&1 | cut -d, -f1 | tr " " "-")
 HS_V=$("$HS" --version 2>/dev/null | head -1 | tr " " "-")
 GIT_V=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null)$(cd "$REPO" && [ -n "$(git status --porcelain 2>/dev/null | grep -v '^?? bench/' | head -1)" ] && echo "+dirty")
 BIN_KIND=$(file -b "$BIN" | grep -oE 'statically linked|static-pie linked|dynamically linked' | head -1 | tr ' ' '-')
-META="date=$(date -u +%FT%TZ) mode=$MODE fs=$FS slow=$([ $SLOW = 1 ] && echo 1-core-25pct || echo no) backup=$([ $STAGING_ONLY = 1 ] && echo staging-only || echo live) binary=${BIN_KIND:-unknown} binary_bytes=$(stat -c %s "$BIN") rounds=$ROUNDS scales=${SCALES[*]} pcap=$PCAP taskstats=$TASKSTATS remote_shell=$REMOTE_SHELL kernel=$(uname -r) cpus=$(nproc) rsync=$RSYNC_V ssh=$SSH_V ha_sync=$HS_V binary_built=$(date -u -r "$BIN" +%FT%TZ) tree_now=$GIT_V duration_s=$(( $(date +%s) - START ))"
+META="date=$(date -u +%FT%TZ) mode=$MODE agent=$([ $FRESH_AGENT = 1 ] && echo fresh-per-sync || echo running) fs=$FS slow=$([ $SLOW = 1 ] && echo 1-core-25pct || echo no) backup=$([ $STAGING_ONLY = 1 ] && echo staging-only || echo live) binary=${BIN_KIND:-unknown} binary_bytes=$(stat -c %s "$BIN") rounds=$ROUNDS scales=${SCALES[*]} pcap=$PCAP taskstats=$TASKSTATS remote_shell=$REMOTE_SHELL kernel=$(uname -r) cpus=$(nproc) rsync=$RSYNC_V ssh=$SSH_V ha_sync=$HS_V binary_built=$(date -u -r "$BIN" +%FT%TZ) tree_now=$GIT_V duration_s=$(( $(date +%s) - START ))"
 cp "$CSV" "$OUT/latest.csv"
 "$PY" "$HERE/report.py" "$OUT/latest.csv" --meta "$META" > "$OUT/latest.md" || die "report.py failed (raw data kept in $OUT/latest.csv)"
 if [ -n "$TAG" ]; then cp "$OUT/latest.csv" "$OUT/$TAG.csv"; cp "$OUT/latest.md" "$OUT/$TAG.md"; fi

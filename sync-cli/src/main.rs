@@ -15,6 +15,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod attic;
 mod cluster;
 mod demo;
+#[cfg(all(test, ha_mem))]
+mod mem;
 mod net;
 mod rpcd;
 
