@@ -290,6 +290,7 @@ fn restore_generation(
     let rep = restore::restore(
         ctx,
         manifest,
+        root,
         restore::Options {
             master: false,
             recover: pending(ctx.staging),
@@ -324,22 +325,20 @@ fn recover_locked(ctx: &Ctx) -> Result<Option<RestoreReport>, HookError> {
             "an interrupted restore waits, but staging has no committed generation".into(),
         )));
     };
-    if p.root != m.root_hash() {
+    let root = m.root_hash();
+    if p.root != root {
         tracing::warn!(
-            "the restore journal names generation {}, staging holds {}: restoring that",
+            "the restore journal names generation {}, staging holds {root}: restoring that",
             p.root,
-            m.root_hash()
         );
     }
-    tracing::info!(
-        "completing the restore of generation {} interrupted by a crash",
-        m.root_hash()
-    );
+    tracing::info!("completing the restore of generation {root} interrupted by a crash");
     // Completed even on a node that became master since: live must not stay a mix.
     let master = Node::new(ctx.root).vrrp_state() == Some(VrrpState::Master);
     Ok(Some(restore::restore(
         ctx,
         m,
+        root,
         restore::Options {
             master,
             recover: Some(p),
@@ -427,18 +426,20 @@ fn restore_committed(ctx: &Ctx) -> Result<RestoreReport, HookError> {
             "staging holds no committed generation (or its manifest does not validate)".into(),
         ));
     };
+    let root = m.root_hash();
     if staging.is_dirty() {
         return Ok(refused(
-            m.root_hash(),
+            root,
             "staging holds an interrupted sync; the next commit restores".into(),
         ));
     }
     if let Some(why) = refusal(ctx) {
-        return Ok(refused(m.root_hash(), why));
+        return Ok(refused(root, why));
     }
     let rep = restore::restore(
         ctx,
         m,
+        root,
         restore::Options {
             master: false,
             recover: None,

@@ -65,8 +65,9 @@ pub(crate) fn read_restored(state: &Dir) -> Option<std::sync::Arc<Manifest>> {
 ///
 /// `applied` is true when every path of the generation is live; failed NOTIFY_SYNC steps are
 /// listed in `errors` under `NOTIFY_SYNC` without making the restore unapplied.
-pub(crate) fn restore(ctx: &Ctx, m: &Manifest, opts: Options) -> RestoreReport {
-    let root = m.root_hash();
+/// `root` is `m`'s root hash, which every caller has computed already (a megabyte of
+/// encoding at a few thousand entries).
+pub(crate) fn restore(ctx: &Ctx, m: &Manifest, root: Hash, opts: Options) -> RestoreReport {
     let mut rep = RestoreReport {
         root,
         ..RestoreReport::default()
@@ -237,7 +238,7 @@ fn finish(
         }
     }
     if sync_core::staging::restored_root(state) != Some(root) {
-        if let Err(e) = sync_core::staging::write_restored(state, m) {
+        if let Err(e) = sync_core::staging::write_restored(state, m, root) {
             rep.errors.push((
                 state.path().join(journal::RESTORED).display().to_string(),
                 e.to_string(),
@@ -1216,7 +1217,7 @@ mod tests {
             recover: None,
             thorough,
         };
-        restore(&ctx, m, opts)
+        restore(&ctx, m, m.root_hash(), opts)
     }
 
     fn pair(d: &Path) -> (std::path::PathBuf, std::path::PathBuf) {

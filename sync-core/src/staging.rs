@@ -193,8 +193,10 @@ mod memo {
 /// which only makes the next start redo an idempotent restore. When `m` is the committed
 /// generation (the usual case) the restored record is a second name of the committed file:
 /// nothing encoded or written again, and one decode serves both.
-pub fn write_restored(state: &Dir, m: &Manifest) -> io::Result<()> {
-    let root = m.root_hash();
+///
+/// `root` is `m`'s root hash (the caller has it: computing it again encodes the whole
+/// manifest).
+pub fn write_restored(state: &Dir, m: &Manifest, root: Hash) -> io::Result<()> {
     let is_committed = read_root(state, ROOT) == Some(root)
         && read_manifest(state, MANIFEST).is_some_and(|c| *c == *m);
     let linked = is_committed && state.link_atomic(MANIFEST, layout::RESTORED).is_ok();
@@ -671,7 +673,7 @@ mod tests {
         let m = manifest(&["a", "b"]);
         st.commit(&m).unwrap();
         let state = open_state(d.path()).unwrap();
-        write_restored(&state, &m).unwrap();
+        write_restored(&state, &m, m.root_hash()).unwrap();
         let md = |n: &str| std::fs::metadata(d.path().join(STATE).join(n)).unwrap();
         assert_eq!(md(MANIFEST).ino(), md(layout::RESTORED).ino());
         assert_eq!(restored_root(&state), Some(m.root_hash()));
@@ -701,7 +703,7 @@ mod tests {
         st.commit(&manifest(&["a"])).unwrap();
         let state = open_state(d.path()).unwrap();
         let other = manifest(&["b"]);
-        write_restored(&state, &other).unwrap();
+        write_restored(&state, &other, other.root_hash()).unwrap();
         let md = |n: &str| std::fs::metadata(d.path().join(STATE).join(n)).unwrap();
         assert_ne!(md(MANIFEST).ino(), md(layout::RESTORED).ino());
         assert_eq!(*read_manifest(&state, layout::RESTORED).unwrap(), other);
