@@ -29,10 +29,9 @@ use sync_core::node::{Node, Role, VrrpState};
 use sync_core::path::RelPath;
 use sync_core::pull::{self, Change, Decision, Offer, Taken, PULL_VERSION};
 use sync_core::restore_list::{self, Excludes};
-use sync_core::scan::{Scanner, StatCache};
 use sync_core::staging::Staging;
 use sync_core::uci;
-use sync_core::uci_merge;
+use sync_core::{Scanner, StatCache};
 
 /// In the node's data directory: the backup's authority mark.
 pub const AUTHORITY_FILE: &str = "authority.json";
@@ -644,7 +643,7 @@ pub fn apply_offer(ctx: &Ctx, offer: &Offer) -> Result<PullOutcome, HookError> {
                 let text = |d: Option<&Vec<u8>>| {
                     String::from_utf8_lossy(d.map_or(&[][..], |v| v)).into_owned()
                 };
-                let merged = uci_merge::merge3_text(
+                let merged = sync_core::merge3_text(
                     &text(c.base_data.as_ref()),
                     &text(ours.as_ref().and_then(|(_, d)| d.as_ref())),
                     &text(c.data.as_ref()),

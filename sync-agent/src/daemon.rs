@@ -41,8 +41,8 @@ use sync_core::manifest::{Hash, Kind};
 use sync_core::node::Node;
 use sync_core::prepare::{self, Prepared};
 use sync_core::runner::Runner;
-use sync_core::scan::StatCache;
 use sync_core::wire::RestoreReport;
+use sync_core::StatCache;
 use tokio::sync::mpsc;
 
 /// Default period of the reconcile sync.

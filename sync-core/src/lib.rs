@@ -20,13 +20,13 @@ pub mod pull;
 pub mod restore_list;
 pub mod runner;
 pub mod sample;
-pub mod scan;
+mod scan;
 pub mod session;
 pub mod staging;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod uci;
-pub mod uci_merge;
+mod uci_merge;
 pub mod wire;
 
 // The types most callers need, at the crate root.
@@ -35,3 +35,6 @@ pub use node::{Node, Role, VrrpState};
 pub use path::RelPath;
 pub use runner::{Cmd, Runner};
 pub use session::SyncError;
+// Modules no other crate needs whole: what it does use, here.
+pub use scan::{ScanError, ScanStats, Scanner, StatCache};
+pub use uci_merge::merge3_text;

@@ -443,7 +443,7 @@ fn rel_of(root: &Path, full: &Path) -> Option<String> {
 }
 
 /// blake3 of a file, never through a symlink.
-pub fn hash_file(path: &Path) -> Result<Hash, ScanError> {
+pub(crate) fn hash_file(path: &Path) -> Result<Hash, ScanError> {
     let f = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -455,7 +455,7 @@ pub fn hash_file(path: &Path) -> Result<Hash, ScanError> {
 }
 
 /// Opens a file the manifest lists for streaming, never through a symlink.
-pub fn open_file(path: &Path) -> Result<File, ScanError> {
+pub(crate) fn open_file(path: &Path) -> Result<File, ScanError> {
     let f = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -467,7 +467,7 @@ pub fn open_file(path: &Path) -> Result<File, ScanError> {
 }
 
 /// Reads a file the manifest lists, never through a symlink, at most `limit` bytes.
-pub fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, ScanError> {
+pub(crate) fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, ScanError> {
     use std::io::Read;
     let f = open_file(path)?;
     // Sized from the inode: read_to_end's doubling would otherwise reserve up to twice it.

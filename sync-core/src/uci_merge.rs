@@ -51,14 +51,14 @@ pub struct Conflict {
 /// A merge's result: the package (theirs' value wherever the sides conflicted) and every
 /// conflict, so that the caller can report what the authority overrode.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Merged {
-    pub package: Package,
-    pub conflicts: Vec<Conflict>,
+pub(crate) struct Merged {
+    pub(crate) package: Package,
+    pub(crate) conflicts: Vec<Conflict>,
 }
 
 /// Three-way merge at section / option / list level; on a conflict `theirs` wins and the
 /// conflict is listed (see the module doc for the rules).
-pub fn merge3(base: &Package, ours: &Package, theirs: &Package) -> Merged {
+pub(crate) fn merge3(base: &Package, ours: &Package, theirs: &Package) -> Merged {
     merge3_traced(base, ours, theirs).merged
 }
 
