@@ -20,7 +20,7 @@ use ha_cluster::{actions, bootstrap, network, upgrade, ClusterError, Ctx, Role};
 use serde_json::{json, Map, Value};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use sync_core::runner::{Cmd, CmdOutput, Runner, SystemRunner};
+use sync_core::runner::RootedRunner;
 use sync_core::uci::Package;
 
 #[derive(Args)]
@@ -538,47 +538,3 @@ fn upgrade_remote(ctx: &Ctx, image: &str) -> Result<Reply> {
 
 // ---------------------------------------------------------------------------------------------
 // Commands
-
-/// The system's runner on `/`. Under another root (a test, a staging tree) a command runs
-/// only from inside it (`/etc/init.d/keepalived` is `<root>/etc/init.d/keepalived`); one
-/// that is not there succeeds without output, so nothing of the host is touched.
-pub(crate) struct RootedRunner {
-    root: Option<PathBuf>,
-}
-
-impl RootedRunner {
-    pub(crate) fn new(root: &Path) -> RootedRunner {
-        let system = root.canonicalize().is_ok_and(|r| r == Path::new("/"));
-        RootedRunner {
-            root: (!system).then(|| root.to_path_buf()),
-        }
-    }
-
-    fn inside(&self, root: &Path, program: &str) -> Option<PathBuf> {
-        let p = root.join(program.trim_start_matches('/'));
-        (program.starts_with('/') && p.is_file()).then_some(p)
-    }
-}
-
-impl Runner for RootedRunner {
-    fn run(&self, cmd: &Cmd) -> std::io::Result<CmdOutput> {
-        let Some(root) = &self.root else {
-            return SystemRunner.run(cmd);
-        };
-        match self.inside(root, &cmd.program) {
-            Some(p) => {
-                let mut c = cmd.clone();
-                c.program = p.to_string_lossy().into_owned();
-                SystemRunner.run(&c)
-            }
-            None => Ok(CmdOutput::ok(Vec::new())),
-        }
-    }
-
-    fn exists(&self, program: &str) -> bool {
-        match &self.root {
-            None => SystemRunner.exists(program),
-            Some(root) => self.inside(root, program).is_some(),
-        }
-    }
-}

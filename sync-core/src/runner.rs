@@ -5,6 +5,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Mutex;
 
@@ -123,6 +124,50 @@ impl Runner for SystemRunner {
     }
 }
 
+/// The system's runner on `/`. Under another root (a test, a staging tree) a command runs
+/// only from inside it (`/etc/init.d/keepalived` is `<root>/etc/init.d/keepalived`); one
+/// that is not there succeeds without output, so nothing of the host is touched.
+pub struct RootedRunner {
+    root: Option<PathBuf>,
+}
+
+impl RootedRunner {
+    pub fn new(root: &Path) -> RootedRunner {
+        let system = root.canonicalize().is_ok_and(|r| r == Path::new("/"));
+        RootedRunner {
+            root: (!system).then(|| root.to_path_buf()),
+        }
+    }
+
+    fn inside(&self, root: &Path, program: &str) -> Option<PathBuf> {
+        let p = root.join(program.trim_start_matches('/'));
+        (program.starts_with('/') && p.is_file()).then_some(p)
+    }
+}
+
+impl Runner for RootedRunner {
+    fn run(&self, cmd: &Cmd) -> io::Result<CmdOutput> {
+        let Some(root) = &self.root else {
+            return SystemRunner.run(cmd);
+        };
+        match self.inside(root, &cmd.program) {
+            Some(p) => {
+                let mut c = cmd.clone();
+                c.program = p.to_string_lossy().into_owned();
+                SystemRunner.run(&c)
+            }
+            None => Ok(CmdOutput::ok(Vec::new())),
+        }
+    }
+
+    fn exists(&self, program: &str) -> bool {
+        match &self.root {
+            None => SystemRunner.exists(program),
+            Some(root) => self.inside(root, program).is_some(),
+        }
+    }
+}
+
 /// Records every command and answers from a table of canned outputs (by program name or
 /// full line); anything not in the table succeeds with empty output.
 #[derive(Debug, Default)]
@@ -195,6 +240,35 @@ impl Runner for RecordingRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rooted_runner_runs_only_what_is_inside_its_root() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let script = d.path().join("etc/init.d/keepalived");
+        std::fs::create_dir_all(script.parent().unwrap()).unwrap();
+        std::fs::write(&script, "#!/bin/sh\necho \"inside $1\"\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let r = RootedRunner::new(d.path());
+        let out = r
+            .run(&Cmd::new("/etc/init.d/keepalived").arg("reload"))
+            .unwrap();
+        assert_eq!(out.stdout, b"inside reload\n");
+        assert!(r.exists("/etc/init.d/keepalived"));
+        // The host's programs are never run from a test root: they succeed without output.
+        assert!(!r.exists("/bin/sh"));
+        let out = r
+            .run(&Cmd::new("/bin/sh").args(["-c", "echo host"]))
+            .unwrap();
+        assert!(out.success() && out.stdout.is_empty());
+        // At `/` it is the system's runner.
+        let sys = RootedRunner::new(Path::new("/"));
+        assert!(sys.exists("/bin/sh"));
+        let out = sys
+            .run(&Cmd::new("/bin/sh").args(["-c", "echo host"]))
+            .unwrap();
+        assert_eq!(out.stdout, b"host\n");
+    }
 
     #[test]
     fn recording_runner_records_and_answers() {
