@@ -333,7 +333,9 @@ impl Attic {
             text.extend_from_slice(&line);
         }
         let p = self.dir.join(INDEX);
-        fsx::write_atomic(&p, &text, 0o600, Durability::Durable).map_err(io_err(&p))?;
+        // Not flushed: a crash that loses the shorter index leaves the longer one, whose lines
+        // for copies deleted below are skipped when read.
+        fsx::write_atomic(&p, &text, 0o600, Durability::Visible).map_err(io_err(&p))?;
         let live: BTreeSet<u64> = kept.iter().map(|k| k.seq).collect();
         for k in &all {
             if !live.contains(&k.seq) {

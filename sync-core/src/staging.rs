@@ -189,8 +189,9 @@ mod memo {
 }
 
 /// Records `m` as the generation live holds: [`layout::RESTORED`], then its root in
-/// [`layout::RESTORED_ROOT`], each durable. A crash between the two leaves the old root,
-/// which only makes the next start redo an idempotent restore. When `m` is the committed
+/// [`layout::RESTORED_ROOT`], made durable by one fsync of the directory. The root's 64 bytes
+/// are not flushed before their rename: a crash that tears them, or falls between the two,
+/// leaves no root or the old one, which only makes the next start redo an idempotent restore. When `m` is the committed
 /// generation (the usual case) the restored record is a second name of the committed file:
 /// nothing encoded or written again, and one decode serves both.
 ///
@@ -203,7 +204,7 @@ pub fn write_restored(state: &Dir, m: &Manifest, root: Hash) -> io::Result<()> {
     if !linked {
         state.write_file_atomic(layout::RESTORED, &m.encode(), None)?;
     }
-    state.write_file_atomic(layout::RESTORED_ROOT, root.to_hex().as_bytes(), None)?;
+    state.write_file_replace(layout::RESTORED_ROOT, root.to_hex().as_bytes(), None, false)?;
     state.sync()
 }
 
@@ -443,8 +444,9 @@ impl Staging {
     /// Marks the tree as changing; from here until `commit` a crash means "rescan".
     pub fn begin(&mut self) -> Result<(), ApplyError> {
         if !self.dirty {
+            // Empty: no data to flush, only its name, which the directory's fsync makes durable.
             self.state
-                .write_file_atomic(DIRTY, b"", None)
+                .write_file_replace(DIRTY, b"", None, false)
                 .map_err(at(self.path.join(STATE).join(DIRTY)))?;
             self.state.sync().map_err(at(self.path.join(STATE)))?;
             self.dirty = true;
@@ -584,31 +586,63 @@ impl Staging {
     /// The commit point: restore list, then manifest, then the dirty mark goes.
     pub fn commit(&mut self, m: &Manifest) -> Result<Hash, ApplyError> {
         crate::fault::point(crate::fault::BEFORE_COMMIT);
-        self.dir.sync_fs().map_err(at(&self.path))?;
         let rl = RelPath::new(RESTORE_LIST).expect("constant path is valid");
         let d = self.parent(&rl, true)?;
-        d.write_file_atomic(
-            rl.file_name(),
-            m.restore_list_file().as_bytes(),
-            Some(Meta {
-                mode: 0o644,
-                uid: 0,
-                gid: 0,
-                mtime_ns: crate::clock::now_ns(),
-            }),
-        )
-        .map_err(at(self.path.join(RESTORE_LIST)))?;
-        d.sync().map_err(at(self.path.join("tmp")))?;
         // Encoded once; the root is the hash of those bytes.
         let bytes = m.encode();
         let root = Hash::of(&bytes);
-        self.state
-            .write_file_atomic(ROOT, root.to_hex().as_bytes(), None)
-            .map_err(at(self.path.join(STATE).join(ROOT)))?;
-        self.state
-            .write_file_atomic(MANIFEST, &bytes, None)
-            .map_err(at(self.path.join(STATE).join(MANIFEST)))?;
+        // The restore list, the root and the manifest as temp files first; then one flush of
+        // the filesystem makes them and every staged file durable (one journal commit where
+        // an fsync each cost four); then the renames in commit order, the manifest last: it
+        // is the commit point.
+        let state_path = self.path.join(STATE);
+        let rl_meta = Meta {
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: crate::clock::now_ns(),
+        };
+        let rl_tmp = d
+            .write_temp(
+                rl.file_name(),
+                m.restore_list_file().as_bytes(),
+                Some(rl_meta),
+            )
+            .map_err(at(self.path.join(RESTORE_LIST)))?;
+        let mut temps = vec![(&d, rl_tmp.clone())];
+        let written = (|| {
+            let t = self
+                .state
+                .write_temp(ROOT, root.to_hex().as_bytes(), None)
+                .map_err(at(state_path.join(ROOT)))?;
+            temps.push((&self.state, t.clone()));
+            let u = self
+                .state
+                .write_temp(MANIFEST, &bytes, None)
+                .map_err(at(state_path.join(MANIFEST)))?;
+            temps.push((&self.state, u.clone()));
+            self.dir.sync_fs().map_err(at(&self.path))?;
+            Ok::<_, ApplyError>((t, u))
+        })();
+        let (root_tmp, manifest_tmp) = match written {
+            Ok(t) => t,
+            Err(e) => {
+                for (dir, t) in temps {
+                    let _ = dir.unlink(&t);
+                }
+                return Err(e);
+            }
+        };
         drop(bytes);
+        d.rename(&rl_tmp, rl.file_name())
+            .map_err(at(self.path.join(RESTORE_LIST)))?;
+        d.sync().map_err(at(self.path.join("tmp")))?;
+        self.state
+            .rename(&root_tmp, ROOT)
+            .map_err(at(state_path.join(ROOT)))?;
+        self.state
+            .rename(&manifest_tmp, MANIFEST)
+            .map_err(at(state_path.join(MANIFEST)))?;
         if self.dirty {
             self.state
                 .unlink(DIRTY)
