@@ -138,6 +138,7 @@ pub(crate) fn restore(ctx: &Ctx, m: &Manifest, root: Hash, opts: Options) -> Res
         recovering: opts.recover.is_some(),
         protected: protected_dirs(ctx),
         attic: Attic::new(&sync_core::node::Node::new(ctx.root)),
+        prekept: None,
         generation: root.to_hex(),
         index: m
             .entries
@@ -320,6 +321,9 @@ struct Applier<'a, 'j> {
     protected: Vec<String>,
     /// Every live version this restore replaces or deletes is kept here first (issue 11).
     attic: Attic,
+    /// While a whole directory is removed: the paths below it already copied to the attic
+    /// and flushed (see `remove_tree`).
+    prekept: Option<HashSet<String>>,
     /// The generation being restored, as the attic tags what it replaced.
     generation: String,
 }
@@ -487,6 +491,24 @@ impl<'a> Applier<'a, '_> {
                 return Ok(false);
             }
         };
+        if st.kind == FileType::Dir && self.prekept.is_none() {
+            // A whole directory goes: everything in it is copied to the attic first, unflushed,
+            // and one flush makes every copy durable before the first deletion (an fsync per
+            // file was most of removing a directory on ext4). What could not be copied here is
+            // copied, flushed, one by one below, or stays.
+            let mut kept = HashSet::new();
+            self.prekeep(d, name, rel, &mut kept);
+            if !kept.is_empty() {
+                if let Err(e) = self.attic.flush() {
+                    tracing::warn!("attic: {e}; copying one file at a time");
+                    kept.clear();
+                }
+            }
+            self.prekept = Some(kept);
+            let gone = self.remove_tree(d, name, rel);
+            self.prekept = None;
+            return gone;
+        }
         if st.kind == FileType::Dir {
             let sub = match d.open_dir(name) {
                 Ok(s) => s,
@@ -696,10 +718,45 @@ impl<'a> Applier<'a, '_> {
         Ok(Some(d))
     }
 
+    /// The files and symlinks below `name` (at `rel`) that `remove_tree` would delete, copied
+    /// to the attic without a flush; their paths in `kept`.
+    fn prekeep(&self, d: &Dir, name: &str, rel: &RelPath, kept: &mut HashSet<String>) {
+        let Ok(sub) = d.open_dir(name) else { return };
+        for n in sub.list().unwrap_or_default() {
+            let Ok(child) = rel.join(&n) else { continue };
+            if is_per_node(&child) || self.excluded(&child) {
+                continue;
+            }
+            match sub.lstat(&n) {
+                Ok(Some(st)) if st.kind == FileType::Dir => self.prekeep(&sub, &n, &child, kept),
+                Ok(Some(_)) => {
+                    let copied = self.attic.keep_unflushed(
+                        &child,
+                        &sub,
+                        &n,
+                        &self.generation,
+                        attic::Reason::Restore,
+                    );
+                    if copied.is_ok() {
+                        kept.insert(child.as_str().to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Keeps the live version at `p` (in `d`) in the attic before it is replaced or deleted;
     /// whether the restore may go on with it. Nothing is overwritten without a copy: when the
     /// copy fails the live version stays and the restore reports the path.
     fn keep(&mut self, d: &Dir, p: &RelPath) -> bool {
+        if self
+            .prekept
+            .as_ref()
+            .is_some_and(|k| k.contains(p.as_str()))
+        {
+            return true;
+        }
         match self.attic.keep(
             p,
             d,
@@ -1273,6 +1330,42 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&live).unwrap(),
             "from the primary\n"
+        );
+    }
+
+    /// A directory the primary removed goes whole, every file in it kept in the attic first
+    /// (copied unflushed, one flush, then the deletions).
+    #[test]
+    fn a_removed_directory_is_kept_in_the_attic_file_by_file() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = pair(d.path());
+        write(&a, "etc/app/sub/more/x", "x\n");
+        write(&a, "etc/app/sub/y", "y\n");
+        let m = sync(&a, &b);
+        assert!(run(&b, &m, false).applied);
+
+        std::fs::remove_dir_all(a.join("etc/app/sub")).unwrap();
+        let m2 = sync(&a, &b);
+        let rep = run(&b, &m2, false);
+        assert!(rep.applied, "{rep:?}");
+        assert!(!b.join("etc/app/sub").exists());
+        let attic = Attic::new(&sync_core::Node::new(&b));
+        let mut kept: Vec<String> = attic
+            .list(None)
+            .unwrap()
+            .into_iter()
+            .map(|k| k.path)
+            .collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            ["etc/app/sub/deep", "etc/app/sub/more/x", "etc/app/sub/y"]
+        );
+        let x = RelPath::new("etc/app/sub/more/x").unwrap();
+        attic.restore(&sync_core::Node::new(&b), &x, None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(b.join("etc/app/sub/more/x")).unwrap(),
+            "x\n"
         );
     }
 

@@ -151,6 +151,47 @@ impl Attic {
         generation: &str,
         reason: Reason,
     ) -> Result<Option<Kept>, AtticError> {
+        let _lock = self.lock()?;
+        let k = self.keep_with(rel, live, name, generation, reason, Durability::Durable)?;
+        self.prune()?;
+        Ok(k)
+    }
+
+    /// [`Attic::keep`] without flushing the copy: for a batch (a directory a restore removes),
+    /// made durable at once by [`Attic::flush`] before anything it copied is deleted.
+    pub fn keep_unflushed(
+        &self,
+        rel: &RelPath,
+        live: &Dir,
+        name: &str,
+        generation: &str,
+        reason: Reason,
+    ) -> Result<Option<Kept>, AtticError> {
+        let _lock = self.lock()?;
+        self.keep_with(rel, live, name, generation, reason, Durability::Visible)
+    }
+
+    /// Makes every copy kept so far durable (one flush of the attic's filesystem), then keeps
+    /// the attic within its bounds.
+    pub fn flush(&self) -> Result<(), AtticError> {
+        Dir::open(&self.dir, false)
+            .and_then(|d| d.sync_fs())
+            .map_err(io_err(&self.dir))?;
+        let _lock = self.lock()?;
+        self.prune()
+    }
+
+    /// Copies what live holds at `name` (`rel`) into the attic and indexes it. Called with
+    /// the attic's lock held.
+    fn keep_with(
+        &self,
+        rel: &RelPath,
+        live: &Dir,
+        name: &str,
+        generation: &str,
+        reason: Reason,
+        durability: Durability,
+    ) -> Result<Option<Kept>, AtticError> {
         let here = live.path().join(name);
         let Some(st) = live.lstat(name).map_err(io_err(&here))? else {
             return Ok(None);
@@ -182,7 +223,6 @@ impl Attic {
             ),
             _ => return Ok(None),
         };
-        let _lock = self.lock()?;
         let seq = self.next_seq()?;
         let k = Kept {
             seq,
@@ -198,10 +238,9 @@ impl Attic {
         };
         if let Some(data) = &data {
             let p = self.version_path(seq);
-            fsx::write_atomic(&p, data, 0o600, Durability::Durable).map_err(io_err(&p))?;
+            fsx::write_atomic(&p, data, 0o600, durability).map_err(io_err(&p))?;
         }
-        self.append(&k)?;
-        self.prune()?;
+        self.append(&k, durability)?;
         Ok(Some(k))
     }
 
@@ -290,7 +329,7 @@ impl Attic {
             .collect())
     }
 
-    fn append(&self, k: &Kept) -> Result<(), AtticError> {
+    fn append(&self, k: &Kept, durability: Durability) -> Result<(), AtticError> {
         let p = self.dir.join(INDEX);
         let mut line = serde_json::to_vec(k).map_err(|e| io_err(&p)(io::Error::other(e)))?;
         line.push(b'\n');
@@ -300,7 +339,10 @@ impl Attic {
             .open(&p)
             .map_err(io_err(&p))?;
         f.write_all(&line).map_err(io_err(&p))?;
-        f.sync_all().map_err(io_err(&p))
+        if durability == Durability::Durable {
+            f.sync_all().map_err(io_err(&p))?;
+        }
+        Ok(())
     }
 
     /// Drops the oldest generations past the bound, then the oldest versions past the bytes.

@@ -102,7 +102,7 @@ pub fn write_router_config(root: &Path, hostname: &str) -> io::Result<()> {
     )?;
     write(
         root,
-        "etc/config/keepalived",
+        crate::node::KEEPALIVED_UCI,
         b"config globals 'globals'\n\toption alt_config_file '/etc/keepalived/keepalived.conf'\n\n\
 config peer 'ha_peer'\n\toption address '127.0.0.1'\n\toption ssh_port '65022'\n\
 \tlist sync_list '/etc/config'\n\tlist sync_list '/etc/ssl'\n\tlist sync_list '/etc/misc'\n\
