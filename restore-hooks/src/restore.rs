@@ -1141,6 +1141,14 @@ impl<'a> Applier<'a, '_> {
 
     /// Makes the renames and removals durable before the journal says "done".
     fn sync_dirs(&self) {
+        if self.touched.len() > BATCH_MIN {
+            // One flush of the filesystem instead of a journal commit per directory (a first
+            // restore touches hundreds).
+            if let Err(e) = self.live.sync_fs() {
+                tracing::warn!("syncfs {}: {e}", self.live.path().display());
+            }
+            return;
+        }
         for key in &self.touched {
             let d = if key.is_empty() {
                 self.live.open_dir(".")
