@@ -356,7 +356,8 @@ impl Typist {
             .expect("type");
     }
 
-    /// Reads the screen until `marker` shows up after what was already seen; bounded.
+    /// Reads the screen until `marker` shows up after what was already seen; bounded (60 s: a
+    /// loaded CI machine once took more than 20 s to show a prompt).
     fn wait_for(&mut self, marker: &str) -> String {
         use tokio::io::AsyncReadExt;
         let start = self.seen.len();
@@ -365,7 +366,7 @@ impl Typist {
             let n = self
                 .rt
                 .block_on(async {
-                    tokio::time::timeout(Duration::from_secs(20), self.screen.read(&mut buf)).await
+                    tokio::time::timeout(Duration::from_secs(60), self.screen.read(&mut buf)).await
                 })
                 .unwrap_or_else(|_| panic!("{marker:?} never came; screen: {}", self.seen))
                 .expect("read screen");
@@ -385,7 +386,7 @@ impl Typist {
         let mut rest = Vec::new();
         self.rt
             .block_on(async {
-                tokio::time::timeout(Duration::from_secs(20), self.screen.read_to_end(&mut rest))
+                tokio::time::timeout(Duration::from_secs(60), self.screen.read_to_end(&mut rest))
                     .await
             })
             .expect("the session never ended")
