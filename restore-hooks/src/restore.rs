@@ -1251,12 +1251,7 @@ mod tests {
     use sync_core::local::{staging_only, sync_local};
     use sync_core::runner::RecordingRunner;
     use sync_core::staging::Staging;
-
-    fn write(root: &Path, rel: &str, text: &str) {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
+    use sync_core::testing::write;
 
     /// `etc/app/` synced from `a` into `b`'s staging; the committed generation.
     fn sync(a: &Path, b: &Path) -> Manifest {

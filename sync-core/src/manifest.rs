@@ -608,39 +608,7 @@ pub fn session_deadline(m: &Manifest) -> std::time::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn file(p: &str, content: &[u8]) -> Entry {
-        Entry {
-            path: RelPath::new(p).unwrap(),
-            kind: Kind::File {
-                size: content.len() as u64,
-                hash: Hash::of(content),
-            },
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 1,
-        }
-    }
-
-    fn dir(p: &str) -> Entry {
-        Entry {
-            kind: Kind::Dir,
-            mode: 0o755,
-            ..file(p, b"")
-        }
-    }
-
-    fn manifest(entries: Vec<Entry>) -> Manifest {
-        Manifest {
-            list: vec![ListItem {
-                path: RelPath::new("etc").unwrap(),
-                dir: true,
-            }],
-            excludes: vec![],
-            entries,
-        }
-    }
+    use crate::testing::{dir, file, manifest};
 
     #[test]
     fn diff_finds_each_kind_of_change() {

@@ -319,12 +319,7 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn write(root: &Path, rel: &str, text: &str) {
-        let p = root.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
+    use crate::testing::write;
 
     #[test]
     fn an_unconfigured_node_has_defaults_and_no_role() {

@@ -667,37 +667,14 @@ pub fn preserves_owners() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::ListItem;
+    use crate::testing::{dir, file};
     use std::os::unix::fs::MetadataExt;
 
+    /// `/etc` holding the empty files `files`.
     fn manifest(files: &[&str]) -> Manifest {
-        let mut entries = vec![Entry {
-            path: RelPath::new("etc").unwrap(),
-            kind: Kind::Dir,
-            mode: 0o755,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 1,
-        }];
-        entries.extend(files.iter().map(|f| Entry {
-            path: RelPath::new(format!("etc/{f}")).unwrap(),
-            kind: Kind::File {
-                size: 0,
-                hash: Hash::of(b""),
-            },
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 1,
-        }));
-        Manifest {
-            list: vec![ListItem {
-                path: RelPath::new("etc").unwrap(),
-                dir: true,
-            }],
-            excludes: vec![],
-            entries,
-        }
+        let mut entries = vec![dir("etc")];
+        entries.extend(files.iter().map(|f| file(&format!("etc/{f}"), b"")));
+        crate::testing::manifest(entries)
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! For tests and fuzzing only: a manifest in its wire shape with unchecked string paths, so
-//! a test can play a hostile peer that sends what `RelPath` would never let through.
+//! a test can play a hostile peer that sends what `RelPath` would never let through; and the
+//! small builders (entries, a manifest of `/etc`, a file under a root) the tests share.
 
 use crate::manifest::Hash;
 use serde::Serialize;
@@ -59,6 +60,49 @@ impl RawManifest {
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_allocvec(self).expect("serializes to memory")
     }
+}
+
+/// A regular file entry holding `content` (mode 0644, root's, mtime 1).
+pub fn file(p: &str, content: &[u8]) -> crate::manifest::Entry {
+    crate::manifest::Entry {
+        path: crate::path::RelPath::new(p).expect("a valid test path"),
+        kind: crate::manifest::Kind::File {
+            size: content.len() as u64,
+            hash: Hash::of(content),
+        },
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        mtime_ns: 1,
+    }
+}
+
+/// A directory entry (mode 0755).
+pub fn dir(p: &str) -> crate::manifest::Entry {
+    crate::manifest::Entry {
+        kind: crate::manifest::Kind::Dir,
+        mode: 0o755,
+        ..file(p, b"")
+    }
+}
+
+/// A manifest of `entries` whose restore list is the directory `/etc`.
+pub fn manifest(entries: Vec<crate::manifest::Entry>) -> crate::manifest::Manifest {
+    crate::manifest::Manifest {
+        list: vec![crate::manifest::ListItem {
+            path: crate::path::RelPath::new("etc").expect("a valid test path"),
+            dir: true,
+        }],
+        excludes: vec![],
+        entries,
+    }
+}
+
+/// Writes `text` at `rel` below `root`, creating the directories on the way.
+pub fn write(root: &std::path::Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("a path below the root")).expect("mkdir");
+    std::fs::write(p, text).expect("write");
 }
 
 #[cfg(test)]
